@@ -1,0 +1,1 @@
+"""Default YAML configurations (model/ and dataset/), installed as package data."""

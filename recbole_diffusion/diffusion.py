@@ -1,0 +1,206 @@
+"""The shared diffusion core: beta schedules, forward noising, DDPM / DDIM reverse steps, guidance, sampling.
+
+Every model of this package diffuses one ``B x d`` target embedding and predicts ``x0`` directly; this module
+holds all of the diffusion arithmetic of ``MODELS.md`` ("Shared diffusion core") so no model re-implements it.
+
+Conventions: timesteps are 0-based, ``t`` in ``0 .. T-1``; ``abar[t] = prod_{s <= t} (1 - beta_s)``, and the
+step "before" ``t = 0`` has ``abar = 1`` (clean data). A reverse step goes from ``t`` to an earlier ``s < t``
+(``s = t - 1`` for plain DDPM, a stride for DDIM or respaced DDPM; ``s = -1`` means "to x0").
+"""
+
+import math
+
+import torch
+from torch import nn
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "trunc_lin", "cosine", "sqrt")
+DDPM_VARIANCES = ("fixed_large", "posterior")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _betas_from_alpha_bar(alpha_bar, num_steps, max_beta=0.999):
+    """Discretise a continuous ``abar(u)``, ``u`` in [0, 1], into ``num_steps`` betas (Nichol & Dhariwal)."""
+    u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    abar = alpha_bar(u)
+    return (1.0 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+def make_betas(schedule, num_steps, beta_start=1e-4, beta_end=0.02):
+    """Betas (float64, length ``num_steps``) of a named schedule, with the constants of the authors' code.
+
+    * ``linear``: ``linspace(beta_start, beta_end, T)`` (DreamRec / PreferDiff: 1e-4 .. 0.02).
+    * ``scaled_linear``: the same with both ends times ``1000 / T`` (DiffuRec's "linear").
+    * ``trunc_lin``: ``linspace(s*1e-4 + 0.01, s*0.02 + 0.01, T)`` with ``s = 1000 / T``; when that end
+      exceeds 1 it becomes ``s*0.001 + 0.01`` (DiffuRec's default).
+    * ``cosine``: ``abar(u) = cos((u + 0.008) / 1.008 * pi / 2)^2``, betas clipped at 0.999.
+    * ``sqrt``: ``abar(u) = 1 - sqrt(u + 1e-4)``, discretised like cosine.
+    """
+    if schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule={schedule!r}: unknown schedule, expected one of {BETA_SCHEDULES}")
+    if int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"diffusion_steps={num_steps!r}: the number of diffusion steps T must be an integer >= 1")
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    scale = 1000.0 / num_steps
+    if schedule == "scaled_linear":
+        return torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+    if schedule == "trunc_lin":
+        start, end = scale * 0.0001 + 0.01, scale * 0.02 + 0.01
+        if end > 1:
+            end = scale * 0.001 + 0.01
+        return torch.linspace(start, end, num_steps, dtype=torch.float64)
+    if schedule == "cosine":
+        return _betas_from_alpha_bar(lambda u: torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2, num_steps)
+    return _betas_from_alpha_bar(lambda u: 1 - torch.sqrt(u + 0.0001), num_steps)
+
+
+def _gather(values, t, like):
+    """``values[t]`` shaped to broadcast against ``like`` (``B`` -> ``B x 1 x ...``); ``t = -1`` gives 1."""
+    padded = torch.cat([values.new_ones(1), values])
+    out = padded[t + 1]
+    return out.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def guided_prediction(conditional, unconditional, guidance_weight):
+    """Classifier-free guidance: ``(1 + w) * f(x_t, h) - w * f(x_t, null)``."""
+    return (1.0 + guidance_weight) * conditional - guidance_weight * unconditional
+
+
+def sampling_timesteps(num_steps, sampler_steps):
+    """The decreasing timesteps a reverse run visits: all of ``T-1 .. 0``, or ``sampler_steps`` of them.
+
+    Strided like DDIM (``range(0, T, T // k)`` reversed): for T = 2000 and 20 steps, 1900, 1800, ..., 0.
+    """
+    if sampler_steps is None or sampler_steps >= num_steps:
+        return list(range(num_steps - 1, -1, -1))
+    stride = num_steps // sampler_steps
+    return list(range(0, num_steps, stride))[:sampler_steps][::-1]
+
+
+class GaussianDiffusion(nn.Module):
+    """A Gaussian diffusion over ``B x d`` vectors with an x0-predicting model (schedule + pure step functions).
+
+    Holds no trainable parameters: the schedule is precomputed once as (non-persistent) buffers, so it moves
+    with the model between devices but is not written to checkpoints.
+    """
+
+    def __init__(self, num_steps, schedule="linear", beta_start=1e-4, beta_end=0.02):
+        super().__init__()
+        betas = make_betas(schedule, num_steps, beta_start, beta_end)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        alphas_cumprod_prev = torch.cat([betas.new_ones(1), alphas_cumprod[:-1]])
+        self.num_steps = int(num_steps)
+        for name, value in {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            # DDPM posterior q(x_{t-1} | x_t, x0) = N(coef1 * x0 + coef2 * x_t, posterior_variance)
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
+            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+        }.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    def sample_timesteps(self, batch_size, device):
+        """``t ~ Uniform{0 .. T-1}``, one per example."""
+        return torch.randint(0, self.num_steps, (batch_size,), device=device)
+
+    def q_sample(self, x0, t, noise=None, offset_noise_scale=0.0):
+        """Forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``.
+
+        With ``offset_noise_scale > 0`` (DiffuRecSys, training only) ``eps = randn(B, d) +
+        offset_noise_scale * randn(B, 1)``: a per-example constant shift on top of white noise.
+        """
+        if noise is None:
+            noise = torch.randn_like(x0)
+            if offset_noise_scale:
+                noise = noise + offset_noise_scale * torch.randn_like(x0[..., :1])
+        return _gather(self.sqrt_alphas_cumprod, t, x0) * x0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def posterior(self, x0_hat, x_t, t, s=None):
+        """Mean and variance of ``q(x_s | x_t, x0 = x0_hat)``; ``s = t - 1`` by default.
+
+        For ``s = t - 1`` the mean is ``c1_t x0 + c2_t x_t`` with the precomputed DDPM coefficients. For an
+        earlier ``s`` (respaced sampling) the same formula is applied to the merged step
+        ``alpha = abar_t / abar_s``, exactly as a DDPM whose schedule is the subsequence of visited steps.
+        """
+        if s is None:
+            mean = _gather(self.posterior_mean_coef1, t, x_t) * x0_hat + _gather(self.posterior_mean_coef2, t, x_t) * x_t
+            return mean, _gather(self.posterior_variance, t, x_t)
+        abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
+        alpha = abar_t / abar_s
+        mean = (abar_s.sqrt() * (1 - alpha) * x0_hat + alpha.sqrt() * (1 - abar_s) * x_t) / (1 - abar_t)
+        return mean, (1 - alpha) * (1 - abar_s) / (1 - abar_t)
+
+    def ddpm_step(self, x0_hat, x_t, t, s=None, variance="posterior", noise=None):
+        """One ancestral DDPM step from ``t`` to ``s`` (default ``t - 1``) given the model's ``x0_hat``.
+
+        ``variance="posterior"`` uses ``beta~ = beta (1 - abar_s) / (1 - abar_t)`` (DreamRec, PreferDiff);
+        ``"fixed_large"`` uses ``beta`` itself (DiffuRec; improved-diffusion's value at ``t = 0`` never matters
+        because no noise is added when stepping to x0, ``s = -1``).
+        """
+        s = t - 1 if s is None else s
+        mean, posterior_variance = self.posterior(x0_hat, x_t, t, s)
+        if variance == "posterior":
+            var = posterior_variance
+        else:
+            var = 1 - _gather(self.alphas_cumprod, t, x_t) / _gather(self.alphas_cumprod, s, x_t)
+        if noise is None:
+            noise = torch.randn_like(x_t)
+        not_last = (s >= 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        return mean + not_last * var.sqrt() * noise
+
+    def ddim_step(self, x0_hat, x_t, t, s):
+        """Deterministic DDIM (eta = 0) from ``t`` to ``s``: ``sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat``."""
+        abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
+        eps_hat = (x_t - abar_t.sqrt() * x0_hat) / (1 - abar_t).sqrt()
+        return abar_s.sqrt() * x0_hat + (1 - abar_s).sqrt() * eps_hat
+
+    @torch.no_grad()
+    def sample(self, denoise, shape, device, sampler="ddpm", sampler_steps=None, variance="posterior", generator=None):
+        """Run the reverse process from ``x_T ~ N(0, I)`` and return the final ``x0``.
+
+        ``denoise(x_t, t)`` returns ``x0_hat`` for a whole batch (``t`` is a ``B`` tensor). ``sampler_steps``
+        visits a strided subset of the T steps (all of them when ``None``).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
+        x_t = torch.randn(shape, device=device, generator=generator)
+        timesteps = sampling_timesteps(self.num_steps, sampler_steps)
+        for step, next_step in zip(timesteps, timesteps[1:] + [-1]):
+            t = torch.full((shape[0],), step, device=device, dtype=torch.long)
+            s = torch.full_like(t, next_step)
+            x0_hat = denoise(x_t, t)
+            if sampler == "ddim":
+                x_t = self.ddim_step(x0_hat, x_t, t, s)
+            else:
+                noise = torch.randn(shape, device=device, generator=generator)
+                x_t = self.ddpm_step(x0_hat, x_t, t, s, variance=variance, noise=noise)
+        return x_t
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal embedding of the step ``t`` followed by a 2-layer MLP (``d -> mult*d -> d``).
+
+    ``t_scale`` multiplies ``t`` before the sinusoid (DiffuRec rescales to 0..1000 with ``1000 / T``).
+    """
+
+    def __init__(self, dim, t_scale=1.0, hidden_mult=4, activation="silu", max_period=10000):
+        super().__init__()
+        self.dim, self.t_scale, self.max_period = dim, t_scale, max_period
+        act = {"silu": nn.SiLU, "gelu": nn.GELU}[activation]
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden_mult * dim), act(), nn.Linear(hidden_mult * dim, dim))
+
+    def sinusoid(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (t.float() * self.t_scale)[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.dim % 2:
+            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        return emb
+
+    def forward(self, t):
+        return self.mlp(self.sinusoid(t))

@@ -1,0 +1,43 @@
+"""Sequence layers shared by the models: a pre-norm transformer stack and padding-aware position ids."""
+
+import torch
+from torch import nn
+
+
+class TransformerStack(nn.Module):
+    """``n_layers`` pre-norm transformer blocks (GELU FFN of width ``inner_size``) and a final LayerNorm.
+
+    Padding is masked on the key side (``key_padding_mask``), so real positions never attend to padding.
+    """
+
+    def __init__(self, hidden_size, n_layers, n_heads, inner_size, dropout, causal=False):
+        super().__init__()
+        self.causal = causal
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                hidden_size, n_heads, dim_feedforward=inner_size, dropout=dropout,
+                activation="gelu", batch_first=True, norm_first=True,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, hidden, padding_mask):
+        """``hidden``: ``B x L x d``; ``padding_mask``: ``B x L``, True at padding."""
+        attn_mask = None
+        if self.causal:
+            length = hidden.size(1)
+            attn_mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=hidden.device), diagonal=1)
+        for layer in self.layers:
+            hidden = layer(hidden, src_mask=attn_mask, src_key_padding_mask=padding_mask)
+        return self.norm(hidden)
+
+
+def positions_from_end(item_seq_len, max_length):
+    """Position ids counted back from the last real item (0 = last), clamped to 0 at right padding.
+
+    RecBole right-pads sequences while the authors' code left-pads them; counting from the end gives every
+    real item the same position id under both paddings, so results do not depend on the padding side.
+    """
+    index = torch.arange(max_length, device=item_seq_len.device)
+    return (item_seq_len[:, None] - 1 - index[None, :]).clamp(min=0)

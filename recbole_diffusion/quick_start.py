@@ -1,0 +1,266 @@
+"""Train and evaluate any model of this package or of RecBole, like RecBole's ``run_recbole``.
+
+Configuration is merged in RecBole's order, lowest first: RecBole's defaults, this package's
+``properties/overall.yaml`` (the shared evaluation protocol), ``properties/model/<Model>.yaml``,
+``properties/dataset/<dataset>.yaml``, the user's config files, then ``config_dict`` / ``--key=value``.
+Everything is checked (model keys, dataset file, time column) before a log file or checkpoint is written.
+"""
+
+import argparse
+import difflib
+import importlib
+import os
+import socket
+import sys
+from importlib import resources
+from logging import getLogger
+from urllib.parse import urlparse
+
+import yaml
+
+from recbole_diffusion import compat
+
+compat.apply()
+
+from recbole.config import Config  # noqa: E402
+from recbole.data import create_dataset, data_preparation  # noqa: E402
+from recbole.utils import get_trainer, init_logger, init_seed  # noqa: E402
+from recbole.utils import argument_list  # noqa: E402
+
+from recbole_diffusion.model import MODELS  # noqa: E402
+from recbole_diffusion.validation import check_dataset, check_model_config, inter_file_path  # noqa: E402
+
+DEFAULT_MODEL = "DiffuRec"
+DEFAULT_DATASET = "ml-100k"
+DATA_ENV_VAR = "RECBOLE_DIFFUSION_DATA"
+RECBOLE_SUBPACKAGES = ("general_recommender", "sequential_recommender", "context_aware_recommender",
+                       "knowledge_aware_recommender")
+# Keys RecBole reads without declaring them in a YAML file.
+RECBOLE_RUNTIME_KEYS = {"model", "dataset", "config_files", "nproc", "world_size", "offset", "ip", "port",
+                        "local_rank", "gpu_id", "use_gpu", "benchmark_filename", "wandb_project", "log_wandb",
+                        "enable_amp", "enable_scaler", "transform", "numerical_features", "discretization",
+                        "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args"}
+
+
+def properties_file(*parts):
+    """Path of a YAML file shipped in ``properties/`` (works for editable and regular installs)."""
+    return str(resources.files("recbole_diffusion.properties").joinpath(*parts))
+
+
+def _recbole_properties(*parts):
+    import recbole
+
+    return os.path.join(os.path.dirname(recbole.__file__), "properties", *parts)
+
+
+def recbole_model_names():
+    """Class names of RecBole's built-in models, read from its model subpackages."""
+    names = []
+    for subpackage in RECBOLE_SUBPACKAGES:
+        module = importlib.import_module(f"recbole.model.{subpackage}")
+        names += [name for name in dir(module) if isinstance(getattr(module, name), type)]
+    return sorted(set(names))
+
+
+def get_model_class(name):
+    """Look ``name`` up among this package's models first, then RecBole's; list both when it is unknown."""
+    if name in MODELS:
+        return MODELS[name]
+    from recbole.utils import get_model
+
+    try:
+        return get_model(name)
+    except (ValueError, AttributeError):
+        pass
+    raise ValueError(
+        f"model={name!r} is not a model of recbole_diffusion ({', '.join(sorted(MODELS))}) nor of RecBole "
+        f"({', '.join(recbole_model_names())})."
+    )
+
+
+class PluginConfig(Config):
+    """RecBole's ``Config`` without its own reading of ``sys.argv``: overrides arrive as ``config_dict``."""
+
+    def _load_cmd_line(self):
+        return dict()
+
+
+def _read_yaml_keys(path):
+    if not os.path.isfile(path):
+        return set()
+    with open(path, encoding="utf-8") as handle:
+        return set((yaml.safe_load(handle) or {}).keys())
+
+
+def known_config_keys(model_name, dataset):
+    """Every key that RecBole's defaults, RecBole's or this package's model and dataset YAMLs define."""
+    keys = set(RECBOLE_RUNTIME_KEYS)
+    for names in (argument_list.general_arguments, argument_list.training_arguments,
+                  argument_list.evaluation_arguments, argument_list.dataset_arguments):
+        keys |= set(names)
+    for path in (_recbole_properties("overall.yaml"), _recbole_properties("dataset", "sample.yaml"),
+                 _recbole_properties("dataset", f"{dataset}.yaml"), _recbole_properties("model", f"{model_name}.yaml"),
+                 properties_file("overall.yaml"), properties_file("model", f"{model_name}.yaml"),
+                 properties_file("dataset", f"{dataset}.yaml")):
+        keys |= _read_yaml_keys(path)
+    return keys
+
+
+def warn_unknown_keys(user_keys, model_name, dataset):
+    """Warn about keys no YAML or RecBole default defines: a typo would otherwise be ignored silently."""
+    known = known_config_keys(model_name, dataset)
+    messages = []
+    for key in sorted(set(user_keys) - known):
+        close = difflib.get_close_matches(key, known, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        messages.append(f"config key {key!r} is not used by {model_name} or RecBole{hint}")
+    for message in messages:
+        print(f"WARNING: {message}", file=sys.stderr)
+    return messages
+
+
+def _url_reachable(url, timeout=3.0):
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_data_path(config, data_path_given):
+    """Point ``config['data_path']`` at the dataset's folder, or fail fast with where it was looked for.
+
+    Without an explicit ``data_path`` the folders tried are RecBole's default (``dataset/<name>``),
+    ``$RECBOLE_DIFFUSION_DATA/<name>``, ``../shared/data/<name>`` beside this checkout (the project's
+    benchmark data), and for ml-100k the copy inside the installed ``recbole`` package.
+    """
+    import recbole
+
+    dataset = config["dataset"]
+    if os.path.isfile(inter_file_path(config)) or config["benchmark_filename"]:
+        return
+    tried = [config["data_path"]]
+    if not data_path_given:
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        candidates = [os.path.join(os.environ[DATA_ENV_VAR], dataset)] if os.environ.get(DATA_ENV_VAR) else []
+        candidates.append(os.path.join(checkout, "..", "shared", "data", dataset))
+        candidates.append(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset))
+        for folder in candidates:
+            if os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+                config["data_path"] = os.path.normpath(folder)
+                return
+            tried.append(os.path.normpath(folder))
+    with open(_recbole_properties("dataset", "url.yaml"), encoding="utf-8") as handle:
+        url = (yaml.safe_load(handle) or {}).get(dataset)
+    ours = os.path.isfile(properties_file("dataset", f"{dataset}.yaml"))
+    if url and not ours and _url_reachable(url):
+        return  # RecBole downloads it into data_path
+    reason = ("RecBole's copy under that name is a different preprocessing, so it is not downloaded" if ours
+              else f"RecBole's download address {url} cannot be reached" if url
+              else "RecBole knows no download for that name")
+    raise FileNotFoundError(
+        f"dataset {dataset!r} not found: looked for {dataset}.inter in {', '.join(tried)}; {reason}. "
+        f"Pass --data_path=<folder that holds {dataset}/{dataset}.inter> (for this project's benchmark sets: "
+        f"--data_path=../shared/data) or set {DATA_ENV_VAR}."
+    )
+
+
+def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Merge the configuration, then check it and the dataset before anything is written.
+
+    Returns ``(config, model_class)``.
+    """
+    model = model or DEFAULT_MODEL
+    dataset = dataset or DEFAULT_DATASET
+    model_class = get_model_class(model)
+    user_files = list(config_file_list or [])
+    config_dict = dict(config_dict or {})
+    user_keys = set(config_dict)
+    for path in user_files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path!r} does not exist")
+        user_keys |= _read_yaml_keys(path)
+    files = [properties_file("overall.yaml")]
+    files += [path for path in (properties_file("model", f"{model}.yaml"), properties_file("dataset", f"{dataset}.yaml"))
+              if os.path.isfile(path)]
+    config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
+                          config_dict=config_dict)
+    warn_unknown_keys(user_keys, model, dataset)
+    compat.check_single_process(config)
+    check_model_config(model, config)
+    resolve_data_path(config, data_path_given="data_path" in user_keys)
+    if os.path.isfile(inter_file_path(config)) or config["benchmark_filename"]:
+        check_dataset(config)
+    return config, model_class
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
+
+    Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` and
+    ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``).
+    """
+    config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    recommender = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(recommender)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def parse_args(argv=None):
+    """``--model``, ``--dataset``, ``--config_files`` (space or comma separated) and any ``--key=value``."""
+    parser = argparse.ArgumentParser(
+        description="Train and evaluate a recommender of recbole_diffusion or RecBole.",
+        epilog="Any other --key=value overrides that RecBole configuration key, e.g. --epochs=5.",
+    )
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    parser.add_argument("--dataset", "-d", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
+    parser.add_argument("--config_files", nargs="*", default=[], help="YAML files, later ones win")
+    args, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r}: overrides are written --key=value")
+        key, value = item[2:].split("=", 1)
+        overrides[key] = value
+    files = [path for entry in args.config_files for path in entry.split(",") if path]
+    return args.model, args.dataset, files, overrides
+
+
+def main(argv=None):
+    model, dataset, config_files, overrides = parse_args(argv)
+    if model == DEFAULT_MODEL and dataset == DEFAULT_DATASET and not config_files and not overrides:
+        overrides = {"epochs": 3, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 20,
+                     "train_batch_size": 256, "eval_batch_size": 1024}
+        print(f"No arguments: a {overrides['epochs']}-epoch {DEFAULT_MODEL} demo on {DEFAULT_DATASET} (small sizes).")
+    try:
+        result = run(model, dataset, config_files, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
