@@ -70,7 +70,7 @@ def get_model_class(name):
 
     try:
         return get_model(name)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, ImportError):  # exlib models import xgboost and lightgbm
         pass
     raise ValueError(
         f"model={name!r} is not a model of recbole_diffusion ({', '.join(sorted(MODELS))}) nor of RecBole "

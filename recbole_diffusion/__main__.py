@@ -1,0 +1,7 @@
+"""``python -m recbole_diffusion [--model=...] [--dataset=...] [--key=value ...]``: the runner."""
+
+import sys
+
+from recbole_diffusion.quick_start import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The runner: argument handling, config merge order, model lookup, early errors, and runs from anywhere."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from recbole_diffusion.quick_start import build_config, get_model_class, main, parse_args, run
+from conftest import FAST, write_inter
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_parse_args_reads_model_dataset_files_and_overrides():
+    model, dataset, files, overrides = parse_args(
+        ["--model=SASRec", "--dataset=ml-1m", "--config_files", "a.yaml", "b.yaml,c.yaml", "--epochs=5",
+         "--eval_args={'mode': 'full'}"])
+    assert (model, dataset) == ("SASRec", "ml-1m")
+    assert files == ["a.yaml", "b.yaml", "c.yaml"]
+    assert overrides == {"epochs": "5", "eval_args": "{'mode': 'full'}"}
+
+
+def test_parse_args_rejects_an_override_without_value(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--epochs"])
+    assert "--key=value" in capsys.readouterr().err
+
+
+def test_model_lookup_prefers_this_package_then_recbole():
+    assert get_model_class("DiffuRec").__module__ == "recbole_diffusion.model.diffurec"
+    assert get_model_class("SASRec").__module__ == "recbole.model.sequential_recommender.sasrec"
+    with pytest.raises(ValueError) as error:
+        get_model_class("DifuRec")
+    assert "DiffuRec" in str(error.value) and "SASRec" in str(error.value) and "BERT4Rec" in str(error.value)
+
+
+def test_merge_order_overall_model_user_file_then_overrides(data_root, tmp_path):
+    user_file = tmp_path / "user.yaml"
+    user_file.write_text("hidden_size: 48\ninner_size: 96\n")
+    settings = {"data_path": data_root}
+    config, _ = build_config("DiffuRec", "ml-100k-small", config_dict=settings)
+    assert config["hidden_size"] == 128 and config["diffusion_steps"] == 32  # model YAML over RecBole
+    assert config["topk"] == [5, 10, 20] and config["valid_metric"] == "NDCG@10"  # our overall protocol
+    config, _ = build_config("DiffuRec", "ml-100k-small", [str(user_file)], settings)
+    assert (config["hidden_size"], config["inner_size"]) == (48, 96)  # user file over model YAML
+    config, _ = build_config("DiffuRec", "ml-100k-small", [str(user_file)], {**settings, "hidden_size": "40"})
+    assert config["hidden_size"] == 40  # command line over user file, converted like RecBole does
+    config, _ = build_config("DiffuRec", "ml-100k")  # the copy inside recbole, found without data_path
+    assert config["load_col"] == {"inter": ["user_id", "item_id", "timestamp"]}  # ours over RecBole's YAML
+
+
+def test_dataset_yaml_wins_over_model_yaml(data_root, tmp_path, monkeypatch):
+    import recbole_diffusion.quick_start as quick_start
+
+    shipped = quick_start.properties_file
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "ml-100k-small.yaml").write_text("MAX_ITEM_LIST_LENGTH: 7\n")
+    monkeypatch.setattr(quick_start, "properties_file", lambda *parts: (
+        str(tmp_path.joinpath(*parts)) if parts[0] == "dataset" else shipped(*parts)))
+    config, _ = build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root})
+    assert config["MAX_ITEM_LIST_LENGTH"] == 7  # the model YAML says 50
+
+
+def test_unknown_keys_are_warned_with_a_suggestion(data_root, capsys):
+    build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root, "learning_rat": "0.01",
+                                                          "lambda": "0.4"})
+    err = capsys.readouterr().err
+    assert "'learning_rat' is not used" in err and "learning_rate" in err
+    assert "'lambda' is not used" in err
+    build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root, "learning_rate": "0.01"})
+    assert "not used" not in capsys.readouterr().err
+
+
+def test_missing_dataset_fails_fast_saying_where_it_looked(tmp_path, in_tmp_cwd):
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError) as error:
+        build_config("DiffuRec", "amazon-beauty", config_dict={"data_path": str(tmp_path / "nowhere")})
+    message = str(error.value)
+    assert time.monotonic() - start < 10
+    assert str(tmp_path / "nowhere") in message and "--data_path" in message
+    with pytest.raises(FileNotFoundError, match="RecBole knows no download"):
+        build_config("DiffuRec", "no-such-dataset", config_dict={"data_path": str(tmp_path)})
+    assert not os.listdir(in_tmp_cwd)
+
+
+def test_dataset_without_timestamp_is_refused(tmp_path):
+    root = write_inter(tmp_path, "untimed", [(1, 1), (1, 2), (2, 1)], header=("user_id:token", "item_id:token"))
+    with pytest.raises(ValueError, match="TIME_FIELD='timestamp'.*no such column"):
+        build_config("DiffuRec", "untimed", config_dict={"data_path": root})
+
+
+def test_bad_value_stops_before_anything_is_written(data_root, in_tmp_cwd, capsys):
+    code = main(["--model=DiffuRec", "--dataset=ml-100k-small", f"--data_path={data_root}", "--diffusion_steps=0"])
+    assert code == 2
+    assert "diffusion_steps=0" in capsys.readouterr().err
+    assert not os.listdir(in_tmp_cwd)
+
+
+def test_recbole_builtin_runs_through_the_same_entry(data_root, in_tmp_cwd):
+    result = run("SASRec", "ml-100k-small", config_dict={**FAST, "data_path": data_root, "epochs": 1})
+    assert set(result) >= {"best_valid_score", "best_valid_result", "test_result"}
+    assert result["test_result"]["hit@20"] >= result["test_result"]["hit@10"] >= result["test_result"]["hit@5"]
+
+
+def test_nan_loss_stops_training_with_a_message(data_root, in_tmp_cwd, monkeypatch):
+    from recbole_diffusion.model import DiffuRec
+
+    monkeypatch.setattr(DiffuRec, "calculate_loss", lambda self, interaction: self.item_embedding.weight.sum() * float("nan"))
+    with pytest.raises(ValueError, match="loss is nan"):
+        run("DiffuRec", "ml-100k-small", config_dict={**FAST, "data_path": data_root, "epochs": 1})
+
+
+def test_installed_entry_point_runs_from_any_directory(data_root, tmp_path):
+    """From an unrelated folder, the package finds its YAML files and writes logs there."""
+    done = subprocess.run(
+        [sys.executable, "-m", "recbole_diffusion", "--model=DiffuRecSys", "--dataset=ml-100k-small",
+         f"--data_path={data_root}", "--epochs=1", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
+         "--n_heads=2", "--MAX_ITEM_LIST_LENGTH=10", "--show_progress=False"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test_result" in done.stdout and "ndcg@10" in done.stdout
+    assert "cross_attention" in done.stderr + done.stdout  # DiffuRecSys.yaml was found and logged
+    assert os.path.isdir(tmp_path / "log") and os.path.isdir(tmp_path / "saved")
