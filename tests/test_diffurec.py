@@ -53,16 +53,29 @@ def test_loss_is_finite_and_every_parameter_gets_a_gradient(prepared, model_clas
     assert missing == []
 
 
-def test_scores_cover_all_items_and_predict_agrees_with_full_sort(prepared):
+def test_scores_cover_all_items_and_predict_agrees_with_full_sort(prepared, monkeypatch):
     model = make_model(prepared).eval()
     batch = first_batch(prepared, split=2)
     torch.manual_seed(1)
     scores = model.full_sort_predict(batch)
-    assert scores.shape == (len(batch), model.n_items)
-    torch.manual_seed(1)
-    point = model.predict(batch)
-    expected = scores.gather(1, batch[model.ITEM_ID][:, None]).squeeze(1)
-    torch.testing.assert_close(point, expected, rtol=1e-5, atol=1e-4)
+    assert scores.shape == (len(batch), model.n_items) and torch.isfinite(scores).all()
+
+    # Sampled evaluation repeats each history once per candidate: all candidates share one sampled x0.
+    calls = []
+
+    def fake_generate(item_seq, item_seq_len):
+        calls.append(len(item_seq))
+        return model.item_embedding(item_seq).sum(dim=1) / item_seq_len[:, None]
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    users = torch.arange(4)
+    candidates = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]])
+    repeated = batch[users.repeat_interleave(3)]
+    repeated.interaction[model.ITEM_ID] = candidates.flatten()
+    point = model.predict(repeated)
+    expected = model.full_sort_predict(batch[users]).gather(1, candidates).flatten()
+    torch.testing.assert_close(point, expected, rtol=1e-5, atol=1e-5)
+    assert calls[0] == 4  # one sampling run per distinct history, not per candidate
 
 
 def _pad_right(sequences, length):

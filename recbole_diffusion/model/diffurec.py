@@ -123,7 +123,10 @@ class DiffuRec(SequentialRecommender):
         return x0.view(k, -1, self.hidden_size).mean(dim=0)
 
     def predict(self, interaction):
-        x0 = self.generate(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        """Scores of the given items. RecBole's sampled evaluation repeats a history once per candidate;
+        each distinct history is sampled once, so all candidates of a user are scored against one ``x0``."""
+        histories, row_to_history = torch.unique(interaction[self.ITEM_SEQ], dim=0, return_inverse=True)
+        x0 = self.generate(histories, (histories != 0).sum(dim=1))[row_to_history]
         return (x0 * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=-1)
 
     def full_sort_predict(self, interaction):
