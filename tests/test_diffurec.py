@@ -86,8 +86,8 @@ def _pad_right(sequences, length):
 
 
 def _approximate(model, item_seq, item_seq_len, x_t, t, gather_at=None):
-    history, padding_mask = model.encode_history(item_seq, item_seq_len)
-    return model.forward(history, padding_mask, item_seq_len if gather_at is None else gather_at, x_t, t)
+    history, padding_mask, lengths = model.encode_condition(item_seq, item_seq_len)
+    return model.denoise((history, padding_mask, lengths if gather_at is None else gather_at), x_t, t)
 
 
 @pytest.mark.parametrize("position_embedding", [False, True])

@@ -21,36 +21,29 @@ Choices where the authors' code and the specification leave room, stated once:
   (RecBole) and left padding (the authors) give the same output.
 * ``lambda ~ N(lambda_uncertainty, lambda_uncertainty)`` is drawn elementwise in training and inference,
   as the authors do.
-* ``n_ensemble = k`` averages the scores of k independent reverse runs; scores are linear in ``x0``, so
-  this equals scoring the mean of the k sampled ``x0`` (all k runs go through the network as one batch).
 """
 
 import torch
-from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 from torch.nn import functional as F
 
 from recbole_diffusion.diffusion import GaussianDiffusion, TimestepEmbedding
+from recbole_diffusion.model.base import DiffusionRecommender
 from recbole_diffusion.model.layers import TransformerStack, positions_from_end
 from recbole_diffusion.validation import check_diffurec
 
 
-class DiffuRec(SequentialRecommender):
+class DiffuRec(DiffusionRecommender):
     r"""DiffuRec: the target embedding is diffused and an x0-predicting transformer reads the history."""
 
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
-        super().__init__(config, dataset)
         check_diffurec(config)
-        self.hidden_size = config["hidden_size"]
+        super().__init__(config, dataset)
         self.lambda_uncertainty = config["lambda_uncertainty"]
         self.offset_noise_scale = config["offset_noise_scale"]
-        self.sampler = config["sampler"]
-        self.sampler_steps = config["sampler_steps"]
-        self.ddpm_variance = config["ddpm_variance"]
-        self.n_ensemble = config["n_ensemble"]
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = (
@@ -72,20 +65,21 @@ class DiffuRec(SequentialRecommender):
         )
         self.output_dropout = nn.Dropout(config["hidden_dropout_prob"])
 
-    def encode_history(self, item_seq, item_seq_len):
-        """Item (and optional position) embeddings of the history, dropout then LayerNorm, and its padding."""
+    def encode_condition(self, item_seq, item_seq_len):
+        """Item (and optional position) embeddings of the history, dropout then LayerNorm; its padding; lengths."""
         hidden = self.item_embedding(item_seq)
         if self.position_embedding is not None:
             hidden = hidden + self.position_embedding(positions_from_end(item_seq_len, item_seq.size(1)))
-        return self.embedding_norm(self.embedding_dropout(hidden)), item_seq == 0
+        return self.embedding_norm(self.embedding_dropout(hidden)), item_seq == 0, item_seq_len
 
     def _lambda(self, shape, device):
         """Elementwise ``lambda ~ N(lambda_uncertainty, lambda_uncertainty)``."""
         mean = torch.full(shape, float(self.lambda_uncertainty), device=device)
         return torch.normal(mean, mean.abs())
 
-    def forward(self, history, padding_mask, item_seq_len, x_t, t):
-        """The approximator: ``x0_hat`` (``B x d``) from the encoded history, ``x_t`` and the step ``t``."""
+    def denoise(self, condition, x_t, t):
+        """The approximator: ``x0_hat`` from the encoded history, ``x_t`` and the step ``t``."""
+        history, padding_mask, item_seq_len = condition
         query = x_t + self.time_embedding(t)
         if self.cross_attention is None:
             hidden = history + self._lambda(history.shape, history.device) * query[:, None, :]
@@ -100,38 +94,12 @@ class DiffuRec(SequentialRecommender):
     def calculate_loss(self, interaction):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.POS_ITEM_ID]
-        history, padding_mask = self.encode_history(item_seq, item_seq_len)
         x0 = self.item_embedding(target)
         t = self.diffusion.sample_timesteps(x0.size(0), x0.device)
         x_t = self.diffusion.q_sample(x0, t, offset_noise_scale=self.offset_noise_scale)
-        x0_hat = self.forward(history, padding_mask, item_seq_len, x_t, t)
+        x0_hat = self.denoise(self.encode_condition(item_seq, item_seq_len), x_t, t)
         logits = x0_hat @ self.item_embedding.weight.t()
         return F.cross_entropy(logits, target)
-
-    def generate(self, item_seq, item_seq_len):
-        """Mean of ``n_ensemble`` sampled ``x0`` per sequence, all reverse runs batched together."""
-        k = self.n_ensemble
-        item_seq, item_seq_len = item_seq.repeat(k, 1), item_seq_len.repeat(k)
-        history, padding_mask = self.encode_history(item_seq, item_seq_len)
-
-        def denoise(x_t, t):
-            return self.forward(history, padding_mask, item_seq_len, x_t, t)
-
-        x0 = self.diffusion.sample(denoise, (item_seq.size(0), self.hidden_size), item_seq.device,
-                                   sampler=self.sampler, sampler_steps=self.sampler_steps,
-                                   variance=self.ddpm_variance)
-        return x0.view(k, -1, self.hidden_size).mean(dim=0)
-
-    def predict(self, interaction):
-        """Scores of the given items. RecBole's sampled evaluation repeats a history once per candidate;
-        each distinct history is sampled once, so all candidates of a user are scored against one ``x0``."""
-        histories, row_to_history = torch.unique(interaction[self.ITEM_SEQ], dim=0, return_inverse=True)
-        x0 = self.generate(histories, (histories != 0).sum(dim=1))[row_to_history]
-        return (x0 * self.item_embedding(interaction[self.ITEM_ID])).sum(dim=-1)
-
-    def full_sort_predict(self, interaction):
-        x0 = self.generate(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return x0 @ self.item_embedding.weight.t()
 
 
 class DiffuRecSys(DiffuRec):
