@@ -8,10 +8,10 @@ from recbole_diffusion import compat
 
 compat.apply()
 
-from recbole_diffusion.model import MODELS, DiffuRec, DiffuRecSys  # noqa: E402
+from recbole_diffusion.model import MODELS, DiffuRec, DiffuRecSys, DreamRec, PreferDiff  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["MODELS", "DiffuRec", "DiffuRecSys", "run"]
+__all__ = ["MODELS", "DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "run"]
 
 
 def run(*args, **kwargs):

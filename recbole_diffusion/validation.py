@@ -52,10 +52,11 @@ def check_diffusion(config):
     steps = _require_int(config, "diffusion_steps", 1)
     _require_in(config, "sampler", SAMPLERS)
     _require_in(config, "ddpm_variance", DDPM_VARIANCES)
-    if config["sampler_steps"] is not None:
-        sampler_steps = _require_int(config, "sampler_steps", 1)
-        if sampler_steps > steps:
-            _fail("sampler_steps", sampler_steps, f"must be between 1 and diffusion_steps={steps}")
+    for key in ("ddpm_steps", "ddim_steps"):
+        if config[key] is not None:
+            sampler_steps = _require_int(config, key, 1)
+            if sampler_steps > steps:
+                _fail(key, sampler_steps, f"must be between 1 and diffusion_steps={steps}")
     _require_int(config, "n_ensemble", 1)
 
 
@@ -69,7 +70,29 @@ def check_diffurec(config):
     _require_range(config, "emb_dropout_prob", 0, 1, high_open=True)
 
 
-MODEL_CHECKS = {"DiffuRec": check_diffurec, "DiffuRecSys": check_diffurec}
+def check_guided(config):
+    """DreamRec and PreferDiff."""
+    check_transformer(config)
+    check_diffusion(config)
+    _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
+    _require_range(config, "guidance_weight", 0, float("inf"))
+    _require_range(config, "cfg_dropout_prob", 0, 1, high_open=True)
+    if config["model"] != "PreferDiff":
+        return
+    _require_range(config, "preference_lambda", 0, 1)
+    _require_range(config, "preference_gamma", 0, float("inf"), low_open=True)
+    if not isinstance(config["preference_batch_mean"], bool):
+        _fail("preference_batch_mean", config["preference_batch_mean"], "must be True or False")
+    batch_negatives = (config["train_neg_sample_args"] or {}).get("distribution", "none") == "none"
+    if config["neg_samples"] is not None:
+        neg_samples = _require_int(config, "neg_samples", 1)
+        if batch_negatives and neg_samples >= config["train_batch_size"]:
+            _fail("neg_samples", neg_samples,
+                  f"must be smaller than train_batch_size={config['train_batch_size']} (negatives come from the batch)")
+
+
+MODEL_CHECKS = {"DiffuRec": check_diffurec, "DiffuRecSys": check_diffurec, "DreamRec": check_guided,
+                "PreferDiff": check_guided}
 
 
 def check_model_config(model_name, config):

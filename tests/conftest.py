@@ -4,6 +4,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_trainer, init_seed
 
 import recbole_diffusion  # noqa: F401  (applies the compatibility fixes before RecBole is used)
 
@@ -61,3 +64,27 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     """Run in an empty working directory, so logs and checkpoints land there (and can be checked)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def assert_full_ranking_result(result):
+    """The runner's result holds HR / NDCG @5/10/20 in [0, 1] and a written checkpoint."""
+    assert set(result["test_result"]) == {f"{name}@{k}" for name in ("hit", "ndcg") for k in (5, 10, 20)}
+    assert all(0.0 <= value <= 1.0 for value in result["test_result"].values())
+    assert os.path.isfile(result["saved_model_file"])
+
+
+def assert_checkpoint_reload_reproduces(model, config_files, settings, checkpoint):
+    """Fresh models loaded from ``checkpoint`` hold its weights and give identical test metrics."""
+    from recbole_diffusion.quick_start import build_config
+
+    config, model_class = build_config(model, "ml-100k-small", config_file_list=config_files, config_dict=settings)
+    init_seed(config["seed"], True)
+    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    evaluations = []
+    for _ in range(2):
+        trainer = get_trainer(config["MODEL_TYPE"], model)(config, model_class(config, train_data._dataset))
+        torch.manual_seed(123)
+        evaluations.append(trainer.evaluate(test_data, load_best_model=True, model_file=checkpoint))
+    assert evaluations[0] == evaluations[1]
+    saved_state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert all(torch.equal(saved_state[key], value) for key, value in trainer.model.state_dict().items())

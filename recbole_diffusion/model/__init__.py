@@ -1,7 +1,8 @@
 """The models of recbole_diffusion, by the name used in ``--model`` and ``properties/model/<name>.yaml``."""
 
 from recbole_diffusion.model.diffurec import DiffuRec, DiffuRecSys
+from recbole_diffusion.model.dreamrec import DreamRec, PreferDiff
 
-MODELS = {model.__name__: model for model in (DiffuRec, DiffuRecSys)}
+MODELS = {model.__name__: model for model in (DiffuRec, DiffuRecSys, DreamRec, PreferDiff)}
 
-__all__ = ["MODELS", "DiffuRec", "DiffuRecSys"]
+__all__ = ["MODELS", "DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff"]

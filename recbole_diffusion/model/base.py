@@ -11,7 +11,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 class DiffusionRecommender(SequentialRecommender):
     """Base of the diffusion models: ``self.diffusion`` (a ``GaussianDiffusion``) and ``self.item_embedding``.
 
-    Config keys read here: ``sampler``, ``sampler_steps``, ``ddpm_variance``, ``n_ensemble``.
+    Config keys read here: ``sampler``, ``ddpm_steps`` / ``ddim_steps`` (the reverse steps of that sampler,
+    strided; ``None`` = all T), ``ddpm_variance``, ``n_ensemble``.
     ``n_ensemble = k`` averages the scores of k independent reverse runs; scores are linear in ``x0``, so this
     equals scoring the mean of the k sampled ``x0`` (the k runs go through the network as one batch).
     """
@@ -20,7 +21,7 @@ class DiffusionRecommender(SequentialRecommender):
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.sampler = config["sampler"]
-        self.sampler_steps = config["sampler_steps"]
+        self.sampler_steps = config["ddim_steps"] if self.sampler == "ddim" else config["ddpm_steps"]
         self.ddpm_variance = config["ddpm_variance"]
         self.n_ensemble = config["n_ensemble"]
 
