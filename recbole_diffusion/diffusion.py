@@ -55,10 +55,13 @@ def make_betas(schedule, num_steps, beta_start=1e-4, beta_end=0.02):
 
 
 def _gather(values, t, like):
-    """``values[t]`` shaped to broadcast against ``like`` (``B`` -> ``B x 1 x ...``); ``t = -1`` gives 1."""
+    """``values[t]`` (float64) shaped to broadcast against ``like`` (``B x 1 x ...``); ``t = -1`` gives 1.
+
+    Step coefficients are combined in float64 and cast to the data's dtype only when applied: near ``t = 0``
+    the quantity ``1 - abar`` is about 1e-4 and float32 rounding of ``abar`` would cost it 3 digits.
+    """
     padded = torch.cat([values.new_ones(1), values])
-    out = padded[t + 1]
-    return out.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+    return padded[t + 1].reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def guided_prediction(conditional, unconditional, guidance_weight):
@@ -80,8 +83,8 @@ def sampling_timesteps(num_steps, sampler_steps):
 class GaussianDiffusion(nn.Module):
     """A Gaussian diffusion over ``B x d`` vectors with an x0-predicting model (schedule + pure step functions).
 
-    Holds no trainable parameters: the schedule is precomputed once as (non-persistent) buffers, so it moves
-    with the model between devices but is not written to checkpoints.
+    Holds no trainable parameters: the schedule is precomputed once, in float64, as non-persistent buffers,
+    so it moves with the model between devices but is not written to checkpoints.
     """
 
     def __init__(self, num_steps, schedule="linear", beta_start=1e-4, beta_end=0.02):
@@ -101,7 +104,7 @@ class GaussianDiffusion(nn.Module):
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
             "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         }.items():
-            self.register_buffer(name, value.float(), persistent=False)
+            self.register_buffer(name, value, persistent=False)
 
     def sample_timesteps(self, batch_size, device):
         """``t ~ Uniform{0 .. T-1}``, one per example."""
@@ -117,7 +120,8 @@ class GaussianDiffusion(nn.Module):
             noise = torch.randn_like(x0)
             if offset_noise_scale:
                 noise = noise + offset_noise_scale * torch.randn_like(x0[..., :1])
-        return _gather(self.sqrt_alphas_cumprod, t, x0) * x0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        signal, noise_scale = _gather(self.sqrt_alphas_cumprod, t, x0), _gather(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return signal.to(x0.dtype) * x0 + noise_scale.to(x0.dtype) * noise
 
     def posterior(self, x0_hat, x_t, t, s=None):
         """Mean and variance of ``q(x_s | x_t, x0 = x0_hat)``; ``s = t - 1`` by default.
@@ -127,12 +131,16 @@ class GaussianDiffusion(nn.Module):
         ``alpha = abar_t / abar_s``, exactly as a DDPM whose schedule is the subsequence of visited steps.
         """
         if s is None:
-            mean = _gather(self.posterior_mean_coef1, t, x_t) * x0_hat + _gather(self.posterior_mean_coef2, t, x_t) * x_t
-            return mean, _gather(self.posterior_variance, t, x_t)
-        abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
-        alpha = abar_t / abar_s
-        mean = (abar_s.sqrt() * (1 - alpha) * x0_hat + alpha.sqrt() * (1 - abar_s) * x_t) / (1 - abar_t)
-        return mean, (1 - alpha) * (1 - abar_s) / (1 - abar_t)
+            coef1, coef2 = _gather(self.posterior_mean_coef1, t, x_t), _gather(self.posterior_mean_coef2, t, x_t)
+            variance = _gather(self.posterior_variance, t, x_t)
+        else:
+            abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
+            alpha = abar_t / abar_s
+            coef1 = abar_s.sqrt() * (1 - alpha) / (1 - abar_t)
+            coef2 = alpha.sqrt() * (1 - abar_s) / (1 - abar_t)
+            variance = (1 - alpha) * (1 - abar_s) / (1 - abar_t)
+        mean = coef1.to(x_t.dtype) * x0_hat + coef2.to(x_t.dtype) * x_t
+        return mean, variance.to(x_t.dtype)
 
     def ddpm_step(self, x0_hat, x_t, t, s=None, variance="posterior", noise=None):
         """One ancestral DDPM step from ``t`` to ``s`` (default ``t - 1``) given the model's ``x0_hat``.
@@ -146,17 +154,28 @@ class GaussianDiffusion(nn.Module):
         if variance == "posterior":
             var = posterior_variance
         else:
-            var = 1 - _gather(self.alphas_cumprod, t, x_t) / _gather(self.alphas_cumprod, s, x_t)
+            var = (1 - _gather(self.alphas_cumprod, t, x_t) / _gather(self.alphas_cumprod, s, x_t)).to(x_t.dtype)
         if noise is None:
             noise = torch.randn_like(x_t)
         not_last = (s >= 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
         return mean + not_last * var.sqrt() * noise
 
-    def ddim_step(self, x0_hat, x_t, t, s):
-        """Deterministic DDIM (eta = 0) from ``t`` to ``s``: ``sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat``."""
+    def ddim_step(self, x0_hat, x_t, t, s, eta=0.0, noise=None):
+        """DDIM from ``t`` to ``s``: ``sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z``.
+
+        ``eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)`` and ``sigma^2 = eta^2`` times the
+        posterior variance of the step. ``eta = 0`` (the default, what the models use) is deterministic;
+        ``eta = 1`` has exactly the DDPM posterior mean and variance.
+        """
         abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
-        eps_hat = (x_t - abar_t.sqrt() * x0_hat) / (1 - abar_t).sqrt()
-        return abar_s.sqrt() * x0_hat + (1 - abar_s).sqrt() * eps_hat
+        sigma_sq = eta ** 2 * (1 - abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)
+        eps_coef = (1 - abar_s - sigma_sq).clamp(min=0).sqrt() / (1 - abar_t).sqrt()
+        # x_s = sqrt(abar_s) x0_hat + eps_coef * (x_t - sqrt(abar_t) x0_hat), with eps_hat expanded
+        x0_coef = abar_s.sqrt() - eps_coef * abar_t.sqrt()
+        out = x0_coef.to(x_t.dtype) * x0_hat + eps_coef.to(x_t.dtype) * x_t
+        if eta and noise is not None:
+            out = out + sigma_sq.sqrt().to(x_t.dtype) * noise
+        return out
 
     @torch.no_grad()
     def sample(self, denoise, shape, device, sampler="ddpm", sampler_steps=None, variance="posterior", generator=None):
