@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import socket
 import sys
 from importlib import resources
@@ -232,7 +233,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
 
 
 def parse_args(argv=None):
-    """``--model``, ``--dataset``, ``--config_files`` (space or comma separated) and any ``--key=value``."""
+    """``--model``, ``--dataset``, ``--config_files`` (several; also "a.yaml b.yaml" or a,b) and ``--key=value``."""
     parser = argparse.ArgumentParser(
         description="Train and evaluate a recommender of recbole_diffusion or RecBole.",
         epilog="Any other --key=value overrides that RecBole configuration key, e.g. --epochs=5.",
@@ -247,7 +248,7 @@ def parse_args(argv=None):
             parser.error(f"unrecognised argument {item!r}: overrides are written --key=value")
         key, value = item[2:].split("=", 1)
         overrides[key] = value
-    files = [path for entry in args.config_files for path in entry.split(",") if path]
+    files = [path for entry in args.config_files for path in re.split(r"[,\s]+", entry) if path]
     return args.model, args.dataset, files, overrides
 
 

@@ -15,10 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_parse_args_reads_model_dataset_files_and_overrides():
     model, dataset, files, overrides = parse_args(
-        ["--model=SASRec", "--dataset=ml-1m", "--config_files", "a.yaml", "b.yaml,c.yaml", "--epochs=5",
+        ["--model=SASRec", "--dataset=ml-1m", "--config_files", "a.yaml", "b.yaml,c.yaml", "d.yaml e.yaml", "--epochs=5",
          "--eval_args={'mode': 'full'}"])
     assert (model, dataset) == ("SASRec", "ml-1m")
-    assert files == ["a.yaml", "b.yaml", "c.yaml"]
+    assert files == ["a.yaml", "b.yaml", "c.yaml", "d.yaml", "e.yaml"]
     assert overrides == {"epochs": "5", "eval_args": "{'mode': 'full'}"}
 
 
