@@ -10,7 +10,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_diffusion.losses import batch_negative_centroids, cosine_error, preference_loss
-from recbole_diffusion.model import DreamRec, PreferDiff
+from recbole_diffusion.model import PreferDiff
 from recbole_diffusion.quick_start import build_config, run
 from conftest import FAST, assert_checkpoint_reload_reproduces, assert_full_ranking_result
 

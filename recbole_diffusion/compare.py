@@ -1,0 +1,406 @@
+"""Compare models under one protocol: every model, every seed, the same data, split and evaluator.
+
+    python -m recbole_diffusion.compare --models DiffuRec,PreferDiff,SASRec --dataset amazon-beauty \\
+        --seeds 5 --output results/beauty --epochs 50
+
+Writes to ``--output``: ``runs/<model>-seed<seed>.json`` per run (config, metrics, per-epoch validation,
+train and inference seconds, peak memory, head/tail and sequence-length group metrics), ``runs.csv``,
+``summary.md`` (mean +- std, relative improvement over ``--reference`` and paired t-test p-values across
+seeds), ``quality_vs_cost.png`` and ``validation_curves.png``. A finished run is never repeated: rerunning the
+same command resumes a killed comparison; a failed run records its error, is retried on the next start, and
+the summary lists it. Each run trains in its own process, so its peak memory is its own.
+"""
+
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+import traceback
+from datetime import datetime
+
+import numpy as np
+import torch
+
+METRICS = [f"{name}@{k}" for name in ("hit", "ndcg") for k in (5, 10, 20)]
+MAIN_METRIC = "ndcg@10"
+HEAD_SHARE = 0.2
+LENGTH_GROUPS = 5
+DEFAULT_SEED = 2020
+
+
+def run_name(model, seed):
+    return f"{model}-seed{seed}"
+
+
+def _positions_of_targets(scores, positive_u, positive_i, max_k):
+    """0-based rank of each user's target in RecBole's own top-k (``max_k`` when outside it)."""
+    _, topk = torch.topk(scores, max_k, dim=-1)
+    hits = topk[positive_u] == positive_i[:, None]
+    return torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.full_like(positive_u, max_k))
+
+
+def per_user_metrics(positions, ks=(5, 10, 20)):
+    """HR@k and NDCG@k per user from the 0-based target rank (one target per user, as in leave-one-out)."""
+    positions = np.asarray(positions)
+    out = {}
+    for k in ks:
+        inside = positions < k
+        out[f"hit@{k}"] = inside.astype(float)
+        out[f"ndcg@{k}"] = np.where(inside, 1.0 / np.log2(positions + 2.0), 0.0)
+    return out
+
+
+def group_metrics(positions, targets, lengths, item_counts, user_lengths):
+    """Mean metrics for head vs long-tail targets and per sequence-length quintile.
+
+    Head items are the top ``HEAD_SHARE`` of items by interaction count in the whole dataset (as in the
+    DiffuRec / DiffuRecSys case studies); a user's length is their number of interactions.
+    """
+    metrics = per_user_metrics(positions)
+    counts = np.asarray(item_counts)
+    head_threshold = np.quantile(counts[counts > 0], 1 - HEAD_SHARE)
+    is_head = counts[np.asarray(targets)] >= head_threshold
+    lengths = np.asarray(user_lengths)[np.asarray(lengths)]
+    edges = np.quantile(lengths, np.linspace(0, 1, LENGTH_GROUPS + 1)[1:-1])
+    quintile = np.searchsorted(edges, lengths, side="left")
+    groups = {"all users": np.ones_like(is_head), "head items": is_head, "long-tail items": ~is_head}
+    for q in range(LENGTH_GROUPS):
+        groups[f"length Q{q + 1}"] = quintile == q
+    return {
+        name: {"users": int(mask.sum()), **{m: float(metrics[m][mask].mean()) if mask.any() else None for m in METRICS}}
+        for name, mask in groups.items()
+    }
+
+
+def train_and_evaluate(model, dataset, seed, config_files, overrides, run_dir):
+    """One run through RecBole: returns the record that is written as the run's JSON."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_trainer, init_logger, init_seed
+
+    from recbole_diffusion.quick_start import build_config
+
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    config, model_class = build_config(model, dataset, config_files,
+                                       {**overrides, "seed": seed, "checkpoint_dir": checkpoint_dir})
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    recommender = model_class(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+
+    epoch_seconds, curve = [], []
+    train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        result = train_epoch(*args, **kwargs)
+        epoch_seconds.append(time.perf_counter() - start)
+        return result
+
+    trainer._train_epoch = timed_train_epoch
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"],
+                                         callback_fn=lambda epoch, score: curve.append([epoch, float(score)]))
+
+    collected = {"positions": [], "targets": [], "users": []}
+    collect = trainer.eval_collector.eval_batch_collect
+    max_k = max(config["topk"])
+
+    def collect_per_user(scores, interaction, positive_u, positive_i):
+        collected["positions"].append(_positions_of_targets(scores, positive_u, positive_i, max_k).cpu())
+        collected["targets"].append(positive_i.cpu())
+        collected["users"].append(interaction[config["USER_ID_FIELD"]][positive_u].cpu())
+        return collect(scores, interaction, positive_u, positive_i)
+
+    trainer.eval_collector.eval_batch_collect = collect_per_user
+    start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    inference_seconds = time.perf_counter() - start
+    positions = torch.cat(collected["positions"]).numpy()
+    n_users = len(positions)
+    groups = group_metrics(positions, torch.cat(collected["targets"]).numpy(), torch.cat(collected["users"]).numpy(),
+                           np.bincount(data.inter_feat[data.iid_field].numpy(), minlength=data.item_num),
+                           np.bincount(data.inter_feat[data.uid_field].numpy(), minlength=data.user_num))
+    if os.path.isfile(trainer.saved_model_file):
+        os.remove(trainer.saved_model_file)
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "model": model, "dataset": dataset, "seed": seed, "status": "ok",
+        "test": {m: float(test_result[m]) for m in METRICS},
+        "best_valid": {m: float(best_valid[m]) for m in METRICS},
+        "best_valid_score": float(best_score),
+        "validation_curve": curve,
+        "epochs": len(epoch_seconds),
+        "train_seconds": float(sum(epoch_seconds)),
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+        "inference_seconds": inference_seconds,
+        "test_users": n_users,
+        "seconds_per_1000_users": inference_seconds / n_users * 1000,
+        "peak_memory_mb": peak / 2 ** 20,
+        "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
+        "groups": groups,
+        "config": {key: repr(value) if not isinstance(value, (int, float, str, bool, type(None), list, dict)) else value
+                   for key, value in config.final_config_dict.items()},
+    }
+
+
+def _write_json(path, record):
+    """Write atomically, so a killed comparison never leaves a half-written run behind."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _trial(model, dataset, seed, config_files, overrides, output):
+    """Child-process entry: run, then write the record (or the error) as the run's JSON."""
+    path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
+    run_dir = os.path.join(output, "work", run_name(model, seed))
+    os.makedirs(run_dir, exist_ok=True)
+    os.chdir(run_dir)  # RecBole writes ./log here
+    start = time.perf_counter()
+    try:
+        record = train_and_evaluate(model, dataset, seed, config_files, overrides, run_dir)
+    except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)
+        record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
+                  "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    record["wall_seconds"] = time.perf_counter() - start
+    _write_json(path, record)
+
+
+def load_runs(output):
+    runs_dir = os.path.join(output, "runs")
+    records = []
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(runs_dir, name), encoding="utf-8") as handle:
+                records.append(json.load(handle))
+    return records
+
+
+def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None):
+    """Train every (model, seed) pair not finished yet, then write the summary files; returns the records."""
+    os.makedirs(os.path.join(output, "runs"), exist_ok=True)
+    output = os.path.abspath(output)
+    config_files = [os.path.abspath(path) for path in config_files]
+    overrides = dict(overrides or {})
+    if "data_path" in overrides:
+        overrides["data_path"] = os.path.abspath(overrides["data_path"])
+    done = {(r["model"], r["seed"]) for r in load_runs(output) if r["status"] == "ok"}
+    todo = [(model, seed) for model in models for seed in seeds if (model, seed) not in done]
+    if done:
+        print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
+    context = multiprocessing.get_context("spawn")
+    for index, (model, seed) in enumerate(todo, 1):
+        args = (model, dataset, seed, config_files, overrides, output)
+        if isolate:
+            process = context.Process(target=_trial, args=args)
+            process.start()
+            process.join()
+        else:
+            cwd = os.getcwd()
+            try:
+                _trial(*args)
+            finally:
+                os.chdir(cwd)
+        path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
+        if not os.path.isfile(path):
+            _write_json(path, {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
+                               "error": f"the run's process ended with exit code {process.exitcode}"})
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        if record["status"] == "ok":
+            line = f"{MAIN_METRIC} {record['test'][MAIN_METRIC]:.4f}, {record['epochs']} epochs"
+        else:
+            line = f"FAILED: {record['error']}"
+        print(f"[{index}/{len(todo)}] {model} seed {seed}: {line} in {record.get('wall_seconds', 0):.1f}s", flush=True)
+    records = [r for r in load_runs(output) if r["model"] in models and r["seed"] in seeds]
+    write_reports(records, output, models, reference)
+    return records
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def paired_t_test(values, reference):
+    """Two-sided paired t-test across seeds (scipy); ``None`` with fewer than two pairs or constant differences."""
+    from scipy import stats
+
+    differences = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    if len(differences) < 2 or np.allclose(differences, differences[0]):
+        return None
+    return float(stats.ttest_rel(values, reference).pvalue)
+
+
+def comparison_table(records, models, reference, value_of, title):
+    """Markdown table: mean +- std per model, and (relative improvement, paired p) against ``reference``."""
+    ok = [r for r in records if r["status"] == "ok"]
+    by_model = {m: {r["seed"]: r for r in ok if r["model"] == m} for m in models}
+    lines = [f"### {title}", "", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for model in models:
+        runs = by_model[model]
+        if not runs:
+            continue
+        cells = []
+        for metric in METRICS:
+            values = [value_of(runs[s], metric) for s in sorted(runs)]
+            if any(v is None for v in values):
+                cells.append("n/a")
+                continue
+            mean, std = _mean_std(values)
+            cell = f"{mean:.4f} ± {std:.4f}"
+            ref_runs = by_model.get(reference, {})
+            if model != reference and ref_runs:
+                seeds = sorted(set(runs) & set(ref_runs))
+                ref_mean = np.mean([value_of(ref_runs[s], metric) for s in sorted(ref_runs)])
+                improvement = f"{(mean - ref_mean) / ref_mean * 100:+.1f}%" if ref_mean else "n/a"
+                p = paired_t_test([value_of(runs[s], metric) for s in seeds],
+                                  [value_of(ref_runs[s], metric) for s in seeds])
+                cell += f" ({improvement}, p={p:.3g})" if p is not None else f" ({improvement})"
+            cells.append(cell)
+        name = f"{model} (reference)" if model == reference else model
+        lines.append(f"| {name} ({len(runs)} seeds) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(records, output, models, reference=None):
+    """``runs.csv``, ``summary.md`` and the two figures from the run records."""
+    reference = reference or ("SASRec" if "SASRec" in models else models[0])
+    columns = ["model", "seed", "status", *METRICS, "epochs", "train_seconds", "seconds_per_epoch",
+               "inference_seconds", "seconds_per_1000_users", "peak_memory_mb", "error"]
+    with open(os.path.join(output, "runs.csv"), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({**record, **record.get("test", {})})
+    ok = [r for r in records if r["status"] == "ok"]
+    parts = [f"# Comparison on {records[0]['dataset'] if records else '?'}", "",
+             f"Test metrics over seeds (mean ± sample std). In brackets: relative improvement of the mean over "
+             f"`{reference}` and the two-sided paired t-test p-value across seeds (scipy.stats.ttest_rel).", "",
+             comparison_table(records, models, reference, lambda r, m: r["test"][m], "All test users")]
+    group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
+    for group in group_names:
+        users = ok[0]["groups"][group]["users"]
+        parts.append(comparison_table(records, models, reference, lambda r, m, g=group: r["groups"][g][m],
+                                      f"{group} ({users} users)"))
+    parts += ["### Cost", "", "| model | epochs | s / epoch | inference s / 1000 users | peak memory (MiB) |",
+              "|---|---|---|---|---|"]
+    for model in models:
+        runs = [r for r in ok if r["model"] == model]
+        if runs:
+            parts.append(f"| {model} | {np.mean([r['epochs'] for r in runs]):.1f} | "
+                         f"{np.mean([r['seconds_per_epoch'] or 0 for r in runs]):.2f} | "
+                         f"{np.mean([r['seconds_per_1000_users'] for r in runs]):.3f} | "
+                         f"{np.mean([r['peak_memory_mb'] for r in runs]):.0f} |")
+    failed = [r for r in records if r["status"] != "ok"]
+    parts += ["", "### Failed runs", ""]
+    parts += [f"- {r['model']} seed {r['seed']}: {r['error']}" for r in failed] or ["none"]
+    with open(os.path.join(output, "summary.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(parts) + "\n")
+    plot_figures(ok, models, output)
+
+
+def plot_figures(records, models, output):
+    """NDCG@10 against inference cost per model, and per-epoch validation curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for model in models:
+        runs = [r for r in records if r["model"] == model]
+        if not runs:
+            continue
+        cost = np.mean([r["seconds_per_1000_users"] for r in runs])
+        mean, std = _mean_std([r["test"][MAIN_METRIC] for r in runs])
+        ax.errorbar(cost, mean, yerr=std, fmt="o", capsize=3)
+        ax.annotate(model, (cost, mean), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("inference seconds per 1,000 users (log scale)")
+    ax.set_ylabel(f"test {MAIN_METRIC.upper()}")
+    ax.set_title("Quality vs inference cost")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output, "quality_vs_cost.png"), dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for index, model in enumerate(models):
+        for run_index, run in enumerate(r for r in records if r["model"] == model):
+            if run["validation_curve"]:
+                epochs, scores = zip(*run["validation_curve"])
+                ax.plot(epochs, scores, "o-", markersize=3, color=f"C{index}", alpha=0.8,
+                        label=model if run_index == 0 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {MAIN_METRIC.upper()}")
+    ax.set_title("Validation curves (one line per seed)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(output, "validation_curves.png"), dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Any other --key value (or --key=value) overrides that RecBole key in every run.")
+    parser.add_argument("--models", required=True, help="comma-separated model names")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--seeds", default="1", help=f"a count N (seeds {DEFAULT_SEED}, {DEFAULT_SEED + 1}, ...) "
+                        "or a comma-separated list of seeds")
+    parser.add_argument("--output", default=None, help="results folder (default: comparison-<timestamp>)")
+    parser.add_argument("--config_files", nargs="*", default=[])
+    parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
+    parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
+    args, rest = parser.parse_known_args(argv)
+    overrides, index = {}, 0
+    while index < len(rest):
+        item = rest[index]
+        if not item.startswith("--"):
+            parser.error(f"unrecognised argument {item!r}")
+        if "=" in item:
+            key, value = item[2:].split("=", 1)
+        elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
+            key, value = item[2:], rest[index + 1]
+            index += 1
+        else:
+            parser.error(f"{item} needs a value")
+        overrides[key] = value
+        index += 1
+    seeds = ([int(s) for s in args.seeds.split(",") if s] if "," in args.seeds
+             else [DEFAULT_SEED + i for i in range(int(args.seeds))])
+    models = [m for m in args.models.split(",") if m]
+    output = args.output or f"comparison-{datetime.now():%Y%m%d-%H%M%S}"
+    return models, args.dataset, seeds, output, args.config_files, overrides, args.reference, not args.in_process
+
+
+def main(argv=None):
+    models, dataset, seeds, output, files, overrides, reference, isolate = parse_args(argv)
+    from recbole_diffusion.quick_start import get_model_class
+
+    try:
+        for model in models:
+            get_model_class(model)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    records = run_comparison(models, dataset, seeds, output, files, overrides, isolate, reference)
+    failed = [r for r in records if r["status"] != "ok"]
+    print(f"{len(records) - len(failed)} run(s) finished, {len(failed)} failed; summary: "
+          f"{os.path.join(output, 'summary.md')}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

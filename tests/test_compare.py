@@ -1,0 +1,162 @@
+"""The comparison command: runs, files, table numbers, t-tests, failures and resuming after a kill."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from recbole_diffusion.compare import METRICS, main, parse_args, run_comparison
+from conftest import FAST
+
+SEEDS = [2020, 2021]
+
+
+def test_parse_args_accepts_both_override_forms_and_seed_lists():
+    models, dataset, seeds, output, files, overrides, reference, isolate = parse_args(
+        ["--models", "SASRec,DiffuRec", "--dataset", "ml-1m", "--seeds", "3", "--epochs", "50",
+         "--hidden_size=64", "--output", "out", "--reference", "DiffuRec"])
+    assert (models, dataset, seeds, output) == (["SASRec", "DiffuRec"], "ml-1m", [2020, 2021, 2022], "out")
+    assert overrides == {"epochs": "50", "hidden_size": "64"} and reference == "DiffuRec" and isolate
+    assert parse_args(["--models", "Pop", "--dataset", "x", "--seeds", "7,11"])[2] == [7, 11]
+    assert parse_args(["--models", "Pop", "--dataset", "x"])[3].startswith("comparison-")
+
+
+def _overrides(data_root):
+    settings = {**FAST, "data_path": data_root, "epochs": 2, "neg_samples": 10_000}
+    return {key: str(value) for key, value in settings.items()}
+
+
+def _cli(data_root, output):
+    args = ["--models", "SASRec,DiffuRec,PreferDiff", "--dataset", "ml-100k-small", "--seeds", "2", "--output", output]
+    for key, value in _overrides(data_root).items():
+        args += [f"--{key}", value]
+    return args
+
+
+def _cell(summary, title, model, metric):
+    """The (mean, std, improvement, p) of one cell of summary.md."""
+    section = summary.split(f"### {title}")[1].split("###")[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {model}"))
+    cell = row.split("|")[2 + METRICS.index(metric)].strip()
+    mean, std, *rest = re.findall(r"[-+]?\d+\.?\d*(?:e-?\d+)?", cell)
+    return float(mean), float(std), rest
+
+
+@pytest.fixture(scope="module")
+def comparison(data_root, tmp_path_factory):
+    """A comparison killed after its first finished run, then resumed to the end."""
+    output = str(tmp_path_factory.mktemp("comparison") / "out")
+    process = subprocess.Popen([sys.executable, "-m", "recbole_diffusion.compare", *_cli(data_root, output)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = os.path.join(output, "runs", "SASRec-seed2020.json")
+    deadline = time.monotonic() + 240
+    while not os.path.exists(first) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert os.path.exists(first)
+    first_written = os.stat(first).st_mtime_ns
+    code = main(_cli(data_root, output))
+    return output, first_written, code
+
+
+def test_resumed_comparison_keeps_finished_runs_and_completes_the_rest(comparison, capsys):
+    output, first_written, code = comparison
+    assert os.stat(os.path.join(output, "runs", "SASRec-seed2020.json")).st_mtime_ns == first_written
+    names = sorted(os.listdir(os.path.join(output, "runs")))
+    assert names == sorted(f"{m}-seed{s}.json" for m in ("SASRec", "DiffuRec", "PreferDiff") for s in SEEDS)
+    for name in ("runs.csv", "summary.md"):
+        assert os.path.getsize(os.path.join(output, name)) > 0
+    for name in ("quality_vs_cost.png", "validation_curves.png"):
+        with open(os.path.join(output, name), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert code == 1  # PreferDiff failed
+
+
+def _records(output):
+    records = {}
+    for name in os.listdir(os.path.join(output, "runs")):
+        with open(os.path.join(output, "runs", name), encoding="utf-8") as handle:
+            record = json.load(handle)
+        records[(record["model"], record["seed"])] = record
+    return records
+
+
+def test_a_failing_model_is_recorded_and_the_others_finish(comparison):
+    output, _, _ = comparison
+    records = _records(output)
+    for seed in SEEDS:
+        assert records[("PreferDiff", seed)]["status"] == "failed"
+        assert "neg_samples=10000" in records[("PreferDiff", seed)]["error"]
+        assert records[("SASRec", seed)]["status"] == records[("DiffuRec", seed)]["status"] == "ok"
+    with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
+        failed = handle.read().split("### Failed runs")[1]
+    assert "PreferDiff seed 2020" in failed and "PreferDiff seed 2021" in failed
+
+
+def test_run_records_hold_metrics_costs_and_consistent_groups(comparison):
+    output, _, _ = comparison
+    for (model, seed), record in _records(output).items():
+        if record["status"] != "ok":
+            continue
+        assert set(record["test"]) == set(METRICS) and record["epochs"] >= 1
+        assert record["train_seconds"] > 0 and record["seconds_per_1000_users"] > 0 and record["peak_memory_mb"] > 0
+        assert record["config"]["seed"] == seed and record["validation_curve"]
+        groups = record["groups"]
+        for metric in METRICS:  # per-user ranks reproduce RecBole's own metrics (rounded to 4 places)
+            assert groups["all users"][metric] == pytest.approx(record["test"][metric], abs=6e-5)
+        head, tail = groups["head items"], groups["long-tail items"]
+        assert head["users"] + tail["users"] == groups["all users"]["users"]
+        assert sum(groups[f"length Q{q}"]["users"] for q in range(1, 6)) == groups["all users"]["users"]
+        mixed = (head["users"] * head["hit@10"] + tail["users"] * tail["hit@10"]) / groups["all users"]["users"]
+        assert mixed == pytest.approx(groups["all users"]["hit@10"])
+
+
+def test_summary_and_csv_agree_with_the_run_records_and_scipy(comparison):
+    output, _, _ = comparison
+    records = _records(output)
+    with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
+        summary = handle.read()
+    for metric in METRICS:
+        ours = [records[("DiffuRec", s)]["test"][metric] for s in SEEDS]
+        reference = [records[("SASRec", s)]["test"][metric] for s in SEEDS]
+        mean, std, rest = _cell(summary, "All test users", "DiffuRec", metric)
+        assert mean == pytest.approx(np.mean(ours), abs=1e-4)
+        assert std == pytest.approx(np.std(ours, ddof=1), abs=1e-4)
+        ref_mean, _, _ = _cell(summary, "All test users", "SASRec (reference)", metric)
+        assert ref_mean == pytest.approx(np.mean(reference), abs=1e-4)
+        if np.mean(reference) > 0:
+            assert float(rest[0]) == pytest.approx((np.mean(ours) / np.mean(reference) - 1) * 100, abs=0.06)
+        differences = np.subtract(ours, reference)
+        if len(rest) > 1:
+            assert float(rest[1]) == pytest.approx(stats.ttest_rel(ours, reference).pvalue, rel=1e-2)
+        else:
+            assert np.allclose(differences, differences[0])
+    with open(os.path.join(output, "runs.csv"), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6
+    for row in rows:
+        if row["status"] == "ok":
+            record = records[(row["model"], int(row["seed"]))]
+            assert float(row["ndcg@10"]) == pytest.approx(record["test"]["ndcg@10"])
+            assert float(row["seconds_per_1000_users"]) == pytest.approx(record["seconds_per_1000_users"])
+
+
+def test_in_process_mode_resumes_without_rerunning(comparison, monkeypatch):
+    """A second call finds every run finished and trains nothing."""
+    import recbole_diffusion.compare as compare
+
+    output, _, _ = comparison
+    ok = {k for k, r in _records(output).items() if r["status"] == "ok"}
+    monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
+    models = sorted({m for m, _ in ok})
+    records = run_comparison(models, "ml-100k-small", SEEDS, output, isolate=False)
+    assert {(r["model"], r["seed"]) for r in records} == ok
