@@ -387,11 +387,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     models, dataset, seeds, output, files, overrides, reference, isolate = parse_args(argv)
-    from recbole_diffusion.quick_start import get_model_class
+    from recbole_diffusion.quick_start import resolve_model
 
     try:
         for model in models:
-            get_model_class(model)
+            resolve_model(model)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

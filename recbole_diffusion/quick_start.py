@@ -63,6 +63,12 @@ def recbole_model_names():
     return sorted(set(names))
 
 
+def model_variants():
+    """Variant names, from ``properties/model/variants/<Model>-<variant>.yaml`` (e.g. ``DiffuRecSys-V1``)."""
+    folder = resources.files("recbole_diffusion.properties").joinpath("model", "variants")
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
 def get_model_class(name):
     """Look ``name`` up among this package's models first, then RecBole's; list both when it is unknown."""
     if name in MODELS:
@@ -74,9 +80,17 @@ def get_model_class(name):
     except (ValueError, AttributeError, ImportError):  # exlib models import xgboost and lightgbm
         pass
     raise ValueError(
-        f"model={name!r} is not a model of recbole_diffusion ({', '.join(sorted(MODELS))}) nor of RecBole "
-        f"({', '.join(recbole_model_names())})."
+        f"model={name!r} is not a model of recbole_diffusion ({', '.join(sorted(MODELS))}; variants: "
+        f"{', '.join(model_variants())}) nor of RecBole ({', '.join(recbole_model_names())})."
     )
+
+
+def resolve_model(name):
+    """``(model class, model name, variant YAML or None)`` for a model name or a variant name."""
+    if name in model_variants():
+        base = name.split("-")[0]
+        return get_model_class(base), base, properties_file("model", "variants", f"{name}.yaml")
+    return get_model_class(name), name, None
 
 
 class PluginConfig(Config):
@@ -170,11 +184,12 @@ def resolve_data_path(config, data_path_given):
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
     """Merge the configuration, then check it and the dataset before anything is written.
 
+    ``model`` may name a variant (``DiffuRecSys-V1``): its YAML applies right after the model's.
+
     Returns ``(config, model_class)``.
     """
-    model = model or DEFAULT_MODEL
     dataset = dataset or DEFAULT_DATASET
-    model_class = get_model_class(model)
+    model_class, model, variant = resolve_model(model or DEFAULT_MODEL)
     user_files = list(config_file_list or [])
     config_dict = dict(config_dict or {})
     user_keys = set(config_dict)
@@ -183,8 +198,8 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
             raise FileNotFoundError(f"config file {path!r} does not exist")
         user_keys |= _read_yaml_keys(path)
     files = [properties_file("overall.yaml")]
-    files += [path for path in (properties_file("model", f"{model}.yaml"), properties_file("dataset", f"{dataset}.yaml"))
-              if os.path.isfile(path)]
+    files += [path for path in (properties_file("model", f"{model}.yaml"), variant,
+                                properties_file("dataset", f"{dataset}.yaml")) if path and os.path.isfile(path)]
     config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
                           config_dict=config_dict)
     warn_unknown_keys(user_keys, model, dataset)

@@ -36,6 +36,16 @@ def test_model_lookup_prefers_this_package_then_recbole():
     assert "DiffuRec" in str(error.value) and "SASRec" in str(error.value) and "BERT4Rec" in str(error.value)
 
 
+def test_variant_names_apply_their_yaml_after_the_model_yaml(data_root):
+    config, model_class = build_config("DiffuRecSys-V1", "ml-100k-small", config_dict={"data_path": data_root})
+    assert model_class.__name__ == "DiffuRecSys" and config["model"] == "DiffuRecSys"
+    assert config["cross_attention"] is True and config["offset_noise_scale"] == 0.0
+    config, _ = build_config("PreferDiff-DDPM", "ml-100k-small", config_dict={"data_path": data_root})
+    assert config["sampler"] == "ddpm" and config["preference_lambda"] == 0.4
+    with pytest.raises(ValueError, match="DiffuRecSys-V2"):
+        get_model_class("DiffuRecSys-V3")
+
+
 def test_merge_order_overall_model_user_file_then_overrides(data_root, tmp_path):
     user_file = tmp_path / "user.yaml"
     user_file.write_text("hidden_size: 48\ninner_size: 96\n")
