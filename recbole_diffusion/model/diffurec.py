@@ -63,7 +63,6 @@ class DiffuRec(DiffusionRecommender):
             self.hidden_size, config["n_layers"], config["n_heads"], config["inner_size"],
             config["hidden_dropout_prob"],
         )
-        self.output_dropout = nn.Dropout(config["hidden_dropout_prob"])
 
     def encode_condition(self, item_seq, item_seq_len):
         """Item (and optional position) embeddings of the history, dropout then LayerNorm; its padding; lengths."""
@@ -89,7 +88,7 @@ class DiffuRec(DiffusionRecommender):
                                                need_weights=False)
             hidden = history + attended
         output = self.approximator(hidden, padding_mask)
-        return self.gather_indexes(self.output_dropout(output), item_seq_len - 1)
+        return self.gather_indexes(output, item_seq_len - 1)
 
     def calculate_loss(self, interaction):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]

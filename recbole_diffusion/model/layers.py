@@ -5,7 +5,7 @@ from torch import nn
 
 
 class TransformerStack(nn.Module):
-    """``n_layers`` pre-norm transformer blocks (GELU FFN of width ``inner_size``) and a final LayerNorm.
+    """``n_layers`` pre-norm transformer blocks (GELU FFN of width ``inner_size``), dropout, a final LayerNorm.
 
     Padding is masked on the key side (``key_padding_mask``), so real positions never attend to padding.
     """
@@ -20,6 +20,7 @@ class TransformerStack(nn.Module):
             )
             for _ in range(n_layers)
         )
+        self.output_dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size)
 
     def forward(self, hidden, padding_mask):
@@ -30,7 +31,7 @@ class TransformerStack(nn.Module):
             attn_mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=hidden.device), diagonal=1)
         for layer in self.layers:
             hidden = layer(hidden, src_mask=attn_mask, src_key_padding_mask=padding_mask)
-        return self.norm(hidden)
+        return self.norm(self.output_dropout(hidden))
 
 
 def positions_from_end(item_seq_len, max_length):
