@@ -68,6 +68,7 @@ def check_diffurec(config):
     _require_range(config, "offset_noise_scale", 0, float("inf"))
     _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
     _require_range(config, "emb_dropout_prob", 0, 1, high_open=True)
+    _require_range(config, "item_init_std", 0, float("inf"), low_open=True)
 
 
 def check_guided(config):
@@ -76,6 +77,7 @@ def check_guided(config):
     check_diffusion(config)
     _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
     _require_range(config, "guidance_weight", 0, float("inf"))
+    _require_range(config, "item_init_std", 0, float("inf"), low_open=True)
     _require_range(config, "cfg_dropout_prob", 0, 1, high_open=True)
     if config["model"] != "PreferDiff":
         return

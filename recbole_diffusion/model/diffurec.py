@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from recbole_diffusion.diffusion import GaussianDiffusion, TimestepEmbedding
 from recbole_diffusion.model.base import DiffusionRecommender
-from recbole_diffusion.model.layers import TransformerStack, positions_from_end
+from recbole_diffusion.model.layers import TransformerStack, item_embedding_table, positions_from_end
 from recbole_diffusion.validation import check_diffurec
 
 
@@ -45,7 +45,7 @@ class DiffuRec(DiffusionRecommender):
         self.lambda_uncertainty = config["lambda_uncertainty"]
         self.offset_noise_scale = config["offset_noise_scale"]
 
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.item_embedding = item_embedding_table(self.n_items, self.hidden_size, config["item_init_std"])
         self.position_embedding = (
             nn.Embedding(self.max_seq_length, self.hidden_size) if config["position_embedding"] else None
         )
