@@ -258,7 +258,7 @@ def comparison_table(records, models, reference, value_of, title):
                 cells.append("n/a")
                 continue
             mean, std = _mean_std(values)
-            cell = f"{mean:.4f} ± {std:.4f}"
+            cell = f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"
             ref_runs = by_model.get(reference, {})
             if model != reference and ref_runs:
                 seeds = sorted(set(runs) & set(ref_runs))
@@ -269,7 +269,8 @@ def comparison_table(records, models, reference, value_of, title):
                 cell += f" ({improvement}, p={p:.3g})" if p is not None else f" ({improvement})"
             cells.append(cell)
         name = f"{model} (reference)" if model == reference else model
-        lines.append(f"| {name} ({len(runs)} seeds) | " + " | ".join(cells) + " |")
+        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        lines.append(f"| {name} ({seeds}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
