@@ -317,7 +317,7 @@ def plot_figures(records, models, output):
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for model in models:
@@ -329,6 +329,8 @@ def plot_figures(records, models, output):
         ax.errorbar(cost, mean, yerr=std, fmt="o", capsize=3)
         ax.annotate(model, (cost, mean), textcoords="offset points", xytext=(5, 5))
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("inference seconds per 1,000 users (log scale)")
     ax.set_ylabel(f"test {MAIN_METRIC.upper()}")
     ax.set_title("Quality vs inference cost")
