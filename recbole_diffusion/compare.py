@@ -160,8 +160,10 @@ def _write_json(path, record):
     os.replace(tmp, path)
 
 
-def _trial(model, dataset, seed, config_files, overrides, output):
+def _trial(model, dataset, seed, config_files, overrides, output, threads=None):
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
+    if threads:
+        torch.set_num_threads(threads)
     path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
     run_dir = os.path.join(output, "work", run_name(model, seed))
     os.makedirs(run_dir, exist_ok=True)
@@ -173,6 +175,7 @@ def _trial(model, dataset, seed, config_files, overrides, output):
         record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                   "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     record["wall_seconds"] = time.perf_counter() - start
+    record["torch_threads"] = torch.get_num_threads()
     _write_json(path, record)
 
 
@@ -186,8 +189,13 @@ def load_runs(output):
     return records
 
 
-def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None):
-    """Train every (model, seed) pair not finished yet, then write the summary files; returns the records."""
+def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
+                   threads=None):
+    """Train every (model, seed) pair not finished yet, then write the summary files; returns the records.
+
+    ``threads`` sets torch's CPU threads in each run: on a machine shared with other jobs, fewer threads than
+    cores avoids OpenMP oversubscription, which can slow small operations down many times.
+    """
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     output = os.path.abspath(output)
     config_files = [os.path.abspath(path) for path in config_files]
@@ -200,7 +208,7 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
     context = multiprocessing.get_context("spawn")
     for index, (model, seed) in enumerate(todo, 1):
-        args = (model, dataset, seed, config_files, overrides, output)
+        args = (model, dataset, seed, config_files, overrides, output, threads)
         if isolate:
             process = context.Process(target=_trial, args=args)
             process.start()
@@ -366,6 +374,7 @@ def parse_args(argv=None):
     parser.add_argument("--config_files", nargs="*", default=[])
     parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
     parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
     args, rest = parser.parse_known_args(argv)
     overrides, index = {}, 0
     while index < len(rest):
@@ -385,11 +394,14 @@ def parse_args(argv=None):
              else [DEFAULT_SEED + i for i in range(int(args.seeds))])
     models = [m for m in args.models.split(",") if m]
     output = args.output or f"comparison-{datetime.now():%Y%m%d-%H%M%S}"
-    return models, args.dataset, seeds, output, args.config_files, overrides, args.reference, not args.in_process
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return (models, args.dataset, seeds, output, args.config_files, overrides, args.reference, not args.in_process,
+            args.threads)
 
 
 def main(argv=None):
-    models, dataset, seeds, output, files, overrides, reference, isolate = parse_args(argv)
+    models, dataset, seeds, output, files, overrides, reference, isolate, threads = parse_args(argv)
     from recbole_diffusion.quick_start import resolve_model
 
     try:
@@ -398,7 +410,7 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    records = run_comparison(models, dataset, seeds, output, files, overrides, isolate, reference)
+    records = run_comparison(models, dataset, seeds, output, files, overrides, isolate, reference, threads)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} run(s) finished, {len(failed)} failed; summary: "
           f"{os.path.join(output, 'summary.md')}")

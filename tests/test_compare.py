@@ -20,11 +20,12 @@ SEEDS = [2020, 2021]
 
 
 def test_parse_args_accepts_both_override_forms_and_seed_lists():
-    models, dataset, seeds, output, files, overrides, reference, isolate = parse_args(
+    models, dataset, seeds, output, files, overrides, reference, isolate, threads = parse_args(
         ["--models", "SASRec,DiffuRec", "--dataset", "ml-1m", "--seeds", "3", "--epochs", "50",
-         "--hidden_size=64", "--output", "out", "--reference", "DiffuRec"])
+         "--hidden_size=64", "--output", "out", "--reference", "DiffuRec", "--threads", "1"])
     assert (models, dataset, seeds, output) == (["SASRec", "DiffuRec"], "ml-1m", [2020, 2021, 2022], "out")
     assert overrides == {"epochs": "50", "hidden_size": "64"} and reference == "DiffuRec" and isolate
+    assert threads == 1 and parse_args(["--models", "Pop", "--dataset", "x"])[8] is None
     assert parse_args(["--models", "Pop", "--dataset", "x", "--seeds", "7,11"])[2] == [7, 11]
     assert parse_args(["--models", "Pop", "--dataset", "x"])[3].startswith("comparison-")
 
@@ -35,7 +36,8 @@ def _overrides(data_root):
 
 
 def _cli(data_root, output):
-    args = ["--models", "SASRec,DiffuRec,PreferDiff", "--dataset", "ml-100k-small", "--seeds", "2", "--output", output]
+    args = ["--models", "SASRec,DiffuRec,PreferDiff", "--dataset", "ml-100k-small", "--seeds", "2", "--output", output,
+            "--threads", "1"]
     for key, value in _overrides(data_root).items():
         args += [f"--{key}", value]
     return args
@@ -109,7 +111,7 @@ def test_run_records_hold_metrics_costs_and_consistent_groups(comparison):
             continue
         assert set(record["test"]) == set(METRICS) and record["epochs"] >= 1
         assert record["train_seconds"] > 0 and record["seconds_per_1000_users"] > 0 and record["peak_memory_mb"] > 0
-        assert record["config"]["seed"] == seed and record["validation_curve"]
+        assert record["config"]["seed"] == seed and record["validation_curve"] and record["torch_threads"] == 1
         groups = record["groups"]
         for metric in METRICS:  # per-user ranks reproduce RecBole's own metrics (rounded to 4 places)
             assert groups["all users"][metric] == pytest.approx(record["test"][metric], abs=6e-5)
