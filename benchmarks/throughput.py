@@ -76,7 +76,10 @@ def main():
     parser.add_argument("--train_batches", type=int, default=20)
     parser.add_argument("--eval_batches", type=int, default=4)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = dict(item.split("=", 1) for item in args.set)
     print(json.dumps(measure(args.model, args.dataset, args.data_path, args.train_batches, args.eval_batches,
                              overrides), indent=1))
