@@ -134,3 +134,20 @@ def test_installed_entry_point_runs_from_any_directory(data_root, tmp_path):
     assert "test_result" in done.stdout and "ndcg@10" in done.stdout
     assert "cross_attention" in done.stderr + done.stdout  # DiffuRecSys.yaml was found and logged
     assert os.path.isdir(tmp_path / "log") and os.path.isdir(tmp_path / "saved")
+
+
+def test_a_regular_install_carries_every_yaml_file(tmp_path):
+    """`pip install .` (not editable) ships properties/ inside the package, found without the checkout."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), checkout], check=True, timeout=300, cwd=tmp_path)
+    probe = ("import os, recbole_diffusion.quick_start as q; "
+             "print(q.properties_file('overall.yaml')); print(q.resolve_model('DiffuRecSys-V2')[2]); "
+             "print(os.path.isfile(q.properties_file('model', 'PreferDiff.yaml')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    overall, variant, exists = done.stdout.split()
+    assert overall.startswith(str(site)) and variant.startswith(str(site)) and exists == "True"
+    assert os.path.isfile(overall) and os.path.isfile(variant)
