@@ -38,6 +38,23 @@ def _require_range(config, key, low, high, low_open=False, high_open=False):
         _fail(key, value, f"must lie in {interval}")
 
 
+def _require_bool(config, key):
+    if not isinstance(config[key], bool):
+        _fail(key, config[key], "must be True or False")
+
+
+def _sampler_distribution(config):
+    return (config["train_neg_sample_args"] or {}).get("distribution", "none")
+
+
+def _refuse_sampled_negatives(config):
+    """Pointwise models read ``item_id`` as the target: RecBole's sampler would overwrite it with negatives."""
+    if _sampler_distribution(config) != "none":
+        _fail("train_neg_sample_args", config["train_neg_sample_args"],
+              f"{config['model']} trains on the positive target only; set train_neg_sample_args: ~ "
+              "(RecBole's sampler would replace the targets of the repeated rows with negatives)")
+
+
 def check_transformer(config, hidden_key="hidden_size", heads_key="n_heads", layers_key="n_layers"):
     hidden = _require_int(config, hidden_key, 1)
     heads = _require_int(config, heads_key, 1)
@@ -69,6 +86,9 @@ def check_diffurec(config):
     _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
     _require_range(config, "emb_dropout_prob", 0, 1, high_open=True)
     _require_range(config, "item_init_std", 0, float("inf"), low_open=True)
+    for key in ("position_embedding", "cross_attention"):
+        _require_bool(config, key)
+    _refuse_sampled_negatives(config)
 
 
 def check_guided(config):
@@ -80,12 +100,19 @@ def check_guided(config):
     _require_range(config, "item_init_std", 0, float("inf"), low_open=True)
     _require_range(config, "cfg_dropout_prob", 0, 1, high_open=True)
     if config["model"] != "PreferDiff":
+        _refuse_sampled_negatives(config)
         return
     _require_range(config, "preference_lambda", 0, 1)
     _require_range(config, "preference_gamma", 0, float("inf"), low_open=True)
-    if not isinstance(config["preference_batch_mean"], bool):
-        _fail("preference_batch_mean", config["preference_batch_mean"], "must be True or False")
-    batch_negatives = (config["train_neg_sample_args"] or {}).get("distribution", "none") == "none"
+    _require_bool(config, "preference_batch_mean")
+    batch_negatives = _sampler_distribution(config) == "none"
+    if (config["train_neg_sample_args"] or {}).get("dynamic"):
+        _fail("train_neg_sample_args", config["train_neg_sample_args"],
+              "dynamic negative sampling would run the whole reverse process in every training batch; use "
+              "dynamic: False")
+    if batch_negatives and config["train_batch_size"] < 2:
+        _fail("train_batch_size", config["train_batch_size"],
+              "must be at least 2 when the negatives are the other targets of the batch")
     if config["neg_samples"] is not None:
         neg_samples = _require_int(config, "neg_samples", 1)
         if batch_negatives and neg_samples >= config["train_batch_size"]:

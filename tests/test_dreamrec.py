@@ -10,7 +10,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_diffusion.losses import batch_negative_centroids, cosine_error, preference_loss
-from recbole_diffusion.model import PreferDiff
+from recbole_diffusion.model import DreamRec, PreferDiff
 from recbole_diffusion.quick_start import build_config, run
 from conftest import FAST, assert_checkpoint_reload_reproduces, assert_full_ranking_result
 
@@ -132,10 +132,36 @@ def test_recbole_sampled_negatives_are_averaged_per_example(prepared):
     ("neg_samples", 256, "neg_samples=256: must be smaller than train_batch_size=256"),
     ("ddim_steps", 500, "ddim_steps=500: must be between 1 and diffusion_steps=200"),
     ("n_heads", 3, "hidden_size=32: must be divisible by n_heads=3"),
+    ("preference_batch_mean", "yes", "preference_batch_mean='yes': must be True or False"),
+    ("train_batch_size", 1, "train_batch_size=1: must be at least 2 when the negatives are the other targets"),
+    ("train_neg_sample_args", {"distribution": "uniform", "sample_num": 2, "dynamic": True},
+     "dynamic negative sampling"),
 ])
 def test_bad_config_is_refused_when_the_model_is_built(prepared, key, value, message):
     with pytest.raises(ValueError, match=message):
         make_model(prepared, **{key: value})
+
+
+def test_dreamrec_refuses_recbole_sampled_negatives(prepared):
+    """DreamRec reads item_id as the target; RecBole's sampler would overwrite it in the repeated rows."""
+    with pytest.raises(ValueError, match="DreamRec trains on the positive target only"):
+        make_model(prepared, DreamRec, train_neg_sample_args={"distribution": "uniform", "sample_num": 2,
+                                                               "dynamic": False})
+
+
+def test_a_batch_of_one_gets_a_random_item_as_negative_and_a_finite_loss(prepared):
+    """RecBole keeps a last partial batch; with a single example there is no other target to contrast."""
+    model = make_model(prepared)
+    positives = torch.tensor([4])
+    rows, centroid = model.negative_centroids(Interaction({model.POS_ITEM_ID: positives}),
+                                              model.item_embedding(positives))
+    assert rows == slice(None) and centroid.shape == (1, 32)
+    assert any(torch.equal(centroid[0], row) for row in model.item_embedding.weight[1:])
+    interaction = Interaction({model.ITEM_SEQ: torch.tensor([[1, 2, 3, 0]]), model.ITEM_SEQ_LEN: torch.tensor([3]),
+                               model.POS_ITEM_ID: positives})
+    loss = model.calculate_loss(interaction)
+    assert torch.isfinite(loss)
+    loss.backward()
 
 
 @pytest.mark.parametrize("model", ["DreamRec", "PreferDiff"])

@@ -99,7 +99,14 @@ class PreferDiff(DreamRec):
         self.sampled_negatives = sampler_args["sample_num"] if sampler_args["distribution"] != "none" else 0
 
     def negative_centroids(self, interaction, positives):
-        """``(rows of the examples, B x d centroids)`` from RecBole's sampled negatives or from the batch."""
+        """``(rows of the examples, B x d centroids)`` from RecBole's sampled negatives or from the batch.
+
+        A batch of one example (RecBole keeps a last partial batch) has no other target: its negative is then
+        one uniformly drawn item, so training neither stops on a NaN nor skips the example.
+        """
+        if not self.sampled_negatives and positives.size(0) == 1:
+            random_item = torch.randint(1, self.n_items, (1,), device=positives.device)
+            return slice(None), self.item_embedding(random_item)
         if not self.sampled_negatives:
             return slice(None), batch_negative_centroids(positives, self.neg_samples)
         batch = positives.size(0) // self.sampled_negatives
