@@ -33,6 +33,9 @@ from recbole_diffusion.validation import check_dataset, check_model_config, inte
 
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
+# Sizes of the no-argument demo: small enough to finish in minutes on two CPU cores.
+DEMO_OVERRIDES = {"epochs": 3, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 20,
+                  "train_batch_size": 256, "eval_batch_size": 1024}
 DATA_ENV_VAR = "RECBOLE_DIFFUSION_DATA"
 RECBOLE_SUBPACKAGES = ("general_recommender", "sequential_recommender", "context_aware_recommender",
                        "knowledge_aware_recommender")
@@ -268,10 +271,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     model, dataset, config_files, overrides = parse_args(argv)
-    if model == DEFAULT_MODEL and dataset == DEFAULT_DATASET and not config_files and not overrides:
-        overrides = {"epochs": 3, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 20,
-                     "train_batch_size": 256, "eval_batch_size": 1024}
+    if not argv:  # only a bare command is the demo; explicit arguments get the YAML defaults
+        overrides = dict(DEMO_OVERRIDES)
         print(f"No arguments: a {overrides['epochs']}-epoch {DEFAULT_MODEL} demo on {DEFAULT_DATASET} (small sizes).")
     try:
         result = run(model, dataset, config_files, overrides)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from recbole_diffusion import quick_start
 from recbole_diffusion.quick_start import build_config, get_model_class, main, parse_args, run
 from conftest import FAST, write_inter
 
@@ -151,3 +152,13 @@ def test_a_regular_install_carries_every_yaml_file(tmp_path):
     overall, variant, exists = done.stdout.split()
     assert overall.startswith(str(site)) and variant.startswith(str(site)) and exists == "True"
     assert os.path.isfile(overall) and os.path.isfile(variant)
+
+
+def test_only_a_bare_command_runs_the_demo(monkeypatch, capsys):
+    """No arguments: the small demo; the same model and dataset named explicitly: the YAML defaults."""
+    calls = []
+    monkeypatch.setattr(quick_start, "run", lambda *args: calls.append(args) or {"test_result": {}})
+    assert quick_start.main([]) == 0
+    assert calls[-1] == ("DiffuRec", "ml-100k", [], quick_start.DEMO_OVERRIDES) and "demo" in capsys.readouterr().out
+    assert quick_start.main(["--model=DiffuRec", "--dataset=ml-100k"]) == 0
+    assert calls[-1] == ("DiffuRec", "ml-100k", [], {}) and "demo" not in capsys.readouterr().out
