@@ -76,19 +76,17 @@ def group_metrics(positions, targets, lengths, item_counts, user_lengths):
     }
 
 
-def train_and_evaluate(model, dataset, seed, config_files, overrides, run_dir):
+def train_and_evaluate(config, model_class, model, dataset, seed):
     """One run through RecBole: returns the record that is written as the run's JSON."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_trainer, init_logger, init_seed
 
-    from recbole_diffusion.quick_start import build_config
-
-    checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    config, model_class = build_config(model, dataset, config_files,
-                                       {**overrides, "seed": seed, "checkpoint_dir": checkpoint_dir})
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     data = create_dataset(config)
+    # Frequencies over all interactions, read before data_preparation turns the table into training prefixes.
+    item_counts = np.bincount(np.asarray(data.inter_feat[data.iid_field]), minlength=data.item_num)
+    user_lengths = np.bincount(np.asarray(data.inter_feat[data.uid_field]), minlength=data.user_num)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"], config["reproducibility"])
     recommender = model_class(config, train_data._dataset).to(config["device"])
@@ -126,8 +124,7 @@ def train_and_evaluate(model, dataset, seed, config_files, overrides, run_dir):
     positions = torch.cat(collected["positions"]).numpy()
     n_users = len(positions)
     groups = group_metrics(positions, torch.cat(collected["targets"]).numpy(), torch.cat(collected["users"]).numpy(),
-                           np.bincount(data.inter_feat[data.iid_field].numpy(), minlength=data.item_num),
-                           np.bincount(data.inter_feat[data.uid_field].numpy(), minlength=data.user_num))
+                           item_counts, user_lengths)
     if os.path.isfile(trainer.saved_model_file):
         os.remove(trainer.saved_model_file)
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
@@ -152,6 +149,12 @@ def train_and_evaluate(model, dataset, seed, config_files, overrides, run_dir):
     }
 
 
+def run_settings(dataset, config_files, overrides):
+    """What must be equal for two runs to sit in one comparison: dataset, config files and overrides."""
+    return {"dataset": dataset, "config_files": list(config_files),
+            "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
+
+
 def _write_json(path, record):
     """Write atomically, so a killed comparison never leaves a half-written run behind."""
     tmp = f"{path}.tmp"
@@ -164,16 +167,21 @@ def _trial(model, dataset, seed, config_files, overrides, output, threads=None):
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
     if threads:
         torch.set_num_threads(threads)
+    from recbole_diffusion.quick_start import build_config
+
     path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
     run_dir = os.path.join(output, "work", run_name(model, seed))
     os.makedirs(run_dir, exist_ok=True)
-    os.chdir(run_dir)  # RecBole writes ./log here
     start = time.perf_counter()
     try:
-        record = train_and_evaluate(model, dataset, seed, config_files, overrides, run_dir)
+        config, model_class = build_config(model, dataset, config_files, {
+            **overrides, "seed": seed, "checkpoint_dir": os.path.join(run_dir, "checkpoints")})
+        os.chdir(run_dir)  # RecBole writes ./log here; the config's paths are absolute by now
+        record = train_and_evaluate(config, model_class, model, dataset, seed)
     except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)
         record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                   "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    record["settings"] = run_settings(dataset, config_files, overrides)
     record["wall_seconds"] = time.perf_counter() - start
     record["torch_threads"] = torch.get_num_threads()
     _write_json(path, record)
@@ -202,27 +210,39 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     overrides = dict(overrides or {})
     if "data_path" in overrides:
         overrides["data_path"] = os.path.abspath(overrides["data_path"])
-    done = {(r["model"], r["seed"]) for r in load_runs(output) if r["status"] == "ok"}
+    finished = [r for r in load_runs(output) if r["status"] == "ok"]
+    settings = run_settings(dataset, config_files, overrides)
+    other = [r for r in finished if "settings" in r and r["settings"] != settings]
+    if other:
+        raise ValueError(f"{output} holds {len(other)} finished run(s) made with other settings "
+                         f"(first: {run_name(other[0]['model'], other[0]['seed'])}: {other[0]['settings']}; "
+                         f"now: {settings}); choose another --output so that runs are never mixed")
+    done = {(r["model"], r["seed"]) for r in finished}
     todo = [(model, seed) for model in models for seed in seeds if (model, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
     context = multiprocessing.get_context("spawn")
     for index, (model, seed) in enumerate(todo, 1):
         args = (model, dataset, seed, config_files, overrides, output, threads)
+        path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
+        if os.path.isfile(path):
+            os.remove(path)  # a failed attempt's record must not stand in for this one
+        exit_code = None
         if isolate:
             process = context.Process(target=_trial, args=args)
             process.start()
             process.join()
+            exit_code = process.exitcode
         else:
             cwd = os.getcwd()
             try:
                 _trial(*args)
             finally:
                 os.chdir(cwd)
-        path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         if not os.path.isfile(path):
             _write_json(path, {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
-                               "error": f"the run's process ended with exit code {process.exitcode}"})
+                               "settings": settings,
+                               "error": f"the run ended without a record (exit code {exit_code})"})
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
         if record["status"] == "ok":

@@ -209,6 +209,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     compat.check_single_process(config)
     check_model_config(model, config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
+    config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory
     if os.path.isfile(inter_file_path(config)) or config["benchmark_filename"]:
         check_dataset(config)
     return config, model_class

@@ -152,13 +152,23 @@ def test_summary_and_csv_agree_with_the_run_records_and_scipy(comparison):
             assert float(row["seconds_per_1000_users"]) == pytest.approx(record["seconds_per_1000_users"])
 
 
-def test_in_process_mode_resumes_without_rerunning(comparison, monkeypatch):
-    """A second call finds every run finished and trains nothing."""
+def test_in_process_mode_resumes_without_rerunning(comparison, data_root, monkeypatch):
+    """A second call with the same settings finds every run finished and trains nothing."""
     import recbole_diffusion.compare as compare
 
     output, _, _ = comparison
     ok = {k for k, r in _records(output).items() if r["status"] == "ok"}
     monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
     models = sorted({m for m, _ in ok})
-    records = run_comparison(models, "ml-100k-small", SEEDS, output, isolate=False)
+    records = run_comparison(models, "ml-100k-small", SEEDS, output, overrides=_overrides(data_root), isolate=False)
     assert {(r["model"], r["seed"]) for r in records} == ok
+
+
+def test_a_folder_of_runs_with_other_settings_is_refused(comparison, data_root, monkeypatch):
+    """Resuming into a folder made with other epochs (or data, or files) would mix runs in one table."""
+    import recbole_diffusion.compare as compare
+
+    output, _, _ = comparison
+    monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail("trained despite the mismatch"))
+    with pytest.raises(ValueError, match="other settings.*epochs"):
+        run_comparison(["SASRec"], "ml-100k-small", SEEDS, output, overrides={**_overrides(data_root), "epochs": "3"})

@@ -162,3 +162,9 @@ def test_only_a_bare_command_runs_the_demo(monkeypatch, capsys):
     assert calls[-1] == ("DiffuRec", "ml-100k", [], quick_start.DEMO_OVERRIDES) and "demo" in capsys.readouterr().out
     assert quick_start.main(["--model=DiffuRec", "--dataset=ml-100k"]) == 0
     assert calls[-1] == ("DiffuRec", "ml-100k", [], {}) and "demo" not in capsys.readouterr().out
+
+
+def test_a_relative_data_path_becomes_absolute(data_root, in_tmp_cwd):
+    """The comparison changes directory per run; the merged configuration must not depend on the cwd."""
+    config, _ = build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": os.path.relpath(data_root)})
+    assert config["data_path"] == os.path.join(str(data_root), "ml-100k-small")
