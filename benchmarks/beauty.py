@@ -28,7 +28,7 @@ FAMILIES = {
     },
     "guided": {
         "models": "DreamRec,DreamRec-DDIM,PreferDiff,PreferDiff-DDPM,SASRec",
-        "cpu": {"hidden_size": 64, "inner_size": 256, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 10,
+        "cpu": {"hidden_size": 64, "inner_size": 64, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 10,
                 "train_batch_size": 256},
     },
 }

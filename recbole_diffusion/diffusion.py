@@ -70,14 +70,17 @@ def guided_prediction(conditional, unconditional, guidance_weight):
 
 
 def sampling_timesteps(num_steps, sampler_steps):
-    """The decreasing timesteps a reverse run visits: all of ``T-1 .. 0``, or ``sampler_steps`` of them.
+    """The decreasing timesteps a reverse run visits: all of ``T-1 .. 0``, or a strided subset.
 
-    Strided like DDIM (``range(0, T, T // k)`` reversed): for T = 2000 and 20 steps, 1900, 1800, ..., 0.
+    With ``k = sampler_steps < T``: ``k`` strides of ``T // k`` counted down from the noisiest step ``T - 1``,
+    then a last call at ``t = 0``. For T = 2000 and k = 20 that is 1999, 1899, ..., 99, 0: the 21 denoiser
+    calls of the authors' DDIM. The run always starts from the noisiest step, whatever T and k.
     """
     if sampler_steps is None or sampler_steps >= num_steps:
         return list(range(num_steps - 1, -1, -1))
     stride = num_steps // sampler_steps
-    return list(range(0, num_steps, stride))[:sampler_steps][::-1]
+    steps = [num_steps - 1 - i * stride for i in range(sampler_steps)]
+    return steps + [0] if steps[-1] > 0 else steps
 
 
 class GaussianDiffusion(nn.Module):

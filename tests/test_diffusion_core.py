@@ -143,10 +143,11 @@ def test_sampling_with_an_oracle_returns_x0(sampler, steps):
     torch.testing.assert_close(x0, target)
 
 
-def test_sampling_timesteps_are_strided_and_end_at_zero():
-    assert sampling_timesteps(5, None) == [4, 3, 2, 1, 0]
-    strided = sampling_timesteps(2000, 20)
-    assert strided == list(range(1900, -1, -100)) and len(strided) == 20
+def test_sampling_timesteps_start_at_the_noisiest_step_and_end_at_zero():
+    assert sampling_timesteps(5, None) == sampling_timesteps(5, 5) == [4, 3, 2, 1, 0]
+    assert sampling_timesteps(2000, 20) == [1999 - 100 * i for i in range(20)] + [0]  # the authors' 21 calls
+    assert sampling_timesteps(32, 7) == [31, 27, 23, 19, 15, 11, 7, 0]
+    assert sampling_timesteps(32, 1) == [31, 0]
     with pytest.raises(ValueError, match="sampler='euler'"):
         GaussianDiffusion(5).sample(lambda x, t: x, (1, 2), "cpu", sampler="euler")
 
