@@ -29,10 +29,11 @@ def preference_loss(pos_error, neg_error, lambda_, gamma, batch_mean=True):
 
 def batch_negative_centroids(target_embedding, n_negatives=None):
     """Per example, the mean embedding of other targets in the batch: all ``B - 1`` of them, or
-    ``n_negatives`` drawn uniformly (with replacement) among them. Shape ``B x d``."""
+    ``n_negatives`` distinct ones drawn uniformly among them (without replacement, as the authors). Shape ``B x d``."""
     batch_size = target_embedding.size(0)
     if n_negatives is None or n_negatives >= batch_size - 1:
         return (target_embedding.sum(dim=0, keepdim=True) - target_embedding) / (batch_size - 1)
-    draws = torch.randint(0, batch_size - 1, (batch_size, n_negatives), device=target_embedding.device)
+    random_keys = torch.rand(batch_size, batch_size - 1, device=target_embedding.device)
+    draws = random_keys.topk(n_negatives, dim=1).indices
     others = draws + (draws >= torch.arange(batch_size, device=draws.device)[:, None]).long()
     return target_embedding[others].mean(dim=1)

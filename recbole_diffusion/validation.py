@@ -115,6 +115,10 @@ def check_guided(config):
               "must be at least 2 when the negatives are the other targets of the batch")
     if config["neg_samples"] is not None:
         neg_samples = _require_int(config, "neg_samples", 1)
+        if not batch_negatives:
+            _fail("neg_samples", neg_samples,
+                  "only counts batch negatives; with train_neg_sample_args the number of negatives is its "
+                  "sample_num (set neg_samples: ~)")
         if batch_negatives and neg_samples >= config["train_batch_size"]:
             _fail("neg_samples", neg_samples,
                   f"must be smaller than train_batch_size={config['train_batch_size']} (negatives come from the batch)")

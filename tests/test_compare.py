@@ -1,6 +1,8 @@
 """The comparison command: runs, files, table numbers, t-tests, failures and resuming after a kill."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -66,12 +68,14 @@ def comparison(data_root, tmp_path_factory):
     process.wait()
     assert os.path.exists(first)
     first_written = os.stat(first).st_mtime_ns
-    code = main(_cli(data_root, output))
-    return output, first_written, code
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(_cli(data_root, output))
+    return output, first_written, code, printed.getvalue()
 
 
-def test_resumed_comparison_keeps_finished_runs_and_completes_the_rest(comparison, capsys):
-    output, first_written, code = comparison
+def test_resumed_comparison_keeps_finished_runs_and_completes_the_rest(comparison):
+    output, first_written, code, _ = comparison
     assert os.stat(os.path.join(output, "runs", "SASRec-seed2020.json")).st_mtime_ns == first_written
     names = sorted(os.listdir(os.path.join(output, "runs")))
     assert names == sorted(f"{m}-seed{s}.json" for m in ("SASRec", "DiffuRec", "PreferDiff") for s in SEEDS)
@@ -92,8 +96,26 @@ def _records(output):
     return records
 
 
+def test_progress_prints_one_line_per_finished_run(comparison):
+    output, _, _, printed = comparison
+    lines = printed.splitlines()
+    assert "resuming: 1 finished run(s) kept, 5 to go" in lines
+    run_lines = [line for line in lines if line.startswith("[")]
+    assert [line.split(":")[0] for line in run_lines] == [
+        "[1/5] SASRec seed 2021", "[2/5] DiffuRec seed 2020", "[3/5] DiffuRec seed 2021",
+        "[4/5] PreferDiff seed 2020", "[5/5] PreferDiff seed 2021"]
+    records = _records(output)
+    for line in run_lines[:3]:
+        model, _, seed = line.split(":")[0].split()[1:]
+        record = records[(model, int(seed))]
+        assert line.endswith(f": ndcg@10 {record['test']['ndcg@10']:.4f}, {record['epochs']} epochs in "
+                             f"{record['wall_seconds']:.1f}s")
+    assert all(": FAILED: " in line for line in run_lines[3:])
+    assert lines[-1].startswith("4 run(s) finished, 2 failed; summary: ")
+
+
 def test_a_failing_model_is_recorded_and_the_others_finish(comparison):
-    output, _, _ = comparison
+    output, _, _, _ = comparison
     records = _records(output)
     for seed in SEEDS:
         assert records[("PreferDiff", seed)]["status"] == "failed"
@@ -105,7 +127,7 @@ def test_a_failing_model_is_recorded_and_the_others_finish(comparison):
 
 
 def test_run_records_hold_metrics_costs_and_consistent_groups(comparison):
-    output, _, _ = comparison
+    output, _, _, _ = comparison
     for (model, seed), record in _records(output).items():
         if record["status"] != "ok":
             continue
@@ -123,7 +145,7 @@ def test_run_records_hold_metrics_costs_and_consistent_groups(comparison):
 
 
 def test_summary_and_csv_agree_with_the_run_records_and_scipy(comparison):
-    output, _, _ = comparison
+    output, _, _, _ = comparison
     records = _records(output)
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         summary = handle.read()
@@ -156,7 +178,7 @@ def test_in_process_mode_resumes_without_rerunning(comparison, data_root, monkey
     """A second call with the same settings finds every run finished and trains nothing."""
     import recbole_diffusion.compare as compare
 
-    output, _, _ = comparison
+    output, _, _, _ = comparison
     ok = {k for k, r in _records(output).items() if r["status"] == "ok"}
     monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
     models = sorted({m for m, _ in ok})
@@ -168,7 +190,7 @@ def test_a_folder_of_runs_with_other_settings_is_refused(comparison, data_root, 
     """Resuming into a folder made with other epochs (or data, or files) would mix runs in one table."""
     import recbole_diffusion.compare as compare
 
-    output, _, _ = comparison
+    output, _, _, _ = comparison
     monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail("trained despite the mismatch"))
     with pytest.raises(ValueError, match="other settings.*epochs"):
         run_comparison(["SASRec"], "ml-100k-small", SEEDS, output, overrides={**_overrides(data_root), "epochs": "3"})

@@ -65,6 +65,9 @@ def test_batch_negative_centroids_average_the_other_targets_only():
     sampled = batch_negative_centroids(one_hot, n_negatives=3)
     assert torch.all(sampled.diagonal() == 0)  # never itself
     torch.testing.assert_close(sampled.sum(dim=1), torch.ones(6))  # a mean of 3 one-hot rows
+    assert torch.all((sampled == 0) | torch.isclose(sampled, torch.tensor(1 / 3)))  # 3 distinct others
+    counts = sum(batch_negative_centroids(one_hot, n_negatives=3) * 3 for _ in range(2000)) / 2000
+    torch.testing.assert_close(counts, (1 - torch.eye(6)) * 3 / 5, atol=0.05, rtol=0)  # uniform among the others
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +143,13 @@ def test_recbole_sampled_negatives_are_averaged_per_example(prepared):
 def test_bad_config_is_refused_when_the_model_is_built(prepared, key, value, message):
     with pytest.raises(ValueError, match=message):
         make_model(prepared, **{key: value})
+
+
+def test_neg_samples_beside_recbole_sampler_is_refused(prepared):
+    """neg_samples would be silently ignored: RecBole's sampler decides the number of negatives."""
+    with pytest.raises(ValueError, match="neg_samples=8: only counts batch negatives"):
+        make_model(prepared, neg_samples=8, train_neg_sample_args={"distribution": "uniform", "sample_num": 2,
+                                                                     "alpha": 1.0, "dynamic": False})
 
 
 def test_dreamrec_refuses_recbole_sampled_negatives(prepared):
