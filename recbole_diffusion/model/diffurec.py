@@ -20,7 +20,10 @@ Choices where the authors' code and the specification leave room, stated once:
   except which item is last; with it, learned positions count back from the last item, so right padding
   (RecBole) and left padding (the authors) give the same output.
 * ``lambda ~ N(lambda_uncertainty, lambda_uncertainty)`` is drawn elementwise in training and inference,
-  as the authors do.
+  as the authors do. With the default 0.001, ``x_t`` reaches the approximator only faintly in every variant:
+  added to the history at a thousandth of its scale, or, with cross-attention, as a query whose attention
+  logits are so small that the weights are nearly uniform over the history. This is the specification's
+  design, kept as is; ``lambda_uncertainty`` is the knob.
 """
 
 import torch
