@@ -58,7 +58,8 @@ def group_metrics(positions, targets, lengths, item_counts, user_lengths):
     """Mean metrics for head vs long-tail targets and per sequence-length quintile.
 
     Head items are the top ``HEAD_SHARE`` of items by interaction count in the whole dataset (as in the
-    DiffuRec / DiffuRecSys case studies); a user's length is their number of interactions.
+    DiffuRec / DiffuRecSys case studies); a user's length is their number of interactions. Users of equal
+    length stay in one quintile, so quintiles can differ in size; each records its range of lengths.
     """
     metrics = per_user_metrics(positions)
     counts = np.asarray(item_counts)
@@ -70,10 +71,14 @@ def group_metrics(positions, targets, lengths, item_counts, user_lengths):
     groups = {"all users": np.ones_like(is_head), "head items": is_head, "long-tail items": ~is_head}
     for q in range(LENGTH_GROUPS):
         groups[f"length Q{q + 1}"] = quintile == q
-    return {
+    result = {
         name: {"users": int(mask.sum()), **{m: float(metrics[m][mask].mean()) if mask.any() else None for m in METRICS}}
         for name, mask in groups.items()
     }
+    for q in range(LENGTH_GROUPS):
+        members = lengths[quintile == q]
+        result[f"length Q{q + 1}"]["lengths"] = [int(members.min()), int(members.max())] if members.size else None
+    return result
 
 
 def train_and_evaluate(config, model_class, model, dataset, seed):
@@ -320,8 +325,10 @@ def write_reports(records, output, models, reference=None):
     group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
     for group in group_names:
         users = ok[0]["groups"][group]["users"]
+        lengths = ok[0]["groups"][group].get("lengths")
+        span = f"{lengths[0]}-{lengths[1]} interactions, " if lengths else ""
         parts.append(comparison_table(records, models, reference, lambda r, m, g=group: r["groups"][g][m],
-                                      f"{group} ({users} users)"))
+                                      f"{group} ({span}{users} users)"))
     parts += ["### Cost", "", "| model | epochs | s / epoch | inference s / 1000 users | peak memory (MiB) |",
               "|---|---|---|---|---|"]
     for model in models:

@@ -140,6 +140,9 @@ def test_run_records_hold_metrics_costs_and_consistent_groups(comparison):
         head, tail = groups["head items"], groups["long-tail items"]
         assert head["users"] + tail["users"] == groups["all users"]["users"]
         assert sum(groups[f"length Q{q}"]["users"] for q in range(1, 6)) == groups["all users"]["users"]
+        spans = [groups[f"length Q{q}"]["lengths"] for q in range(1, 6) if groups[f"length Q{q}"]["users"]]
+        assert all(low <= high for low, high in spans)
+        assert all(spans[i][1] < spans[i + 1][0] for i in range(len(spans) - 1))  # ordered, ties never split
         mixed = (head["users"] * head["hit@10"] + tail["users"] * tail["hit@10"]) / groups["all users"]["users"]
         assert mixed == pytest.approx(groups["all users"]["hit@10"])
 
@@ -164,6 +167,8 @@ def test_summary_and_csv_agree_with_the_run_records_and_scipy(comparison):
             assert float(rest[1]) == pytest.approx(stats.ttest_rel(ours, reference).pvalue, rel=1e-2)
         else:
             assert np.allclose(differences, differences[0])
+    q1 = records[("SASRec", SEEDS[0])]["groups"]["length Q1"]
+    assert f"### length Q1 ({q1['lengths'][0]}-{q1['lengths'][1]} interactions, {q1['users']} users)" in summary
     with open(os.path.join(output, "runs.csv"), encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6
