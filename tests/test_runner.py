@@ -109,8 +109,9 @@ def test_bad_value_stops_before_anything_is_written(data_root, in_tmp_cwd, capsy
     assert not os.listdir(in_tmp_cwd)
 
 
-def test_recbole_builtin_runs_through_the_same_entry(data_root, in_tmp_cwd):
-    result = run("SASRec", "ml-100k-small", config_dict={**FAST, "data_path": data_root, "epochs": 1})
+@pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "GRU4Rec"])
+def test_recbole_builtin_runs_through_the_same_entry(model, data_root, in_tmp_cwd):
+    result = run(model, "ml-100k-small", config_dict={**FAST, "data_path": data_root, "epochs": 1})
     assert set(result) >= {"best_valid_score", "best_valid_result", "test_result"}
     assert result["test_result"]["hit@20"] >= result["test_result"]["hit@10"] >= result["test_result"]["hit@5"]
 
