@@ -1,7 +1,10 @@
-"""The Beauty benchmark script's own logic: the user subsample and the argument presets."""
+"""The benchmark scripts' own logic: the Beauty user subsample, the argument presets, the item-table geometry."""
 
 import importlib.util
 import os
+
+import pytest
+import torch
 
 from recbole_diffusion.compare import parse_args
 
@@ -32,3 +35,22 @@ def test_cpu_presets_reach_compare_and_user_arguments_win():
     assert overrides["hidden_size"] == "64" and overrides["data_path"] == "/data"
     full = parse_args(beauty.compare_arguments("diffurec", False, "out", "/data", []))
     assert set(full[5]) == {"data_path"}  # the full protocol keeps every model's YAML sizes
+
+
+GEOMETRY_SPEC = importlib.util.spec_from_file_location(
+    "embedding_geometry", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "embedding_geometry.py"))
+embedding_geometry = importlib.util.module_from_spec(GEOMETRY_SPEC)
+GEOMETRY_SPEC.loader.exec_module(embedding_geometry)
+
+
+def test_item_table_geometry_tells_orthogonal_from_collapsed_rows():
+    pairs = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    orthogonal = 3.0 * torch.eye(4)
+    spread = embedding_geometry.item_table_geometry(orthogonal, pairs)
+    assert spread["row_norm"] == pytest.approx(3.0)
+    assert spread["pair_cosine"] == pytest.approx(0.0, abs=1e-6)
+    assert spread["cosine_to_mean"] == pytest.approx(0.5)  # each unit row against (1, 1, 1, 1) / 2
+    collapsed = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0], [1.0, 1e-3]])
+    alike = embedding_geometry.item_table_geometry(collapsed, pairs)
+    assert alike["pair_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert alike["cosine_to_mean"] == pytest.approx(1.0, abs=1e-5)
