@@ -10,13 +10,13 @@ direction, and the norm of the null guidance vector where there is one; every ``
 validation NDCG@10. Training goes through RecBole's Trainer with the runner's configuration.
 """
 
-import argparse
 import json
 
 import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_seed
 
+from common import apply_threads_and_overrides, single_model_parser
 from recbole_diffusion.quick_start import build_config
 
 PAIRS = 20000
@@ -42,18 +42,11 @@ def geometry(model, pairs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="PreferDiff")
-    parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--data_path", default="../shared/data")
+    parser = single_model_parser(__doc__, "PreferDiff")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--eval_every", type=int, default=5)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = apply_threads_and_overrides(args)
     config, model_class = build_config(args.model, args.dataset, config_dict={
         "data_path": args.data_path, "show_progress": False, "state": "WARNING", **overrides})
     init_seed(config["seed"], config["reproducibility"])

@@ -7,7 +7,6 @@ evaluation batches with all reverse steps (users / s), after one warm-up batch e
 convergence: the numbers are a yardstick for later changes, on the machine they were taken on.
 """
 
-import argparse
 import json
 import platform
 import time
@@ -16,6 +15,7 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
+from common import apply_threads_and_overrides, single_model_parser
 from recbole_diffusion.quick_start import build_config
 
 
@@ -69,18 +69,11 @@ def measure(model, dataset, data_path, train_batches, eval_batches, overrides):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="DiffuRec")
-    parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--data_path", default="../shared/data")
+    parser = single_model_parser(__doc__, "DiffuRec")
     parser.add_argument("--train_batches", type=int, default=20)
     parser.add_argument("--eval_batches", type=int, default=4)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = apply_threads_and_overrides(args)
     print(json.dumps(measure(args.model, args.dataset, args.data_path, args.train_batches, args.eval_batches,
                              overrides), indent=1))
 

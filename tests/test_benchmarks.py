@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -37,8 +38,10 @@ def test_cpu_presets_reach_compare_and_user_arguments_win():
     assert set(full[5]) == {"data_path"}  # the full protocol keeps every model's YAML sizes
 
 
+BENCHMARKS_DIR = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS_DIR)  # the single-model scripts import benchmarks/common.py, as when run directly
 GEOMETRY_SPEC = importlib.util.spec_from_file_location(
-    "embedding_geometry", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "embedding_geometry.py"))
+    "embedding_geometry", os.path.join(BENCHMARKS_DIR, "embedding_geometry.py"))
 embedding_geometry = importlib.util.module_from_spec(GEOMETRY_SPEC)
 GEOMETRY_SPEC.loader.exec_module(embedding_geometry)
 
