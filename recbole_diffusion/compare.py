@@ -36,13 +36,6 @@ def run_name(model, seed):
     return f"{model}-seed{seed}"
 
 
-def _positions_of_targets(scores, positive_u, positive_i, max_k):
-    """0-based rank of each user's target in RecBole's own top-k (``max_k`` when outside it)."""
-    _, topk = torch.topk(scores, max_k, dim=-1)
-    hits = topk[positive_u] == positive_i[:, None]
-    return torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.full_like(positive_u, max_k))
-
-
 def per_user_metrics(positions, ks=(5, 10, 20)):
     """HR@k and NDCG@k per user from the 0-based target rank (one target per user, as in leave-one-out)."""
     positions = np.asarray(positions)
@@ -81,73 +74,41 @@ def group_metrics(positions, targets, lengths, item_counts, user_lengths):
     return result
 
 
-def train_and_evaluate(config, model_class, model, dataset, seed):
-    """One run through RecBole: returns the record that is written as the run's JSON."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_trainer, init_logger, init_seed
+def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint=False):
+    """One run through the runner's pipeline (``quick_start``): returns the record written as the run's JSON."""
+    from recbole_diffusion.quick_start import build_trainer, fit_and_test, prepare_data
 
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    data = create_dataset(config)
-    # Frequencies over all interactions, read before data_preparation turns the table into training prefixes.
-    item_counts = np.bincount(np.asarray(data.inter_feat[data.iid_field]), minlength=data.item_num)
-    user_lengths = np.bincount(np.asarray(data.inter_feat[data.uid_field]), minlength=data.user_num)
-    train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"], config["reproducibility"])
-    recommender = model_class(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
-
-    epoch_seconds, curve = [], []
-    train_epoch = trainer._train_epoch
-
-    def timed_train_epoch(*args, **kwargs):
-        start = time.perf_counter()
-        result = train_epoch(*args, **kwargs)
-        epoch_seconds.append(time.perf_counter() - start)
-        return result
-
-    trainer._train_epoch = timed_train_epoch
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"],
-                                         callback_fn=lambda epoch, score: curve.append([epoch, float(score)]))
-
-    collected = {"positions": [], "targets": [], "users": []}
-    collect = trainer.eval_collector.eval_batch_collect
-    max_k = max(config["topk"])
-
-    def collect_per_user(scores, interaction, positive_u, positive_i):
-        collected["positions"].append(_positions_of_targets(scores, positive_u, positive_i, max_k).cpu())
-        collected["targets"].append(positive_i.cpu())
-        collected["users"].append(interaction[config["USER_ID_FIELD"]][positive_u].cpu())
-        return collect(scores, interaction, positive_u, positive_i)
-
-    trainer.eval_collector.eval_batch_collect = collect_per_user
-    start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
-    inference_seconds = time.perf_counter() - start
-    positions = torch.cat(collected["positions"]).numpy()
-    n_users = len(positions)
-    groups = group_metrics(positions, torch.cat(collected["targets"]).numpy(), torch.cat(collected["users"]).numpy(),
-                           item_counts, user_lengths)
-    if os.path.isfile(trainer.saved_model_file):
-        os.remove(trainer.saved_model_file)
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+    data = prepare_data(config)
+    trainer = build_trainer(config, model_class, data.train)
+    device = torch.device(config["device"])
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    result = fit_and_test(trainer, data, saved=True)
+    ranks, targets, users = trainer.collected_target_ranks()
+    groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
+    checkpoint = trainer.saved_model_file
+    if not keep_checkpoint and os.path.isfile(checkpoint):
+        os.remove(checkpoint)
+    peak = (torch.cuda.max_memory_allocated(device) if on_cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    epoch_seconds = trainer.epoch_seconds
     return {
         "model": model, "dataset": dataset, "seed": seed, "status": "ok",
-        "test": {m: float(test_result[m]) for m in METRICS},
-        "best_valid": {m: float(best_valid[m]) for m in METRICS},
-        "best_valid_score": float(best_score),
-        "validation_curve": curve,
+        "test": {m: float(result["test_result"][m]) for m in METRICS},
+        "best_valid": {m: float(result["best_valid_result"][m]) for m in METRICS},
+        "best_valid_score": float(result["best_valid_score"]),
+        "validation_curve": trainer.validation_curve,
+        "learning_rates": trainer.learning_rates,
         "epochs": len(epoch_seconds),
         "train_seconds": float(sum(epoch_seconds)),
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-        "inference_seconds": inference_seconds,
-        "test_users": n_users,
-        "seconds_per_1000_users": inference_seconds / n_users * 1000,
+        "inference_seconds": result["test_seconds"],
+        "test_users": len(ranks),
+        "seconds_per_1000_users": result["test_seconds"] / len(ranks) * 1000,
         "peak_memory_mb": peak / 2 ** 20,
-        "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
+        "peak_memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
+        "checkpoint": os.path.abspath(checkpoint) if keep_checkpoint else None,
         "groups": groups,
         "config": {key: repr(value) if not isinstance(value, (int, float, str, bool, type(None), list, dict)) else value
                    for key, value in config.final_config_dict.items()},
@@ -168,7 +129,7 @@ def _write_json(path, record):
     os.replace(tmp, path)
 
 
-def _trial(model, dataset, seed, config_files, overrides, output, threads=None):
+def _trial(model, dataset, seed, config_files, overrides, output, threads=None, keep_checkpoint=False):
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
     if threads:
         torch.set_num_threads(threads)
@@ -182,7 +143,7 @@ def _trial(model, dataset, seed, config_files, overrides, output, threads=None):
         config, model_class = build_config(model, dataset, config_files, {
             **overrides, "seed": seed, "checkpoint_dir": os.path.join(run_dir, "checkpoints")})
         os.chdir(run_dir)  # RecBole writes ./log here; the config's paths are absolute by now
-        record = train_and_evaluate(config, model_class, model, dataset, seed)
+        record = train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
     except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)
         record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                   "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
@@ -203,7 +164,7 @@ def load_runs(output):
 
 
 def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
-                   threads=None):
+                   threads=None, keep_checkpoints=False):
     """Train every (model, seed) pair not finished yet, then write the summary files; returns the records.
 
     ``threads`` sets torch's CPU threads in each run: on a machine shared with other jobs, fewer threads than
@@ -228,7 +189,7 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
     context = multiprocessing.get_context("spawn")
     for index, (model, seed) in enumerate(todo, 1):
-        args = (model, dataset, seed, config_files, overrides, output, threads)
+        args = (model, dataset, seed, config_files, overrides, output, threads, keep_checkpoints)
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         if os.path.isfile(path):
             os.remove(path)  # a failed attempt's record must not stand in for this one
@@ -295,8 +256,11 @@ def comparison_table(records, models, reference, value_of, title):
             ref_runs = by_model.get(reference, {})
             if model != reference and ref_runs:
                 seeds = sorted(set(runs) & set(ref_runs))
-                ref_mean = np.mean([value_of(ref_runs[s], metric) for s in sorted(ref_runs)])
-                improvement = f"{(mean - ref_mean) / ref_mean * 100:+.1f}%" if ref_mean else "n/a"
+                # both on the seeds the two models share, like the paired test
+                shared_mean = np.mean([value_of(runs[s], metric) for s in seeds]) if seeds else None
+                ref_mean = np.mean([value_of(ref_runs[s], metric) for s in seeds]) if seeds else None
+                improvement = (f"{(shared_mean - ref_mean) / ref_mean * 100:+.1f}%" if seeds and ref_mean
+                               else "n/a")
                 p = paired_t_test([value_of(runs[s], metric) for s in seeds],
                                   [value_of(ref_runs[s], metric) for s in seeds])
                 cell += f" ({improvement}, p={p:.3g})" if p is not None else f" ({improvement})"
@@ -402,6 +366,9 @@ def parse_args(argv=None):
     parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
     parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
+    parser.add_argument("--keep_checkpoints", action="store_true",
+                        help="keep each run's best checkpoint under <output>/work/<run>/checkpoints (its path is in "
+                             "the run's JSON); by default they are deleted once the run is measured")
     args, rest = parser.parse_known_args(argv)
     overrides, index = {}, 0
     while index < len(rest):
@@ -424,11 +391,11 @@ def parse_args(argv=None):
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
     return (models, args.dataset, seeds, output, args.config_files, overrides, args.reference, not args.in_process,
-            args.threads)
+            args.threads, args.keep_checkpoints)
 
 
 def main(argv=None):
-    models, dataset, seeds, output, files, overrides, reference, isolate, threads = parse_args(argv)
+    models, dataset, seeds, output, files, overrides, reference, isolate, threads, keep = parse_args(argv)
     from recbole_diffusion.quick_start import resolve_model
 
     try:
@@ -437,7 +404,7 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    records = run_comparison(models, dataset, seeds, output, files, overrides, isolate, reference, threads)
+    records = run_comparison(models, dataset, seeds, output, files, overrides, isolate, reference, threads, keep)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} run(s) finished, {len(failed)} failed; summary: "
           f"{os.path.join(output, 'summary.md')}")

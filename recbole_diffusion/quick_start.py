@@ -13,10 +13,13 @@ import os
 import re
 import socket
 import sys
+import time
 from importlib import resources
 from logging import getLogger
+from typing import NamedTuple
 from urllib.parse import urlparse
 
+import numpy as np
 import yaml
 
 from recbole_diffusion import compat
@@ -25,10 +28,11 @@ compat.apply()
 
 from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
-from recbole.utils import get_trainer, init_logger, init_seed  # noqa: E402
+from recbole.utils import init_logger, init_seed  # noqa: E402
 from recbole.utils import argument_list  # noqa: E402
 
 from recbole_diffusion.model import MODELS  # noqa: E402
+from recbole_diffusion.trainer import get_trainer  # noqa: E402
 from recbole_diffusion.validation import check_dataset, check_model_config, inter_file_path  # noqa: E402
 
 DEFAULT_MODEL = "DiffuRec"
@@ -215,31 +219,55 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     return config, model_class
 
 
-def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
-    """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
+class RunData(NamedTuple):
+    """A dataset split for one run, with the counts that group metrics need (read before the split)."""
 
-    Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` and
-    ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``).
-    """
-    config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    dataset: object
+    train: object
+    valid: object
+    test: object
+    item_counts: np.ndarray   # interactions per item id over the whole file
+    user_lengths: np.ndarray  # interactions per user id over the whole file
+
+
+def prepare_data(config):
+    """Seed, start the log, load the dataset and split it as the configuration says."""
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    # Counted before data_preparation, which turns a sequential dataset's table into training prefixes.
+    item_counts = np.bincount(np.asarray(dataset.inter_feat[dataset.iid_field]), minlength=dataset.item_num)
+    user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths)
 
-    data = create_dataset(config)
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
 
+def build_trainer(config, model_class, train_data):
+    """The model, seeded and on ``config['device']``, inside this package's trainer layer."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = model_class(config, train_data._dataset).to(config["device"])
-    logger.info(recommender)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    getLogger().info(recommender)
+    return get_trainer(config, recommender)
 
+
+def fit_and_test(trainer, data, saved=True):
+    """Train with early stopping on validation, then evaluate the best checkpoint on the test split.
+
+    Returns RecBole's result dict plus ``saved_model_file`` and ``test_seconds``; the trainer keeps the
+    per-epoch records and the test users' target ranks (:class:`recbole_diffusion.trainer.PluginTrainerMixin`).
+    """
+    config, logger = trainer.config, getLogger()
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        data.train, data.valid, saved=saved, show_progress=config["show_progress"]
     )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    trainer.collect_target_ranks = True
+    start = time.perf_counter()
+    test_result = trainer.evaluate(data.test, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - start
+    trainer.collect_target_ranks = False
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
     return {
@@ -248,7 +276,20 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "test_seconds": test_seconds,
     }
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
+
+    Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
+    ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``) and ``test_seconds``.
+    """
+    config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    data = prepare_data(config)
+    trainer = build_trainer(config, model_class, data.train)
+    return fit_and_test(trainer, data, saved=saved)
 
 
 def parse_args(argv=None):

@@ -8,6 +8,7 @@ right after the configuration is merged, so a bad value never leaves a half-writ
 import os
 
 from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS
+from recbole_diffusion.trainer import LR_SCHEDULERS
 
 
 def _fail(key, value, requirement):
@@ -85,7 +86,7 @@ def check_diffurec(config):
     _require_range(config, "offset_noise_scale", 0, float("inf"))
     _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
     _require_range(config, "emb_dropout_prob", 0, 1, high_open=True)
-    _require_range(config, "item_init_std", 0, float("inf"), low_open=True)
+    _require_range(config, "embedding_init_std", 0, float("inf"), low_open=True)
     for key in ("position_embedding", "cross_attention"):
         _require_bool(config, key)
     _refuse_sampled_negatives(config)
@@ -97,7 +98,7 @@ def check_guided(config):
     check_diffusion(config)
     _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
     _require_range(config, "guidance_weight", 0, float("inf"))
-    _require_range(config, "item_init_std", 0, float("inf"), low_open=True)
+    _require_range(config, "embedding_init_std", 0, float("inf"), low_open=True)
     _require_range(config, "cfg_dropout_prob", 0, 1, high_open=True)
     if config["model"] != "PreferDiff":
         _refuse_sampled_negatives(config)
@@ -124,12 +125,30 @@ def check_guided(config):
                   f"must be smaller than train_batch_size={config['train_batch_size']} (negatives come from the batch)")
 
 
+def check_trainer(config):
+    """Keys of the trainer layer, for every model: the learning-rate schedule and the evaluation seed."""
+    _require_in(config, "lr_scheduler", LR_SCHEDULERS)
+    if config["lr_scheduler"] == "step":
+        for key in ("lr_step_size", "lr_gamma"):
+            if config[key] is None:
+                _fail(key, None, "must be set when lr_scheduler is step")
+        _require_int(config, "lr_step_size", 1)
+        _require_range(config, "lr_gamma", 0, 1, low_open=True)
+    _require_int(config, "lr_warmup_epochs", 0)
+    if config["eval_seed"] is not None:
+        _require_int(config, "eval_seed", 0)
+    if config["item_init_std"] is not None:
+        _fail("item_init_std", config["item_init_std"],
+              "was renamed embedding_init_std (it now sets every embedding table: items and positions)")
+
+
 MODEL_CHECKS = {"DiffuRec": check_diffurec, "DiffuRecSys": check_diffurec, "DreamRec": check_guided,
                 "PreferDiff": check_guided}
 
 
 def check_model_config(model_name, config):
-    """Run the checks registered for ``model_name`` (models of RecBole itself have none here)."""
+    """The trainer keys for every model, then the checks registered for ``model_name``."""
+    check_trainer(config)
     check = MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)

@@ -22,12 +22,13 @@ SEEDS = [2020, 2021]
 
 
 def test_parse_args_accepts_both_override_forms_and_seed_lists():
-    models, dataset, seeds, output, files, overrides, reference, isolate, threads = parse_args(
+    models, dataset, seeds, output, files, overrides, reference, isolate, threads, keep = parse_args(
         ["--models", "SASRec,DiffuRec", "--dataset", "ml-1m", "--seeds", "3", "--epochs", "50",
-         "--hidden_size=64", "--output", "out", "--reference", "DiffuRec", "--threads", "1"])
+         "--hidden_size=64", "--output", "out", "--reference", "DiffuRec", "--threads", "1", "--keep_checkpoints"])
     assert (models, dataset, seeds, output) == (["SASRec", "DiffuRec"], "ml-1m", [2020, 2021, 2022], "out")
     assert overrides == {"epochs": "50", "hidden_size": "64"} and reference == "DiffuRec" and isolate
     assert threads == 1 and parse_args(["--models", "Pop", "--dataset", "x"])[8] is None
+    assert keep and not parse_args(["--models", "Pop", "--dataset", "x"])[9]
     assert parse_args(["--models", "Pop", "--dataset", "x", "--seeds", "7,11"])[2] == [7, 11]
     assert parse_args(["--models", "Pop", "--dataset", "x"])[3].startswith("comparison-")
 

@@ -144,7 +144,7 @@ def test_ensemble_averages_the_runs_of_each_user(prepared, monkeypatch):
     ("hidden_size", 33, "hidden_size=33: must be divisible by n_heads=2"),
     ("lambda_uncertainty", -0.1, "lambda_uncertainty=-0.1"),
     ("n_ensemble", 0, "n_ensemble=0"),
-    ("item_init_std", 0.0, "item_init_std=0.0"),
+    ("embedding_init_std", 0.0, "embedding_init_std=0.0"),
     ("ddpm_steps", 64, "ddpm_steps=64"),
     ("ddim_steps", 0, "ddim_steps=0"),
     ("sampler", "euler", "sampler='euler'"),

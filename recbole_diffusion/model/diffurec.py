@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from recbole_diffusion.diffusion import GaussianDiffusion, TimestepEmbedding
 from recbole_diffusion.model.base import DiffusionRecommender
-from recbole_diffusion.model.layers import TransformerStack, item_embedding_table, positions_from_end
+from recbole_diffusion.model.layers import TransformerStack, embedding_table, positions_from_end
 from recbole_diffusion.validation import check_diffurec
 
 
@@ -48,9 +48,10 @@ class DiffuRec(DiffusionRecommender):
         self.lambda_uncertainty = config["lambda_uncertainty"]
         self.offset_noise_scale = config["offset_noise_scale"]
 
-        self.item_embedding = item_embedding_table(self.n_items, self.hidden_size, config["item_init_std"])
+        self.item_embedding = embedding_table(self.n_items, self.hidden_size, config["embedding_init_std"], padding_idx=0)
         self.position_embedding = (
-            nn.Embedding(self.max_seq_length, self.hidden_size) if config["position_embedding"] else None
+            embedding_table(self.max_seq_length, self.hidden_size, config["embedding_init_std"])
+            if config["position_embedding"] else None
         )
         self.embedding_dropout = nn.Dropout(config["emb_dropout_prob"])
         self.embedding_norm = nn.LayerNorm(self.hidden_size)
@@ -64,7 +65,7 @@ class DiffuRec(DiffusionRecommender):
         )
         self.approximator = TransformerStack(
             self.hidden_size, config["n_layers"], config["n_heads"], config["inner_size"],
-            config["hidden_dropout_prob"],
+            config["hidden_dropout_prob"], dropout_after_each_block=True,
         )
 
     def encode_condition(self, item_seq, item_seq_len):

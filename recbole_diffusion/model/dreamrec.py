@@ -20,7 +20,7 @@ from recbole_diffusion.losses import (
     batch_negative_centroids, cosine_error, preference_loss, x0_mse_loss,
 )
 from recbole_diffusion.model.base import DiffusionRecommender
-from recbole_diffusion.model.layers import TransformerStack, item_embedding_table, positions_from_end
+from recbole_diffusion.model.layers import TransformerStack, embedding_table, positions_from_end
 from recbole_diffusion.validation import check_guided
 
 
@@ -35,8 +35,8 @@ class DreamRec(DiffusionRecommender):
         self.guidance_weight = config["guidance_weight"]
         self.cfg_dropout_prob = config["cfg_dropout_prob"]
 
-        self.item_embedding = item_embedding_table(self.n_items, self.hidden_size, config["item_init_std"])
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.item_embedding = embedding_table(self.n_items, self.hidden_size, config["embedding_init_std"], padding_idx=0)
+        self.position_embedding = embedding_table(self.max_seq_length, self.hidden_size, config["embedding_init_std"])
         self.embedding_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.encoder = TransformerStack(self.hidden_size, config["n_layers"], config["n_heads"],
                                         config["inner_size"], config["hidden_dropout_prob"], causal=True)

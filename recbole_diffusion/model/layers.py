@@ -8,9 +8,12 @@ class TransformerStack(nn.Module):
     """``n_layers`` pre-norm transformer blocks (GELU FFN of width ``inner_size``), dropout, a final LayerNorm.
 
     Padding is masked on the key side (``key_padding_mask``), so real positions never attend to padding.
+    ``dropout_after_each_block`` adds a dropout on every block's output (the residual stream), as DiffuRec's
+    authors' ``TransformerBlock`` does; the dropout before the final LayerNorm is always there.
     """
 
-    def __init__(self, hidden_size, n_layers, n_heads, inner_size, dropout, causal=False):
+    def __init__(self, hidden_size, n_layers, n_heads, inner_size, dropout, causal=False,
+                 dropout_after_each_block=False):
         super().__init__()
         self.causal = causal
         self.layers = nn.ModuleList(
@@ -19,6 +22,9 @@ class TransformerStack(nn.Module):
                 activation="gelu", batch_first=True, norm_first=True,
             )
             for _ in range(n_layers)
+        )
+        self.block_dropouts = nn.ModuleList(
+            nn.Dropout(dropout) if dropout_after_each_block else nn.Identity() for _ in range(n_layers)
         )
         self.output_dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size)
@@ -29,21 +35,24 @@ class TransformerStack(nn.Module):
         if self.causal:
             length = hidden.size(1)
             attn_mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=hidden.device), diagonal=1)
-        for layer in self.layers:
-            hidden = layer(hidden, src_mask=attn_mask, src_key_padding_mask=padding_mask)
+        for layer, block_dropout in zip(self.layers, self.block_dropouts):
+            hidden = block_dropout(layer(hidden, src_mask=attn_mask, src_key_padding_mask=padding_mask))
         return self.norm(self.output_dropout(hidden))
 
 
-def item_embedding_table(n_items, hidden_size, init_std):
-    """The item table ``E`` (row 0 = padding, kept at zero), initialised ``N(0, init_std^2)``.
+def embedding_table(num_embeddings, hidden_size, init_std, padding_idx=None):
+    """An embedding table initialised ``N(0, init_std^2)`` (the padding row, if any, kept at zero).
 
-    The authors keep PyTorch's default N(0, 1); a small std (RecBole's SASRec uses 0.02) makes the full-softmax
-    logits small at the start, and on CPU-sized runs converges much faster (see BENCHMARKS.md).
+    Every table a model owns (items, positions) takes the same ``embedding_init_std``, so the history's item
+    and position parts start at the same scale. The authors keep PyTorch's default N(0, 1); a small std
+    (RecBole's SASRec uses 0.02) makes the full-softmax logits small at the start and, on CPU-sized runs,
+    converges much faster (see BENCHMARKS.md).
     """
-    table = nn.Embedding(n_items, hidden_size, padding_idx=0)
+    table = nn.Embedding(num_embeddings, hidden_size, padding_idx=padding_idx)
     nn.init.normal_(table.weight, 0.0, init_std)
-    with torch.no_grad():
-        table.weight[0].zero_()
+    if padding_idx is not None:
+        with torch.no_grad():
+            table.weight[padding_idx].zero_()
     return table
 
 
