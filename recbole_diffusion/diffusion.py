@@ -83,6 +83,67 @@ def sampling_timesteps(num_steps, sampler_steps):
     return steps + [0] if steps[-1] > 0 else steps
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x, constant):
+    """``x * constant mod 2**32`` for int64 tensors of 32-bit values, split so no product leaves int64."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def _hash32(x):
+    """A 32-bit integer mixer (xor-shift / multiply, "lowbias32" constants): every input bit flips about half
+    of the output bits. Exact integer arithmetic, so CPU and CUDA give the same bits."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_normal(seed, keys, shape):
+    """Standard normal draws that are a pure function of ``(seed, keys[b], element index)``.
+
+    ``keys`` is a ``B x K`` integer tensor (one row of K counters per draw, values below 2**32); the result is
+    ``B x *shape`` on ``keys``' device. Two hashed 24-bit uniforms per element go through Box-Muller, so no
+    random generator state is read or advanced: the same key gives the same noise in any batch, any process
+    and any order (up to float rounding of ``log`` / ``cos`` between devices).
+    """
+    state = torch.full((keys.size(0),), int(seed) & _MASK32, dtype=torch.int64, device=keys.device)
+    state = _hash32(state)
+    for column in keys.long().unbind(dim=1):
+        state = _hash32(state ^ (column & _MASK32))
+    numel = math.prod(shape)
+    element = _hash32(torch.arange(numel, dtype=torch.int64, device=keys.device))
+    bits = _hash32(state[:, None] ^ element[None, :])
+    first, second = _hash32(bits ^ 0x68E31DA4), _hash32(bits ^ 0x1B56C4E9)
+    u1 = ((first >> 8).float() + 0.5) / 2.0 ** 24
+    u2 = ((second >> 8).float() + 0.5) / 2.0 ** 24
+    normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    return normal.view(keys.size(0), *shape)
+
+
+class KeyedNoise:
+    """The noise of one evaluation batch, keyed by ``(eval_seed, stream, step, row key)`` (see :func:`keyed_normal`).
+
+    ``row_keys`` (``B x K``) names each row: a user id and an ensemble member, say. Each use of noise is a
+    ``stream``; a draw at reverse step ``t`` is keyed by it too, so every user gets the same noise for the same
+    step whatever the batch size, the batch it falls in or the number of processes.
+    """
+
+    START, DDPM, LAMBDA = 1, 2, 3  # streams: x_T, the DDPM step noise, DiffuRec's lambda
+
+    def __init__(self, seed, row_keys):
+        self.seed, self.row_keys = int(seed), row_keys
+
+    def normal(self, stream, step, shape):
+        """``B x *shape`` standard normal draws for ``stream`` at reverse step ``step`` (an int or a ``B`` tensor)."""
+        step = torch.as_tensor(step, device=self.row_keys.device).expand(self.row_keys.size(0))
+        stream = torch.full_like(step, stream)
+        return keyed_normal(self.seed, torch.cat([stream[:, None], step[:, None], self.row_keys], dim=1), shape)
+
+
 class GaussianDiffusion(nn.Module):
     """A Gaussian diffusion over ``B x d`` vectors with an x0-predicting model (schedule + pure step functions).
 
@@ -181,15 +242,22 @@ class GaussianDiffusion(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, denoise, shape, device, sampler="ddpm", sampler_steps=None, variance="posterior", generator=None):
+    def sample(self, denoise, shape, device, sampler="ddpm", sampler_steps=None, variance="posterior", noise=None):
         """Run the reverse process from ``x_T ~ N(0, I)`` and return the final ``x0``.
 
         ``denoise(x_t, t)`` returns ``x0_hat`` for a whole batch (``t`` is a ``B`` tensor). ``sampler_steps``
-        visits a strided subset of the T steps (all of them when ``None``).
+        visits a strided subset of the T steps (all of them when ``None``). ``noise`` (a :class:`KeyedNoise`)
+        makes ``x_T`` and the DDPM noise a function of the rows' keys; without it they come from torch's RNG.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
-        x_t = torch.randn(shape, device=device, generator=generator)
+
+        def draw(stream, step):
+            if noise is None:
+                return torch.randn(shape, device=device)
+            return noise.normal(stream, step, shape[1:]).to(device)
+
+        x_t = draw(KeyedNoise.START, self.num_steps)
         timesteps = sampling_timesteps(self.num_steps, sampler_steps)
         for step, next_step in zip(timesteps, timesteps[1:] + [-1]):
             t = torch.full((shape[0],), step, device=device, dtype=torch.long)
@@ -198,8 +266,7 @@ class GaussianDiffusion(nn.Module):
             if sampler == "ddim":
                 x_t = self.ddim_step(x0_hat, x_t, t, s)
             else:
-                noise = torch.randn(shape, device=device, generator=generator)
-                x_t = self.ddpm_step(x0_hat, x_t, t, s, variance=variance, noise=noise)
+                x_t = self.ddpm_step(x0_hat, x_t, t, s, variance=variance, noise=draw(KeyedNoise.DDPM, step))
         return x_t
 
 

@@ -63,7 +63,7 @@ def test_scores_cover_all_items_and_predict_agrees_with_full_sort(prepared, monk
     # Sampled evaluation repeats each history once per candidate: all candidates share one sampled x0.
     calls = []
 
-    def fake_generate(item_seq, item_seq_len):
+    def fake_generate(item_seq, item_seq_len, user_ids):
         calls.append(len(item_seq))
         return model.item_embedding(item_seq).sum(dim=1) / item_seq_len[:, None]
 
@@ -75,7 +75,7 @@ def test_scores_cover_all_items_and_predict_agrees_with_full_sort(prepared, monk
     point = model.predict(repeated)
     expected = model.full_sort_predict(batch[users]).gather(1, candidates).flatten()
     torch.testing.assert_close(point, expected, rtol=1e-5, atol=1e-5)
-    assert calls[0] == 4  # one sampling run per distinct history, not per candidate
+    assert calls[0] == 4  # one sampling run per user, not per candidate
 
 
 def _pad_right(sequences, length):
@@ -93,7 +93,7 @@ def _approximate(model, item_seq, item_seq_len, x_t, t, gather_at=None):
 @pytest.mark.parametrize("position_embedding", [False, True])
 def test_output_does_not_depend_on_the_amount_of_right_padding(prepared, position_embedding, monkeypatch):
     model = make_model(prepared, position_embedding=position_embedding).eval()
-    monkeypatch.setattr(model, "_lambda", lambda shape, device: torch.full(shape, 0.5, device=device))
+    monkeypatch.setattr(model, "_lambda", lambda like, t, noise: torch.full_like(like, 0.5))
     sequences = [[5, 9, 2, 7], [3, 4], [8, 1, 6, 2, 10, 11]]
     x_t, t = torch.randn(3, model.hidden_size), torch.tensor([0, 5, 31])
     short = _approximate(model, *_pad_right(sequences, 8), x_t, t)
@@ -103,7 +103,7 @@ def test_output_does_not_depend_on_the_amount_of_right_padding(prepared, positio
 
 def test_right_padding_matches_the_authors_left_padding(prepared, monkeypatch):
     model = make_model(prepared).eval()
-    monkeypatch.setattr(model, "_lambda", lambda shape, device: torch.full(shape, 0.5, device=device))
+    monkeypatch.setattr(model, "_lambda", lambda like, t, noise: torch.full_like(like, 0.5))
     sequences = [[5, 9, 2, 7], [3, 4]]
     right, lengths = _pad_right(sequences, 6)
     left = torch.stack([torch.roll(row, int(6 - n)) for row, n in zip(right, lengths)])
@@ -119,7 +119,7 @@ def test_without_positions_only_the_last_item_is_ordered(prepared, monkeypatch):
     outputs = {}
     for position_embedding in (False, True):
         model = make_model(prepared, position_embedding=position_embedding).eval()
-        monkeypatch.setattr(model, "_lambda", lambda shape, device: torch.full(shape, 0.5, device=device))
+        monkeypatch.setattr(model, "_lambda", lambda like, t, noise: torch.full_like(like, 0.5))
         a = _approximate(model, *_pad_right([[5, 9, 2, 7]], 6), x_t, t)
         b = _approximate(model, *_pad_right([[2, 5, 9, 7]], 6), x_t, t)
         outputs[position_embedding] = (a - b).abs().max().item()
@@ -133,7 +133,7 @@ def test_ensemble_averages_the_runs_of_each_user(prepared, monkeypatch):
     users = len(batch)
     runs = torch.arange(3 * users * model.hidden_size, dtype=torch.float32).view(3 * users, model.hidden_size)
     monkeypatch.setattr(model.diffusion, "sample", lambda denoise, shape, device, **kw: runs[: shape[0]])
-    x0 = model.generate(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    x0 = model.generate(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.USER_ID])
     expected = (runs[:users] + runs[users: 2 * users] + runs[2 * users:]) / 3
     torch.testing.assert_close(x0, expected)
 

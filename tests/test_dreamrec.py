@@ -9,6 +9,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
+from recbole_diffusion.diffusion import KeyedNoise
 from recbole_diffusion.losses import batch_negative_centroids, cosine_error, preference_loss
 from recbole_diffusion.model import DreamRec, PreferDiff
 from recbole_diffusion.quick_start import build_config, run
@@ -99,12 +100,12 @@ def test_unguided_sampling_equals_sampling_the_conditional_model(prepared):
     model = make_model(prepared, guidance_weight=0.0, sampler="ddpm").eval()
     batch = next(iter(prepared[1][2]))[0]
     seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
-    torch.manual_seed(5)
-    generated = model.generate(seq, seq_len)
+    users = batch[model.USER_ID]
+    generated = model.generate(seq, seq_len, users)
     h = model.encode_condition(seq, seq_len)
-    torch.manual_seed(5)
+    noise = KeyedNoise(model.eval_seed, torch.stack([users, torch.zeros_like(users)], dim=1))
     direct = model.diffusion.sample(lambda x_t, t: model.predict_x0(x_t, h, t), (len(seq), 32), seq.device,
-                                    sampler="ddpm", variance="posterior")
+                                    sampler="ddpm", variance="posterior", noise=noise)
     torch.testing.assert_close(generated, direct)
 
 

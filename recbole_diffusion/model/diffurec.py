@@ -75,19 +75,21 @@ class DiffuRec(DiffusionRecommender):
             hidden = hidden + self.position_embedding(positions_from_end(item_seq_len, item_seq.size(1)))
         return self.embedding_norm(self.embedding_dropout(hidden)), item_seq == 0, item_seq_len
 
-    def _lambda(self, shape, device):
-        """Elementwise ``lambda ~ N(lambda_uncertainty, lambda_uncertainty)``."""
-        mean = torch.full(shape, float(self.lambda_uncertainty), device=device)
-        return torch.normal(mean, mean.abs())
+    def _lambda(self, like, t, noise):
+        """Elementwise ``lambda ~ N(lambda_uncertainty, lambda_uncertainty)`` shaped like ``like``
+        (from the evaluation's keyed ``noise`` at step ``t`` when given, else from torch's RNG)."""
+        standard = (torch.randn_like(like) if noise is None
+                    else noise.normal(noise.LAMBDA, t, like.shape[1:]).to(like.device, like.dtype))
+        return self.lambda_uncertainty + abs(self.lambda_uncertainty) * standard
 
-    def denoise(self, condition, x_t, t):
+    def denoise(self, condition, x_t, t, noise=None):
         """The approximator: ``x0_hat`` from the encoded history, ``x_t`` and the step ``t``."""
         history, padding_mask, item_seq_len = condition
         query = x_t + self.time_embedding(t)
         if self.cross_attention is None:
-            hidden = history + self._lambda(history.shape, history.device) * query[:, None, :]
+            hidden = history + self._lambda(history, t, noise) * query[:, None, :]
         else:
-            scaled = self._lambda(query.shape, query.device)[:, None, :] * query[:, None, :]
+            scaled = self._lambda(query, t, noise)[:, None, :] * query[:, None, :]
             attended, _ = self.cross_attention(scaled, history, history, key_padding_mask=padding_mask,
                                                need_weights=False)
             hidden = history + attended

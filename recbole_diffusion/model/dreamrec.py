@@ -57,8 +57,8 @@ class DreamRec(DiffusionRecommender):
         """The denoiser ``f(x_t, h, t)``, unguided."""
         return self.denoiser(torch.cat([x_t, guidance, self.time_embedding(t)], dim=-1))
 
-    def denoise(self, condition, x_t, t):
-        """Guided ``x0_hat``; the conditional and null branches run as one batch."""
+    def denoise(self, condition, x_t, t, noise=None):
+        """Guided ``x0_hat``; the conditional and null branches run as one batch (the network draws no noise)."""
         if self.guidance_weight == 0:
             return self.predict_x0(x_t, condition, t)
         null = self.null_guidance.expand_as(condition)
