@@ -18,6 +18,7 @@ import os
 import sys
 
 from recbole_diffusion import compare
+from recbole_diffusion.datasets import write_user_slice
 
 DATASET = "amazon-beauty"
 FAMILIES = {
@@ -34,25 +35,6 @@ FAMILIES = {
 }
 CPU_TRAINING = {"epochs": 10, "eval_step": 2, "learning_rate": 0.001, "eval_batch_size": 1024,
                 "show_progress": False}
-
-
-def write_subsample(data_path, dataset, n_users, folder):
-    """Copy every row of the first ``n_users`` users (in file order) to ``folder/<dataset>/<dataset>.inter``."""
-    target_dir = os.path.join(folder, dataset)
-    os.makedirs(target_dir, exist_ok=True)
-    kept = set()
-    with open(os.path.join(data_path, dataset, f"{dataset}.inter"), encoding="utf-8") as source, \
-            open(os.path.join(target_dir, f"{dataset}.inter"), "w", encoding="utf-8") as target:
-        header = source.readline()
-        target.write(header)
-        user_column = [field.split(":")[0] for field in header.rstrip("\n").split("\t")].index("user_id")
-        for line in source:
-            user = line.split("\t")[user_column]
-            if user not in kept and len(kept) < n_users:
-                kept.add(user)
-            if user in kept:
-                target.write(line)
-    return folder
 
 
 def compare_arguments(family, cpu, output, data_path, extra):
@@ -75,7 +57,8 @@ def main(argv=None):
     output = args.output or os.path.join("benchmarks", "results", f"beauty-{args.family}{'-cpu' if args.cpu else ''}")
     data_path = os.path.abspath(args.data_path)
     if args.users:
-        data_path = write_subsample(data_path, DATASET, args.users, os.path.join(output, f"data-{args.users}-users"))
+        data_path = write_user_slice(os.path.join(data_path, DATASET, f"{DATASET}.inter"), DATASET, args.users,
+                                     os.path.join(output, f"data-{args.users}-users"))
     code = compare.main(compare_arguments(args.family, args.cpu, output, data_path, extra))
     summary = os.path.join(output, "summary.md")
     if os.path.isfile(summary):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from recbole_diffusion.compare import parse_args
+from recbole_diffusion.datasets import write_user_slice
 
 SPEC = importlib.util.spec_from_file_location(
     "beauty_benchmark", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "beauty.py"))
@@ -21,7 +22,7 @@ def test_subsample_keeps_every_row_of_the_first_users_only(tmp_path):
     rows = [("3", "10", "0"), ("1", "11", "0"), ("3", "12", "1"), ("2", "13", "0"), ("1", "14", "1"), ("3", "15", "2")]
     (source / "amazon-beauty.inter").write_text(
         "user_id:token\titem_id:token\ttimestamp:float\n" + "".join("\t".join(r) + "\n" for r in rows))
-    folder = beauty.write_subsample(str(tmp_path / "data"), "amazon-beauty", 2, str(tmp_path / "sub"))
+    folder = write_user_slice(str(source / "amazon-beauty.inter"), "amazon-beauty", 2, str(tmp_path / "sub"))
     lines = (tmp_path / "sub" / "amazon-beauty" / "amazon-beauty.inter").read_text().splitlines()
     assert folder == str(tmp_path / "sub") and lines[0].startswith("user_id:token")
     assert [tuple(line.split("\t")) for line in lines[1:]] == [r for r in rows if r[0] in ("3", "1")]
@@ -29,7 +30,7 @@ def test_subsample_keeps_every_row_of_the_first_users_only(tmp_path):
 
 def test_cpu_presets_reach_compare_and_user_arguments_win():
     arguments = beauty.compare_arguments("guided", True, "out", "/data", ["--epochs", "3", "--seeds", "2"])
-    models, dataset, seeds, output, _, overrides, _, _, _ = parse_args(arguments)
+    models, dataset, seeds, output, _, overrides, _, _, _, _ = parse_args(arguments)
     assert models == ["DreamRec", "DreamRec-DDIM", "PreferDiff", "PreferDiff-DDPM", "SASRec"]
     assert (dataset, seeds, output) == ("amazon-beauty", [2020, 2021], "out")
     assert overrides["epochs"] == "3" and overrides["MAX_ITEM_LIST_LENGTH"] == "10"
