@@ -48,8 +48,8 @@ TINY_PER_MODEL = {"DreamRec": {"diffusion_steps": 200}, "PreferDiff": {"diffusio
 class Report:
     """Runs checks, prints one line per check and remembers failures."""
 
-    def __init__(self, stream=sys.stdout):
-        self.stream, self.failures, self.lines = stream, 0, []
+    def __init__(self, stream=None):
+        self.stream, self.failures, self.lines = stream or sys.stdout, 0, []
 
     def check(self, name, function):
         """Run ``function()``; PASS unless it raises. Returns its result, or ``None`` after a failure."""
@@ -135,8 +135,9 @@ def device_settings(device, gpu_id):
     return {"gpu_id": str(gpu_id)}
 
 
-def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=sys.stdout):
-    """Run every check; returns the :class:`Report` (``failures`` counts the failed checks)."""
+def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
+    """Run every check, printing to ``stream`` (standard output by default); returns the :class:`Report`."""
+    stream = stream or sys.stdout
     if device is None:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(gpu_id))
         device = "cuda" if torch.cuda.is_available() else "cpu"

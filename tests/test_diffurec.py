@@ -184,3 +184,28 @@ def test_end_to_end_through_recbole_trainer_with_checkpoint_reload(data_root, in
     result = run(model, "ml-100k-small", config_file_list=files, config_dict=settings)
     assert_full_ranking_result(result)
     assert_checkpoint_reload_reproduces(model, files, settings, result["saved_model_file"])
+
+
+def test_approximator_has_a_dropout_after_every_block_and_before_its_norm(prepared):
+    """The authors' TransformerBlock ends with a dropout: n_layers on the residual stream, plus the final one."""
+    model = make_model(prepared, n_layers=3, hidden_dropout_prob=0.1)
+    stack = model.approximator
+    assert [type(module).__name__ for module in stack.block_dropouts] == ["Dropout"] * 3
+    assert all(module.p == 0.1 for module in stack.block_dropouts) and stack.output_dropout.p == 0.1
+    history = torch.randn(4, 6, model.hidden_size)
+    padding = torch.zeros(4, 6, dtype=torch.bool)
+    stack.train()
+    first, second = stack(history, padding), stack(history, padding)
+    assert not torch.allclose(first, second)
+    stack.eval()
+    torch.testing.assert_close(stack(history, padding), stack(history, padding))
+
+
+@pytest.mark.parametrize("std", [1.0, 0.02])
+def test_embedding_init_std_sets_items_and_positions(prepared, std):
+    model = make_model(prepared, position_embedding=True, embedding_init_std=std)
+    items = model.item_embedding.weight[1:]
+    positions = model.position_embedding.weight
+    assert torch.equal(model.item_embedding.weight[0], torch.zeros(model.hidden_size))
+    assert items.std().item() == pytest.approx(std, rel=0.05)
+    assert positions.std().item() == pytest.approx(std, rel=0.25)

@@ -194,3 +194,12 @@ def test_end_to_end_through_recbole_trainer_with_checkpoint_reload(data_root, in
     result = run(model, "ml-100k-small", config_dict=settings)
     assert_full_ranking_result(result)
     assert_checkpoint_reload_reproduces(model, [], settings, result["saved_model_file"])
+
+
+def test_embedding_init_std_sets_items_and_positions_but_not_the_null_vector(prepared):
+    """The null vector stands in for the encoder's output, which leaves a LayerNorm: it keeps N(0, 1)."""
+    model = make_model(prepared, embedding_init_std=0.02, hidden_size=256)
+    assert model.item_embedding.weight[1:].std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.position_embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.null_guidance.std().item() == pytest.approx(1.0, rel=0.2)
+    assert [type(module).__name__ for module in model.encoder.block_dropouts] == ["Identity"]
