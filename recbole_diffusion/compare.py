@@ -243,8 +243,9 @@ def write_reports(records, output, models, reference=None):
             writer.writerow({**record, **record.get("test", {})})
     ok = [r for r in records if r["status"] == "ok"]
     parts = [f"# Comparison on {records[0]['dataset'] if records else '?'}", "",
-             f"Test metrics over seeds (mean ± sample std). In brackets: relative improvement of the mean over "
-             f"`{reference}` and the two-sided paired t-test p-value across seeds (scipy.stats.ttest_rel).", "",
+             f"Test metrics over seeds (mean ± sample std). In brackets: relative improvement over `{reference}` "
+             f"and the two-sided paired t-test p-value (scipy.stats.ttest_rel), both on the seeds the two models "
+             f"share.", "",
              comparison_table(records, models, reference, lambda r, m: r["test"][m], "All test users")]
     group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
     for group in group_names:

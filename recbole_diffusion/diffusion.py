@@ -75,6 +75,11 @@ def sampling_timesteps(num_steps, sampler_steps):
     With ``k = sampler_steps < T``: ``k`` strides of ``T // k`` counted down from the noisiest step ``T - 1``,
     then a last call at ``t = 0``. For T = 2000 and k = 20 that is 1999, 1899, ..., 99, 0: the 21 denoiser
     calls of the authors' DDIM. The run always starts from the noisiest step, whatever T and k.
+
+    One difference from the authors' DDIM (PreferDiff): they read the schedule at these steps but feed the
+    network ``t + 1`` (2000, 1900, ..., 100) except at the last call (0). We feed the network the same ``t``
+    as the schedule, the steps it is trained on (``t`` in ``0 .. T-1``); their first input, 2000, is a step
+    the network never sees in training. The time embedding of ``t`` and ``t + 1`` differ little at T = 2000.
     """
     if sampler_steps is None or sampler_steps >= num_steps:
         return list(range(num_steps - 1, -1, -1))

@@ -58,3 +58,35 @@ def test_item_table_geometry_tells_orthogonal_from_collapsed_rows():
     alike = embedding_geometry.item_table_geometry(collapsed, pairs)
     assert alike["pair_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert alike["cosine_to_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_forward_snr_matches_the_closed_form_of_the_issue():
+    """trunc_lin, T 32: abar_0 = 1 - 0.013125, so SNR_0 is about 75 for N(0, 1) rows and 0.03 at std 0.02."""
+    from recbole_diffusion.diffusion import GaussianDiffusion
+
+    abar = GaussianDiffusion(32, "trunc_lin").alphas_cumprod
+    unit = embedding_geometry.forward_snr(torch.ones(10, 4), abar)
+    assert unit[0].item() == pytest.approx((1 - 0.013125) / 0.013125)
+    assert unit[0].item() == pytest.approx(75.2, abs=0.1) and bool((unit[1:] < unit[:-1]).all())
+    small = embedding_geometry.forward_snr(torch.full((10, 4), 0.02), abar)
+    assert small[0].item() == pytest.approx(0.0301, abs=1e-3) and bool((small < 1).all())
+
+
+def test_geometry_script_measures_a_checkpoint(data_root, tmp_path, monkeypatch, capsys):
+    import json
+
+    from recbole_diffusion.quick_start import run
+    from conftest import FAST
+
+    monkeypatch.chdir(tmp_path)
+    settings = {**FAST, "data_path": data_root, "epochs": 1}
+    checkpoint = run("DiffuRec-smallinit", "ml-100k-small", config_dict=settings)["saved_model_file"]
+    overrides = [f"{key}={value}" for key, value in settings.items() if key != "data_path"]
+    monkeypatch.setattr(sys, "argv", ["embedding_geometry.py", "--model", "DiffuRec-smallinit", "--dataset",
+                                      "ml-100k-small", "--data_path", data_root, "--checkpoint", checkpoint,
+                                      "--set", *overrides])
+    embedding_geometry.main()
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["checkpoint"] == checkpoint and 0 <= record["valid_ndcg@10"] <= 1
+    assert record["share_of_steps_snr_below_1"] == 1.0 and record["snr_first_step"] < 1
+    assert len(record["row_norm_quartiles"]) == 3

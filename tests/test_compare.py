@@ -200,3 +200,17 @@ def test_a_folder_of_runs_with_other_settings_is_refused(comparison, data_root, 
     monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail("trained despite the mismatch"))
     with pytest.raises(ValueError, match="other settings.*epochs"):
         run_comparison(["SASRec"], "ml-100k-small", SEEDS, output, overrides={**_overrides(data_root), "epochs": "3"})
+
+
+def test_relative_improvement_uses_only_the_seeds_both_models_share():
+    from recbole_diffusion.compare import comparison_table
+
+    def record(model, seed, value):
+        return {"model": model, "seed": seed, "status": "ok", "test": {m: value for m in METRICS}}
+
+    records = [record("SASRec", 1, 0.10), record("SASRec", 2, 0.10), record("SASRec", 3, 0.40),
+               record("DiffuRec", 1, 0.11), record("DiffuRec", 2, 0.12)]
+    table = comparison_table(records, ["SASRec", "DiffuRec"], "SASRec", lambda r, m: r["test"][m], "t")
+    row = next(line for line in table.splitlines() if line.startswith("| DiffuRec"))
+    # seeds 1 and 2: (0.115 - 0.10) / 0.10 = +15 %; against all three SASRec seeds it would read -42.5 %
+    assert "(+15.0%, p=" in row

@@ -17,8 +17,10 @@ Choices where the authors' code and the specification leave room, stated once:
 
 * Padding is masked on the key side (the authors mask query rows, so real items attend to padding).
 * Without ``position_embedding`` (the authors' setting) the approximator ignores the order of the history
-  except which item is last; with it, learned positions count back from the last item, so right padding
-  (RecBole) and left padding (the authors) give the same output.
+  except which item is last; with it, learned positions count back from the newest item (our choice; the
+  authors have no positions, see :func:`~recbole_diffusion.model.layers.positions_from_end`).
+* Each approximator block ends with a dropout on its output, and one more comes before the final LayerNorm,
+  as in the authors' ``TransformerBlock``.
 * ``lambda ~ N(lambda_uncertainty, lambda_uncertainty)`` is drawn elementwise in training and inference,
   as the authors do. With the default 0.001, ``x_t`` reaches the approximator only faintly in every variant:
   added to the history at a thousandth of its scale, or, with cross-attention, as a query whose attention

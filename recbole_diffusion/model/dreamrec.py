@@ -6,9 +6,11 @@ from ``[x_t, h, t_emb]``. Training replaces ``h`` by a learned null vector with 
 null)``, and ranks all items by ``x0 @ E.T``. DreamRec trains on the x0-MSE; PreferDiff on the preference
 loss of ``recbole_diffusion.losses``.
 
-Choices where the papers leave room: positions count back from the last item (RecBole right-pads, the
-authors left-pad; both give the same output), dropout is off at evaluation and the padding row is never
-recommended (the authors' DreamRec code keeps dropout on and scores the padding row).
+Choices where the papers leave room: positions count back from the newest item, whereas the authors
+right-pad and count from the oldest (:func:`~recbole_diffusion.model.layers.positions_from_end` says why and
+what differs); dropout is off at evaluation and the padding row is never recommended (the authors' DreamRec
+code keeps dropout on and scores the padding row). The null guidance vector stays N(0, 1) whatever
+``embedding_init_std`` is: it replaces the encoder's output, which leaves a LayerNorm at unit scale.
 """
 
 import torch

@@ -57,10 +57,13 @@ def embedding_table(num_embeddings, hidden_size, init_std, padding_idx=None):
 
 
 def positions_from_end(item_seq_len, max_length):
-    """Position ids counted back from the last real item (0 = last), clamped to 0 at right padding.
+    """Position ids counted back from the newest real item (0 = newest), clamped to 0 at right padding.
 
-    RecBole right-pads sequences while the authors' code left-pads them; counting from the end gives every
-    real item the same position id under both paddings, so results do not depend on the padding side.
+    This is our choice, not the authors': DreamRec and PreferDiff right-pad and count positions from the
+    oldest item (the newest item's id is the history's length - 1, so it changes with the length), as
+    RecBole's SASRec does. Counting from the newest gives the item the guidance / ``x0_hat`` is read at the same
+    position id in every history, whatever its length, and the ids do not depend on the padding side. Models
+    trained either way are not interchangeable: the same table row means "k steps ago" here, "k-th item" there.
     """
     index = torch.arange(max_length, device=item_seq_len.device)
     return (item_seq_len[:, None] - 1 - index[None, :]).clamp(min=0)
