@@ -12,20 +12,18 @@ import platform
 import time
 
 import torch
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_seed
 
 from common import apply_threads_and_overrides, single_model_parser
-from recbole_diffusion.quick_start import build_config
+from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
 
 
 def measure(model, dataset, data_path, train_batches, eval_batches, overrides):
     config, model_class = build_config(model, dataset, config_dict={"data_path": data_path, "state": "WARNING",
                                                                     **overrides})
-    init_seed(config["seed"], True)
-    train_data, _, test_data = data_preparation(config, create_dataset(config))
-    recommender = model_class(config, train_data._dataset).to(config["device"])
-    optimizer = torch.optim.Adam(recommender.parameters(), lr=config["learning_rate"])
+    data = prepare_data(config)
+    train_data, test_data = data.train, data.test
+    trainer = build_trainer(config, model_class, train_data)  # the model and optimiser every run uses
+    recommender, optimizer = trainer.model, trainer.optimizer
     synchronize = torch.cuda.synchronize if config["device"].type == "cuda" else (lambda: None)
 
     recommender.train()
