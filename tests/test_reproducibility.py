@@ -57,7 +57,10 @@ def test_scores_do_not_depend_on_the_batch_a_user_falls_in(prepared_models, mode
     torch.manual_seed(1)  # torch's RNG state plays no part
     halves = torch.cat([recommender.full_sort_predict(batch[torch.arange(0, 3)]),
                         recommender.full_sort_predict(batch[torch.arange(3, len(batch))])])
-    torch.testing.assert_close(whole, halves, rtol=1e-5, atol=1e-5)
+    # Equal up to float rounding of batched matrix products (kernels may differ with the batch size and
+    # threads; guidance w = 8 amplifies that rounding); independent noise would differ at the scores' own scale.
+    scale = whole.abs().max().item()
+    torch.testing.assert_close(whole, halves, rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.fixture(scope="module")
