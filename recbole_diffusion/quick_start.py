@@ -3,7 +3,8 @@
 Configuration is merged in RecBole's order, lowest first: RecBole's defaults, this package's
 ``properties/overall.yaml`` (the shared evaluation protocol), ``properties/model/<Model>.yaml``,
 ``properties/dataset/<dataset>.yaml``, the user's config files, then ``config_dict`` / ``--key=value``.
-Everything is checked (model keys, dataset file, time column) before a log file or checkpoint is written.
+Everything is checked (config files, key values, the interaction file line by line, the loaded dataset and its
+split) before a log file or checkpoint is written.
 """
 
 import argparse
@@ -33,7 +34,8 @@ from recbole.utils import argument_list  # noqa: E402
 
 from recbole_diffusion.model import MODELS  # noqa: E402
 from recbole_diffusion.trainer import get_trainer  # noqa: E402
-from recbole_diffusion.validation import check_dataset, check_model_config, inter_file_path  # noqa: E402
+from recbole_diffusion import data_checks  # noqa: E402
+from recbole_diffusion.validation import check_config_file, check_model_config, inter_file_path  # noqa: E402
 
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
@@ -189,9 +191,10 @@ def resolve_data_path(config, data_path_given):
 
 
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
-    """Merge the configuration, then check it and the dataset before anything is written.
+    """Merge the configuration, then check it and the interaction file before anything is written.
 
-    ``model`` may name a variant (``DiffuRecSys-V1``): its YAML applies right after the model's.
+    ``model`` may name a variant (``DiffuRecSys-V1``): its YAML applies right after the model's. A refusal
+    raises ``ValueError`` or ``FileNotFoundError`` naming the file and line or the key, and what to do.
 
     Returns ``(config, model_class)``.
     """
@@ -201,21 +204,23 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     config_dict = dict(config_dict or {})
     user_keys = set(config_dict)
     for path in user_files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} does not exist")
+        check_config_file(path)
         user_keys |= _read_yaml_keys(path)
     files = [properties_file("overall.yaml")]
     files += [path for path in (properties_file("model", f"{model}.yaml"), variant,
                                 properties_file("dataset", f"{dataset}.yaml")) if path and os.path.isfile(path)]
-    config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
-                          config_dict=config_dict)
+    try:
+        config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
+                              config_dict=config_dict)
+    except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
+        raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
     warn_unknown_keys(user_keys, model, dataset)
     compat.check_single_process(config)
     check_model_config(model, config)
+    data_checks.check_inter_path_is_file(config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory
-    if os.path.isfile(inter_file_path(config)) or config["benchmark_filename"]:
-        check_dataset(config)
+    data_checks.check_interaction_files(config)
     return config, model_class
 
 
@@ -231,17 +236,30 @@ class RunData(NamedTuple):
 
 
 def prepare_data(config):
-    """Seed, start the log, load the dataset and split it as the configuration says."""
+    """Seed, load and check the dataset, split it as the configuration says, then start the log.
+
+    The checks (:mod:`recbole_diffusion.data_checks`) run before the log file exists, so refused data leaves
+    nothing behind; RecBole's messages of the loading reach the log afterwards, with the checks' counted notes.
+    """
     init_seed(config["seed"], config["reproducibility"])
+    summary = data_checks.check_interaction_files(config)
+    with data_checks.held_log_records() as held_records:
+        dataset = create_dataset(config)
+        messages = data_checks.check_loaded_dataset(config, dataset, summary)
+        # Described and counted before data_preparation, which turns a sequential dataset's table into prefixes.
+        dataset_description = str(dataset)
+        item_counts = np.bincount(np.asarray(dataset.inter_feat[dataset.iid_field]), minlength=dataset.item_num)
+        user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
     init_logger(config)
     logger = getLogger()
     logger.info(config)
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    # Counted before data_preparation, which turns a sequential dataset's table into training prefixes.
-    item_counts = np.bincount(np.asarray(dataset.inter_feat[dataset.iid_field]), minlength=dataset.item_num)
-    user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    logger.info(dataset_description)
+    for record in held_records:
+        logger.handle(record)
+    for level, message in messages:
+        logger.log(level, message)
     return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths)
 
 

@@ -1,11 +1,16 @@
 """Configuration checks that run before any data is loaded or file is written.
 
 Each check raises ``ValueError`` naming the offending key, its value and what is allowed. The models call
-:func:`check_model_config` when they are built; the runner calls it (and :func:`check_dataset`) earlier,
-right after the configuration is merged, so a bad value never leaves a half-written log or checkpoint.
+their checks when they are built; the runner calls :func:`check_model_config` earlier, right after the
+configuration is merged (and :func:`check_config_file` on each of the user's YAML files before that), so a bad
+value never leaves a half-written log or checkpoint. The data files are checked in
+:mod:`recbole_diffusion.data_checks`.
 """
 
+import math
 import os
+
+import yaml
 
 from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS
 from recbole_diffusion.trainer import LR_SCHEDULERS
@@ -125,6 +130,98 @@ def check_guided(config):
                   f"must be smaller than train_batch_size={config['train_batch_size']} (negatives come from the batch)")
 
 
+def _numbers_in(key, value):
+    """``(name, number)`` for every float in ``value``, descending into dicts and lists."""
+    if isinstance(value, dict):
+        for inner_key, inner in value.items():
+            yield from _numbers_in(f"{key}[{inner_key!r}]", inner)
+    elif isinstance(value, (list, tuple)):
+        for index, inner in enumerate(value):
+            yield from _numbers_in(f"{key}[{index}]", inner)
+    elif isinstance(value, float):
+        yield key, value
+
+
+def check_finite_numbers(config):
+    """No NaN or infinity in any key (``guidance_weight: .inf`` gives NaN scores and plausible-looking metrics)."""
+    for key, value in config.final_config_dict.items():
+        for name, number in _numbers_in(key, value):
+            if not math.isfinite(number):
+                _fail(name, number, "must be a finite number")
+
+
+def check_recbole_types(config):
+    """Every key that RecBole's defaults (and its model's YAML) give a number or a boolean keeps that type:
+    ``--epochs=abc`` arrives as the string 'abc', which RecBole would compare or multiply much later."""
+    for key, default in config.internal_config_dict.items():
+        value = config[key]
+        if isinstance(default, bool):
+            _require_bool(config, key)
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            _fail(key, value, "must be an integer")
+        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            _fail(key, value, "must be a number")
+
+
+def check_training_values(config):
+    """RecBole's training keys, for every model: values that would train nothing or never step."""
+    check_finite_numbers(config)
+    check_recbole_types(config)
+    _require_int(config, "epochs", 1)
+    _require_int(config, "train_batch_size", 1)
+    _require_int(config, "eval_batch_size", 1)
+    learning_rate = config["learning_rate"]
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+        _fail("learning_rate", learning_rate, "must be a number > 0 (e.g. 0.001)")
+    _require_range(config, "weight_decay", 0, float("inf"), high_open=True)
+    if config["MODEL_TYPE"].name == "SEQUENTIAL":
+        _require_int(config, "MAX_ITEM_LIST_LENGTH", 1)
+    if config["rm_dup_inter"] is not None:
+        _require_in(config, "rm_dup_inter", ("first", "last"))
+
+
+def check_config_file(path):
+    """A user's YAML file: readable, UTF-8, valid YAML, and a mapping of key: value lines with text keys.
+
+    Raises ``FileNotFoundError`` (missing, directory, unreadable) or ``ValueError`` naming the line.
+    """
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"config file {path!r} is a directory, not a YAML file")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path!r} does not exist") from None
+    except PermissionError:
+        raise FileNotFoundError(f"config file {path!r} cannot be read (permission denied); make it readable "
+                                f"(chmod u+r {path})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        byte = raw[error.start:error.start + 1].hex()
+        raise ValueError(f"config file {path}:{line}: byte 0x{byte} at byte offset {error.start} is not valid "
+                         "UTF-8 (RecBole reads YAML as UTF-8); save it as UTF-8") from None
+    try:
+        settings = yaml.safe_load(text)  # what the runner's own reading of the keys uses
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"config file {where}: not valid YAML ({problem}); write one key: value per line, "
+                         "e.g. epochs: 50") from None
+    if settings is None:
+        raise ValueError(f"config file {path}: has no settings (empty or only comments); write one key: value "
+                         "per line, e.g. epochs: 50, or leave the file out")
+    if not isinstance(settings, dict):
+        raise ValueError(f"config file {path}: must be a mapping of key: value lines, but holds a "
+                         f"{type(settings).__name__}; write one key: value per line, e.g. epochs: 50")
+    for key in settings:
+        if not isinstance(key, str):
+            raise ValueError(f"config file {path}: key {key!r} is not a name; keys are configuration names such "
+                             "as epochs or learning_rate")
+
+
 def check_trainer(config):
     """Keys of the trainer layer, for every model: the learning-rate schedule and the evaluation seed."""
     _require_in(config, "lr_scheduler", LR_SCHEDULERS)
@@ -147,7 +244,9 @@ MODEL_CHECKS = {"DiffuRec": check_diffurec, "DiffuRecSys": check_diffurec, "Drea
 
 
 def check_model_config(model_name, config):
-    """The trainer keys for every model, then the checks registered for ``model_name``."""
+    """RecBole's training keys and the trainer keys for every model, then the checks registered for
+    ``model_name``."""
+    check_training_values(config)
     check_trainer(config)
     check = MODEL_CHECKS.get(model_name)
     if check is not None:
@@ -157,30 +256,3 @@ def check_model_config(model_name, config):
 def inter_file_path(config):
     """The ``.inter`` file RecBole will read for this configuration (``data_path`` is already joined)."""
     return os.path.join(config["data_path"], f"{config['dataset']}.inter")
-
-
-def check_dataset(config):
-    """Fail early when the interaction file is missing or lacks the time column that ordering needs."""
-    path = inter_file_path(config)
-    if config["benchmark_filename"]:
-        path = os.path.join(config["data_path"], f"{config['dataset']}.{config['benchmark_filename'][0]}.inter")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"dataset {config['dataset']!r}: no interaction file at {path}. Put <name>/<name>.inter under a "
-            f"folder and pass --data_path=<that folder> (for the benchmark sets of this project, "
-            f"--data_path=../shared/data), or set RECBOLE_DIFFUSION_DATA to it."
-        )
-    eval_args = config["eval_args"] or {}
-    if eval_args.get("order") == "TO" or config["MODEL_TYPE"].name == "SEQUENTIAL":
-        time_field = config["TIME_FIELD"]
-        with open(path, encoding="utf-8") as handle:
-            header = handle.readline().rstrip("\n").split(config["field_separator"] or "\t")
-        columns = [column.split(":")[0] for column in header]
-        if time_field not in columns:
-            raise ValueError(
-                f"TIME_FIELD={time_field!r}: {path} has no such column (columns: {columns}); sequential models "
-                "and order TO sort each user's interactions by it. Add a timestamp column or set TIME_FIELD."
-            )
-        load_col = config["load_col"]
-        if load_col and "inter" in load_col and time_field not in load_col["inter"]:
-            _fail("load_col", load_col, f"must load {time_field!r} in 'inter' (TIME_FIELD) to order sequences")

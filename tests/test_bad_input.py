@@ -1,0 +1,292 @@
+"""Bad input is refused with one clear message before anything is written, or runs with a counted warning.
+
+Every case writes a tiny dataset or config into ``tmp_path`` and runs the command line in-process from there:
+a refusal exits with status 2, prints one ``error:`` line naming the file and line (or the key), and leaves
+no ``log``, ``saved`` or ``log_tensorboard`` folder behind.
+"""
+
+import logging
+import os
+import time
+
+import pytest
+
+from recbole_diffusion.quick_start import main, run
+
+NAME = "tiny"
+HEADER = "user_id:token\titem_id:token\ttimestamp:float"
+TINY = ["--epochs=1", "--hidden_size=8", "--inner_size=16", "--n_layers=1", "--n_heads=1", "--MAX_ITEM_LIST_LENGTH=5",
+        "--train_batch_size=16", "--eval_batch_size=64", "--show_progress=False", "--state=WARNING"]
+WRITTEN = ("log", "saved", "log_tensorboard")
+
+
+def rows(users=8, length=6, items=30):
+    """``length`` interactions per user over ``items`` items (at least 20, the largest top-k), times 1, 2, ..."""
+    return [f"{user}\t{(user * 7 + position) % items + 1}\t{position}"
+            for user in range(1, users + 1) for position in range(1, length + 1)]
+
+
+def lines(*parts):
+    return "\n".join(parts) + "\n"
+
+
+def write_inter(folder, content, name=NAME):
+    """``content`` (text or bytes) as ``folder/data/name/name.inter``; returns the data path."""
+    target = folder / "data" / name
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"{name}.inter"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return str(folder / "data")
+
+
+def arguments(data_path, *extra, model="SASRec", name=NAME):
+    return [f"--model={model}", f"--dataset={name}", f"--data_path={data_path}", *TINY, *extra]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def refused(workdir, capsys, argv):
+    """Run ``argv``; assert exit status 2, one ``error:`` line, quick, nothing written. Returns the message."""
+    start = time.monotonic()
+    code = main(argv)
+    seconds = time.monotonic() - start
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2, errors
+    assert len(errors) == 1, errors
+    assert seconds < 20
+    assert not [folder for folder in WRITTEN if (workdir / folder).exists()]
+    return errors[0]
+
+
+def assert_mentions(message, *fragments):
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+# --- the interaction file, checked line by line before RecBole reads it -----------------------------------------
+
+FILE_CASES = {
+    "empty": ("", ["tiny.inter", "the file is empty", "header"]),
+    "header only": (lines(HEADER), ["tiny.inter", "header but no interactions"]),
+    "header only, blank lines": (lines(HEADER, "", ""), ["tiny.inter", "header but no interactions"]),
+    "header without types": (lines("user_id\titem_id\ttimestamp", *rows()),
+                             ["tiny.inter:1:", "'user_id'", "name:type"]),
+    "unknown type": (lines("user_id:token\titem_id:token\ttimestamp:date", *rows()),
+                     ["tiny.inter:1:", "type 'date'", "token, token_seq, float, float_seq"]),
+    "commas instead of tabs": (lines(HEADER.replace("\t", ","), *[row.replace("\t", ",") for row in rows()]),
+                               ["tiny.inter:1:", "separated by ','", "field_separator"]),
+    "commas in a tab file": (lines(HEADER, *rows()[:2], "1,5,3", *rows()[3:]),
+                             ["tiny.inter:4:", "the line has 1 field(s), the header 3", "separated by ','"]),
+    "a row with an extra field": (lines(HEADER, *rows()[:3], "1\t9\t4\t5", *rows()[4:]),
+                                  ["tiny.inter:5:", "the line has 4 field(s), the header 3"]),
+    "a row with a field missing": (lines(HEADER, "1\t2", *rows()), ["tiny.inter:2:", "2 field(s)"]),
+    "non-numeric timestamp": (lines(HEADER, *rows()[:4], "1\t7\tabc", *rows()[5:]),
+                              ["tiny.inter:6:", "timestamp 'abc' is not a number"]),
+    "date as timestamp": (lines(HEADER, *rows()[:4], "1\t7\t2020-01-31", *rows()[5:]),
+                          ["tiny.inter:6:", "'2020-01-31' is not a number", "Unix seconds"]),
+    "NaN timestamps": (lines(HEADER, *rows()[:6], "2\t3\tnan", *rows()[7:12], "3\t4\tNaN", *rows()[13:]),
+                       ["tiny.inter:8:", "timestamp is missing (2 lines like it: 8, 14)", "column mean"]),
+    "empty timestamp": (lines(HEADER, *rows()[:6], "2\t3\t", *rows()[7:]), ["tiny.inter:8:", "timestamp is missing"]),
+    "infinite timestamp": (lines(HEADER, *rows()[:2], "1\t4\tinf", *rows()[3:]),
+                           ["tiny.inter:4:", "timestamp inf is not finite", "test target"]),
+    "missing item id": (lines(HEADER, *rows()[:9], "2\tNA\t4", *rows()[10:]),
+                        ["tiny.inter:11:", "item_id is missing", "'NA'"]),
+    "exact duplicate rows": (lines(HEADER, *rows()[:6], rows()[5], *rows()[6:]),
+                             ["tiny.inter:8:", "duplicate of line 7", "rm_dup_inter"]),
+    "byte order mark": ("\ufeff" + lines(HEADER, *rows()), ["tiny.inter:1:", "byte order mark"]),
+    "no user_id column": (lines("uid:token\titem_id:token\ttimestamp:float", *rows()),
+                          ["USER_ID_FIELD='user_id'", "tiny.inter has no such column", "'uid'"]),
+    "no timestamp column": (lines("user_id:token\titem_id:token", *[row.rsplit("\t", 1)[0] for row in rows()]),
+                            ["TIME_FIELD='timestamp'", "tiny.inter has no such column"]),
+    "timestamp typed token": (lines("user_id:token\titem_id:token\ttimestamp:token", *rows()),
+                              ["tiny.inter:1:", "timestamp:float"]),
+    "user id typed float": (lines("user_id:float\titem_id:token\ttimestamp:float", *rows()),
+                            ["tiny.inter:1:", "user_id:token"]),
+    "a field over the csv size limit": (lines(HEADER, *rows()[:2], "1\t" + "9" * 200_000 + "\t3", *rows()[3:]),
+                                        ["tiny.inter:4:", "field larger than field limit"]),
+    "an unclosed quote": (lines(HEADER, *rows()[:2], '1\t"9\t3', *rows()[3:]), ["tiny.inter:4:", "quote"]),
+    "a quote spanning lines": (lines(HEADER, *rows()[:2], '1\t"9\t3', '2"\t4', *rows()[5:]),
+                               ["tiny.inter:4:", "runs on to line 5"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_a_broken_interaction_file_is_refused_naming_the_line(case, workdir, capsys):
+    content, fragments = FILE_CASES[case]
+    assert_mentions(refused(workdir, capsys, arguments(write_inter(workdir, content))), *fragments)
+
+
+def test_non_utf8_bytes_are_refused_with_line_and_offset(workdir, capsys):
+    content = lines(HEADER, *rows()[:2]).encode() + "1\tcaf\u00e9\t3\n".encode("latin-1")
+    message = refused(workdir, capsys, arguments(write_inter(workdir, content)))
+    assert_mentions(message, "tiny.inter:4:", "byte 0xe9", f"byte offset {len(content) - 4}", "utf-8", "encoding")
+
+
+def test_a_directory_where_the_interaction_file_belongs_is_refused(workdir, capsys):
+    (workdir / "data" / NAME / f"{NAME}.inter").mkdir(parents=True)
+    message = refused(workdir, capsys, arguments(str(workdir / "data")))
+    assert_mentions(message, "tiny.inter is a directory")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_interaction_file_is_refused(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    path = workdir / "data" / NAME / f"{NAME}.inter"
+    path.chmod(0)
+    try:
+        assert_mentions(refused(workdir, capsys, arguments(data_path)), "tiny.inter", "permission denied")
+    finally:
+        path.chmod(0o644)
+
+
+@pytest.mark.parametrize("last_line", ['9\t"item 9"\t1', "9\t5\t1"], ids=["quoted token", "plain"])
+def test_crlf_blank_lines_and_quoted_tokens_pass_the_checks(last_line, workdir):
+    from recbole_diffusion.data_checks import check_interaction_files
+    from recbole_diffusion.quick_start import build_config
+
+    content = lines(HEADER, *rows(), "", last_line).replace("\n", "\r\n")
+    config, _ = build_config("SASRec", NAME, config_dict={"data_path": write_inter(workdir, content)})
+    assert check_interaction_files(config) == (49, 9)
+
+
+def test_the_python_api_raises_the_same_message(workdir):
+    data_path = write_inter(workdir, lines(HEADER, *rows()[:2], "1\t4\tinf", *rows()[3:]))
+    with pytest.raises(ValueError, match=r"tiny\.inter:4: timestamp inf is not finite"):
+        run("SASRec", NAME, config_dict={"data_path": data_path, "epochs": 1})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run("SASRec", NAME, config_file_list=[str(workdir / "missing.yaml")], config_dict={"data_path": data_path})
+    assert not [folder for folder in WRITTEN if (workdir / folder).exists()]
+
+
+# --- the loaded dataset and its leave-one-out split -------------------------------------------------------------
+
+def test_every_user_too_short_for_a_test_target_is_refused(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows(users=10, length=2)))
+    message = refused(workdir, capsys, arguments(data_path))
+    assert_mentions(message, "tiny.inter", "no user has enough interactions for a test target",
+                    "3 interactions for a test target", "longest history here has 2", "eval_args")
+
+
+def test_every_user_too_short_for_a_validation_target_is_refused(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows(users=10, length=3)))
+    message = refused(workdir, capsys, arguments(data_path))
+    assert_mentions(message, "no user has enough interactions for a validation target",
+                    "4 interactions for a validation target")
+
+
+def test_too_few_items_for_the_largest_cutoff_is_refused(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows(items=12)))
+    assert_mentions(refused(workdir, capsys, arguments(data_path)), "topk=[5, 10, 20]", "12 items")
+
+
+def test_filters_that_remove_every_interaction_are_refused(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    message = refused(workdir, capsys, arguments(data_path, "--user_inter_num_interval=[100,inf)"))
+    assert_mentions(message, "filtering settings")
+
+
+def test_short_users_are_counted_in_a_warning(workdir, capsys, caplog):
+    short = [f"{user}\t{user}\t{position}" for user in (20, 21) for position in (1, 2)]
+    single = ["22\t5\t1"]
+    data_path = write_inter(workdir, lines(HEADER, *rows(), *short, *single))
+    with caplog.at_level(logging.WARNING):
+        assert main(arguments(data_path)) == 0
+    warnings = [record.getMessage() for record in caplog.records if "have no test target" in record.getMessage()]
+    assert len(warnings) == 1
+    assert_mentions(warnings[0], "3 of 11 users have no test target", "3 of 11 users have no validation target",
+                    "1 with a single interaction are not used at all", "test metrics cover 8 users",
+                    'user_inter_num_interval: "[4,inf)"')
+
+
+def test_duplicates_run_with_rm_dup_inter_and_filters_are_counted(workdir, capsys, caplog):
+    duplicated = rows()[:6] + [rows()[5]] + rows()[6:]
+    short = [f"20\t{item}\t{item}" for item in (1, 2)]
+    data_path = write_inter(workdir, lines(HEADER, *duplicated, *short))
+    with caplog.at_level(logging.INFO):
+        code = main(arguments(data_path, "--rm_dup_inter=first", "--user_inter_num_interval=[4,inf)"))
+    assert code == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("rm_dup_inter='first'" in message and "removed 3 of 51 interactions and 1 of 9 users" in message
+               for message in messages), [m for m in messages if "removed" in m]
+    assert not any("have no test target" in message for message in messages)
+
+
+# --- configuration values and files ----------------------------------------------------------------------------
+
+CONFIG_CASES = {
+    "epochs 0": (["--epochs=0"], ["epochs=0", "integer >= 1"]),
+    "epochs not a number": (["--epochs=abc"], ["epochs='abc'", "must be an integer"]),
+    "epochs a float": (["--epochs=2.5"], ["epochs=2.5", "must be an integer"]),
+    "learning rate 0": (["--learning_rate=0"], ["learning_rate=0"]),
+    "negative learning rate": (["--learning_rate=-0.1"], ["learning_rate=-0.1"]),
+    "train batch 0": (["--train_batch_size=0"], ["train_batch_size=0", "integer >= 1"]),
+    "eval batch 0": (["--eval_batch_size=0"], ["eval_batch_size=0", "integer >= 1"]),
+    "infinite float": (["--weight_decay=1e999"], ["weight_decay=inf", "finite"]),
+    "bool as a number": (["--show_progress=3"], ["show_progress=3", "True or False"]),
+    "unknown rm_dup_inter": (["--rm_dup_inter=bogus"], ["rm_dup_inter='bogus'", "first", "last"]),
+    "topk not a list": (["--topk=abc"], ["topk", "wrong type"]),
+    "history length 0": (["--MAX_ITEM_LIST_LENGTH=0"], ["MAX_ITEM_LIST_LENGTH=0"]),
+    "load_col names an absent column": (["--load_col={'inter': ['user_id', 'item_id', 'timestamp', 'rating']}"],
+                                        ["tiny.inter:1:", "no column 'rating'", "load_col"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_a_bad_value_is_refused_naming_the_key(case, workdir, capsys):
+    extra, fragments = CONFIG_CASES[case]
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    assert_mentions(refused(workdir, capsys, arguments(data_path, *extra)), *fragments)
+
+
+def test_nan_and_infinity_in_yaml_are_refused_for_diffusion_models(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    config = workdir / "guided.yaml"
+    config.write_text("guidance_weight: .inf\n", encoding="utf-8")
+    message = refused(workdir, capsys, arguments(data_path, f"--config_files={config}", model="DreamRec"))
+    assert_mentions(message, "guidance_weight=inf", "finite")
+    config.write_text("train_neg_sample_args: {distribution: uniform, sample_num: 1, alpha: .nan}\n", encoding="utf-8")
+    message = refused(workdir, capsys, arguments(data_path, f"--config_files={config}", "--loss_type=BPR"))
+    assert_mentions(message, "train_neg_sample_args['alpha']=nan", "finite")
+
+
+YAML_CASES = {
+    "does not parse": ("epochs: 5\nlearning_rate: [0.1\n", ["broken.yaml:", "not valid YAML"]),
+    "a list": ("- epochs\n- 5\n", ["broken.yaml", "must be a mapping", "list"]),
+    "a plain string": ("epochs 5\n", ["broken.yaml", "must be a mapping", "str"]),
+    "empty": ("# nothing here\n", ["broken.yaml", "no settings"]),
+    "a number as key": ("5: epochs\n", ["broken.yaml", "key 5"]),
+    "load_col without inter": ("load_col:\n  user: [user_id]\n", ["load_col=", "no 'inter' entry"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_CASES))
+def test_a_bad_config_file_is_refused_naming_it(case, workdir, capsys):
+    text, fragments = YAML_CASES[case]
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    config = workdir / "broken.yaml"
+    config.write_text(text, encoding="utf-8")
+    assert_mentions(refused(workdir, capsys, arguments(data_path, f"--config_files={config}")), *fragments)
+
+
+def test_a_missing_or_directory_config_file_is_refused(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    message = refused(workdir, capsys, arguments(data_path, f"--config_files={workdir / 'absent.yaml'}"))
+    assert_mentions(message, "absent.yaml", "does not exist")
+    (workdir / "folder.yaml").mkdir()
+    message = refused(workdir, capsys, arguments(data_path, f"--config_files={workdir / 'folder.yaml'}"))
+    assert_mentions(message, "folder.yaml", "is a directory")
+
+
+def test_a_non_utf8_config_file_is_refused_naming_the_line(workdir, capsys):
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    config = workdir / "latin.yaml"
+    config.write_bytes(b"epochs: 1\n# caf\xe9\n")
+    assert_mentions(refused(workdir, capsys, arguments(data_path, f"--config_files={config}")),
+                    "latin.yaml:2:", "byte 0xe9", "UTF-8")
