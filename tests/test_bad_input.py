@@ -156,6 +156,23 @@ def test_crlf_blank_lines_and_quoted_tokens_pass_the_checks(last_line, workdir):
     assert check_interaction_files(config) == (49, 9)
 
 
+def test_a_read_that_permissions_deny_is_refused_also_as_root(workdir, capsys, monkeypatch):
+    from recbole_diffusion import data_checks, validation
+
+    def denied(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    monkeypatch.setattr(data_checks, "open", denied, raising=False)
+    assert_mentions(refused(workdir, capsys, arguments(data_path)), "tiny.inter cannot be read (permission denied)")
+    monkeypatch.undo()
+    config = workdir / "settings.yaml"
+    config.write_text("epochs: 1\n", encoding="utf-8")
+    monkeypatch.setattr(validation, "open", denied, raising=False)
+    message = refused(workdir, capsys, arguments(data_path, f"--config_files={config}"))
+    assert_mentions(message, "settings.yaml", "permission denied")
+
+
 def test_the_python_api_raises_the_same_message(workdir):
     data_path = write_inter(workdir, lines(HEADER, *rows()[:2], "1\t4\tinf", *rows()[3:]))
     with pytest.raises(ValueError, match=r"tiny\.inter:4: timestamp inf is not finite"):
@@ -251,6 +268,8 @@ def test_nan_and_infinity_in_yaml_are_refused_for_diffusion_models(workdir, caps
     config.write_text("guidance_weight: .inf\n", encoding="utf-8")
     message = refused(workdir, capsys, arguments(data_path, f"--config_files={config}", model="DreamRec"))
     assert_mentions(message, "guidance_weight=inf", "finite")
+    message = refused(workdir, capsys, arguments(data_path, "--guidance_weight=.inf", model="DreamRec"))
+    assert_mentions(message, "guidance_weight='.inf'", "must be a number")
     config.write_text("train_neg_sample_args: {distribution: uniform, sample_num: 1, alpha: .nan}\n", encoding="utf-8")
     message = refused(workdir, capsys, arguments(data_path, f"--config_files={config}", "--loss_type=BPR"))
     assert_mentions(message, "train_neg_sample_args['alpha']=nan", "finite")
