@@ -7,7 +7,8 @@ Writes to ``--output``: ``runs/<model>-seed<seed>.json`` per run (config, metric
 train and inference seconds, peak memory, head/tail and sequence-length group metrics), ``runs.csv``,
 ``summary.md`` (mean +- std, relative improvement over ``--reference`` and paired t-test p-values across
 seeds), ``quality_vs_cost.png`` and ``validation_curves.png``. A finished run is never repeated: rerunning the
-same command resumes a killed comparison; a failed run records its error, is retried on the next start, and
+same command resumes a killed comparison, and a run killed mid-training continues from its last checkpoint
+(every ``checkpoint_every`` epochs) instead of from scratch; a failed run records its error, is retried on the next start, and
 the summary lists it. Each run trains in its own process, so its peak memory is its own.
 """
 
@@ -35,21 +36,27 @@ def run_name(model, seed):
 
 
 def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint=False):
-    """One run through the runner's pipeline (``quick_start``): returns the record written as the run's JSON."""
-    from recbole_diffusion.quick_start import build_trainer, fit_and_test, prepare_data
+    """One run through the runner's pipeline (``quick_start``): returns the record written as the run's JSON.
 
+    A run killed before its record was written continues from its last checkpoint (``resume: True``).
+    """
+    from recbole_diffusion.quick_start import build_trainer, fit_and_test, prepare_data, resume_file
+
+    resume_from = resume_file(config)
     data = prepare_data(config)
     trainer = build_trainer(config, model_class, data.train)
     device = torch.device(config["device"])
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    result = fit_and_test(trainer, data, saved=True)
+    result = fit_and_test(trainer, data, saved=True, resume_from=resume_from)
     ranks, targets, users = trainer.collected_target_ranks()
     groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
     checkpoint = trainer.saved_model_file
-    if not keep_checkpoint and os.path.isfile(checkpoint):
-        os.remove(checkpoint)
+    if not keep_checkpoint:
+        for path in (checkpoint, result["last_checkpoint_file"]):
+            if path and os.path.isfile(path):
+                os.remove(path)
     peak = (torch.cuda.max_memory_allocated(device) if on_cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     epoch_seconds = trainer.epoch_seconds
@@ -61,6 +68,7 @@ def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoin
         "validation_curve": trainer.validation_curve,
         "learning_rates": trainer.learning_rates,
         "epochs": len(epoch_seconds),
+        "resumed_from": resume_from,
         "train_seconds": float(sum(epoch_seconds)),
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
         "inference_seconds": result["test_seconds"],
@@ -101,7 +109,8 @@ def _trial(model, dataset, seed, config_files, overrides, output, threads=None, 
     start = time.perf_counter()
     try:
         config, model_class = build_config(model, dataset, config_files, {
-            **overrides, "seed": seed, "checkpoint_dir": os.path.join(run_dir, "checkpoints")})
+            **overrides, "seed": seed, "checkpoint_dir": os.path.abspath(os.path.join(run_dir, "checkpoints")),
+            "resume": True})
         os.chdir(run_dir)  # RecBole writes ./log here; the config's paths are absolute by now
         record = train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
     except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)

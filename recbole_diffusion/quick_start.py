@@ -10,8 +10,10 @@ split) before a log file or checkpoint is written.
 import argparse
 import difflib
 import importlib
+import logging
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -23,7 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 import yaml
 
-from recbole_diffusion import compat
+from recbole_diffusion import checkpoint, compat
 
 compat.apply()
 
@@ -33,7 +35,7 @@ from recbole.utils import init_logger, init_seed  # noqa: E402
 from recbole.utils import argument_list  # noqa: E402
 
 from recbole_diffusion.model import MODELS  # noqa: E402
-from recbole_diffusion.trainer import get_trainer  # noqa: E402
+from recbole_diffusion.trainer import TrainingPreempted, get_trainer  # noqa: E402
 from recbole_diffusion import data_checks  # noqa: E402
 from recbole_diffusion.validation import check_config_file, check_model_config, inter_file_path  # noqa: E402
 
@@ -264,20 +266,54 @@ def prepare_data(config):
 
 
 def build_trainer(config, model_class, train_data):
-    """The model, seeded and on ``config['device']``, inside this package's trainer layer."""
+    """The model, seeded and on ``config['device']``, inside this package's trainer layer.
+
+    The trainer records the training data's fingerprint in every checkpoint it writes.
+    """
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = model_class(config, train_data._dataset).to(config["device"])
     getLogger().info(recommender)
-    return get_trainer(config, recommender)
+    trainer = get_trainer(config, recommender)
+    trainer.dataset_fingerprint = checkpoint.dataset_fingerprint(train_data._dataset)
+    return trainer
 
 
-def fit_and_test(trainer, data, saved=True):
+def resume_file(config):
+    """The "last" checkpoint a ``resume: True`` run continues from (``None``: start anew); see
+    :func:`recbole_diffusion.checkpoint.resumable_checkpoint`. Checked before anything is written."""
+    if not config["resume"]:
+        return None
+    return checkpoint.resumable_checkpoint(checkpoint.plain_config(config), config["checkpoint_dir"])
+
+
+def _log_file():
+    for handler in getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def best_epoch(trainer):
+    """The epoch whose validation score is the best one (the first, as RecBole keeps the first best)."""
+    for epoch, score in trainer.validation_curve:
+        if score == trainer.best_valid_score:
+            return epoch
+    return None
+
+
+def fit_and_test(trainer, data, saved=True, resume_from=None):
     """Train with early stopping on validation, then evaluate the best checkpoint on the test split.
 
-    Returns RecBole's result dict plus ``saved_model_file`` and ``test_seconds``; the trainer keeps the
-    per-epoch records and the test users' target ranks (:class:`recbole_diffusion.trainer.PluginTrainerMixin`).
+    ``resume_from``: a "last" checkpoint to continue (exactly: same batches, same noise, same metrics).
+    Returns RecBole's result dict (metrics as plain floats) plus ``saved_model_file``, ``last_checkpoint_file``,
+    ``best_epoch``, ``log_file`` and ``test_seconds``; the trainer keeps the per-epoch records and the test
+    users' target ranks (:class:`recbole_diffusion.trainer.PluginTrainerMixin`).
     """
     config, logger = trainer.config, getLogger()
+    if resume_from:
+        trainer.resume_checkpoint(resume_from)
+    elif config["resume"]:
+        logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
     best_valid_score, best_valid_result = trainer.fit(
         data.train, data.valid, saved=saved, show_progress=config["show_progress"]
     )
@@ -289,11 +325,14 @@ def fit_and_test(trainer, data, saved=True):
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
     return {
-        "best_valid_score": best_valid_score,
+        "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
+        "best_valid_result": checkpoint.plain(best_valid_result),
+        "test_result": checkpoint.plain(test_result),
+        "best_epoch": best_epoch(trainer),
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "last_checkpoint_file": trainer.last_checkpoint_file if saved and trainer.checkpoint_every else None,
+        "log_file": _log_file(),
         "test_seconds": test_seconds,
     }
 
@@ -301,20 +340,24 @@ def fit_and_test(trainer, data, saved=True):
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
     """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
 
-    Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
-    ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``) and ``test_seconds``.
+    Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` (plain floats),
+    ``best_epoch``, ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``),
+    ``last_checkpoint_file`` (what ``resume: True`` continues from), ``log_file`` and ``test_seconds``.
+    With ``resume: True`` in the configuration a killed run continues where its last checkpoint stopped.
     """
     config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    resume_from = resume_file(config)
     data = prepare_data(config)
     trainer = build_trainer(config, model_class, data.train)
-    return fit_and_test(trainer, data, saved=saved)
+    return fit_and_test(trainer, data, saved=saved, resume_from=resume_from)
 
 
 def parse_args(argv=None):
     """``--model``, ``--dataset``, ``--config_files`` (several; also "a.yaml b.yaml" or a,b) and ``--key=value``."""
     parser = argparse.ArgumentParser(
         description="Train and evaluate a recommender of recbole_diffusion or RecBole.",
-        epilog="Any other --key=value overrides that RecBole configuration key, e.g. --epochs=5.",
+        epilog="Any other --key=value overrides that RecBole configuration key, e.g. --epochs=5. --resume "
+               "(resume: True) continues a killed run from its last checkpoint.",
     )
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     parser.add_argument("--dataset", "-d", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
@@ -322,6 +365,8 @@ def parse_args(argv=None):
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for item in rest:
+        if item == "--resume":
+            item = "--resume=True"
         if not item.startswith("--") or "=" not in item:
             parser.error(f"unrecognised argument {item!r}: overrides are written --key=value")
         key, value = item[2:].split("=", 1)
@@ -338,8 +383,13 @@ def main(argv=None):
         print(f"No arguments: a {overrides['epochs']}-epoch {DEFAULT_MODEL} demo on {DEFAULT_DATASET} (small sizes).")
     try:
         result = run(model, dataset, config_files, overrides)
+    except TrainingPreempted as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(result)
+    from recbole_diffusion.evaluation import format_run_summary
+
+    print(format_run_summary(result))
     return 0

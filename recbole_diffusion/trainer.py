@@ -8,16 +8,38 @@ RecBole model keeps its trainer's behaviour and every run of the runner, ``compa
   optional linear warm-up over ``lr_warmup_epochs``), stepped once per training epoch as the authors do;
 * what a report needs: training seconds and learning rate per epoch, the validation curve;
 * evaluation that refuses NaN scores (a silent NaN would rank items arbitrarily and still print metrics);
-* optionally, the rank of each evaluated user's target (``collect_target_ranks``), for per-user statistics.
+* optionally, the rank of each evaluated user's target (``collect_target_ranks``), for per-user statistics;
+* checkpoints of tensors and plain data only (:mod:`recbole_diffusion.checkpoint`): the best epoch's model, and
+  every ``checkpoint_every`` epochs a resumable "last" checkpoint with everything the next epoch depends on
+  (model, optimiser, schedule, early-stopping state, records, every RNG state); on SIGTERM the step in progress
+  finishes, the state of the last completed epoch is written, and :class:`TrainingPreempted` is raised.
+
+Evaluation draws its noise from keys (seed, user, step; :class:`recbole_diffusion.diffusion.KeyedNoise`), not
+from a generator, so it has no state to save: a resumed run evaluates exactly like an uninterrupted one.
 """
 
+import copy
+import os
+import signal
+import threading
 import time
 
 import numpy as np
 import torch
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from recbole_diffusion import checkpoint as ckpt
+
 LR_SCHEDULERS = ("none", "step")
+
+
+class TrainingPreempted(Exception):
+    """SIGTERM stopped training; the last completed epoch's state is in :attr:`checkpoint_file`."""
+
+    def __init__(self, checkpoint_file, epoch):
+        self.checkpoint_file, self.epoch = checkpoint_file, epoch
+        where = f"resumable from {checkpoint_file}" if checkpoint_file else "no checkpoint written (saved=False)"
+        super().__init__(f"training stopped by SIGTERM during epoch {epoch}; {where} (run again with --resume)")
 
 
 def lr_factor(epoch, step_size, gamma, warmup_epochs):
@@ -52,7 +74,7 @@ def target_ranks(scores, positive_u, positive_i, max_k):
 
 
 class PluginTrainerMixin:
-    """Learning-rate schedule, per-epoch records, NaN-score refusal and target ranks over a RecBole trainer."""
+    """Learning-rate schedule, records, NaN-score refusal, target ranks and safe, resumable checkpoints."""
 
     collect_target_ranks = False
 
@@ -62,12 +84,60 @@ class PluginTrainerMixin:
         self.epoch_seconds, self.learning_rates, self.validation_curve = [], [], []
         self.target_rank_batches = []
         self._epoch = None
+        self.config_plain = ckpt.plain_config(config)
+        self.config_hash = ckpt.config_hash(self.config_plain)
+        self.dataset_fingerprint = None  # set by quick_start.build_trainer from the training data
+        self.checkpoint_every = config["checkpoint_every"] if config["checkpoint_every"] is not None else 1
+        self.last_checkpoint_file = ckpt.last_checkpoint_path(self.checkpoint_dir, config["model"],
+                                                              config["dataset"], self.config_hash)
+        self.finished = False
+        self._saving = False
+        self._pending_rng = None
+        self._train_generator = None
+        self._epoch_start_state = None
+        self._stop_requested = False
+
+    # ----- training -------------------------------------------------------------------------------------------
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """RecBole's ``fit``, resumable: restores the RNG states of a resumed run, writes "last" checkpoints
+        and turns SIGTERM into a checkpoint and :class:`TrainingPreempted`."""
+        self._train_generator = getattr(train_data, "generator", None)
+        if self._pending_rng is not None:
+            ckpt.set_rng_states(self._pending_rng, self._train_generator)
+            self._pending_rng = None
+        if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
+            self.logger.info(f"training already ended at epoch {self.start_epoch - 1} (epochs={self.epochs}, "
+                             f"stopping_step={self.stopping_step}): nothing left to train")
+            self.finished = True
+            return self.best_valid_score, self.best_valid_result
+        self._saving = saved
+        restore_handler = self._catch_sigterm()
+        try:
+            result = super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                                 show_progress=show_progress, callback_fn=callback_fn)
+        except TrainingPreempted:
+            self._write_last(self._epoch_start_state)
+            raise
+        finally:
+            restore_handler()
+        self.finished = True
+        if self._writes_last_checkpoints():
+            self._write_last(self._training_state(next_epoch=self._epoch + 1 if self._epoch is not None else 0))
+        return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch = epoch_idx
+        self._epoch_start_state = self._training_state(next_epoch=epoch_idx)
+        if self._stop_requested:
+            raise TrainingPreempted(self._preempted_file(), epoch_idx)
+        if (self._writes_last_checkpoints() and epoch_idx > self.start_epoch
+                and epoch_idx % self.checkpoint_every == 0):
+            self._write_last(self._epoch_start_state)
         self.learning_rates.append(self.optimizer.param_groups[0]["lr"])
         start = time.perf_counter()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=self._stoppable(loss_func),
+                                    show_progress=show_progress)
         self.epoch_seconds.append(time.perf_counter() - start)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
@@ -80,10 +150,152 @@ class PluginTrainerMixin:
         self.validation_curve.append([self._epoch, float(score)])
         return score, result
 
+    def _stoppable(self, loss_func):
+        """The model's loss, checking before each training step whether SIGTERM asked to stop."""
+        loss_func = loss_func or self.model.calculate_loss
+
+        def loss_unless_stopped(interaction):
+            if self._stop_requested:
+                raise TrainingPreempted(self._preempted_file(), self._epoch)
+            return loss_func(interaction)
+
+        return loss_unless_stopped
+
+    def _catch_sigterm(self):
+        """Make SIGTERM request a stop at the next training step; returns a function restoring the old handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def request_stop(signum, frame):
+            self.logger.warning("SIGTERM: stopping after the current training step and writing the last checkpoint")
+            self._stop_requested = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------
+
+    def _writes_last_checkpoints(self):
+        return self._saving and self.checkpoint_every > 0
+
+    def _preempted_file(self):
+        return self.last_checkpoint_file if self._saving else None
+
+    def _common_payload(self):
+        return {"model": self.config["model"], "dataset": self.config["dataset"], "config": self.config_plain,
+                "config_hash": self.config_hash, "dataset_fingerprint": self.dataset_fingerprint}
+
+    def _training_state(self, next_epoch):
+        """Everything epoch ``next_epoch`` depends on, copied, as tensors and plain data."""
+        return copy.deepcopy({
+            **self._common_payload(),
+            "kind": "last",
+            "next_epoch": next_epoch,
+            "finished": self.finished,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": ckpt.plain(self.best_valid_result),
+            "best_model_file": self.saved_model_file,
+            "state_dict": self.model.state_dict(),
+            "model_extra": ckpt.model_extra_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "records": {"epoch_seconds": self.epoch_seconds, "learning_rates": self.learning_rates,
+                        "validation_curve": self.validation_curve,
+                        "train_loss": [[epoch, ckpt.plain(loss)] for epoch, loss in self.train_loss_dict.items()]},
+            "rng": ckpt.rng_states(self._train_generator),
+        })
+
+    def _write_last(self, state):
+        if state is None or not self._saving:
+            return
+        ckpt.save_checkpoint(state, self.last_checkpoint_file)
+        self.logger.info(f"last checkpoint (resumes at epoch {state['next_epoch']}): {self.last_checkpoint_file}")
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """The best epoch's model, in the safe format (replaces RecBole's pickled ``Config``)."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        ckpt.save_checkpoint({**self._common_payload(), "kind": "best", "epoch": epoch, "cur_step": self.cur_step,
+                              "best_valid_score": float(self.best_valid_score),
+                              "state_dict": self.model.state_dict(),
+                              "model_extra": ckpt.model_extra_state(self.model)}, path)
+        if verbose:
+            self.logger.info(f"Saving current best: {path}")
+
+    def _load_checkpoint_file(self, path):
+        """Read ``path`` safely and check it belongs to this model and data."""
+        checkpoint = ckpt.load_checkpoint(path, map_location=self.device,
+                                          trust_pickled=bool(self.config["trust_pickled_checkpoint"]))
+        saved_model = checkpoint["config"].get("model")
+        if saved_model and saved_model != self.config["model"]:
+            raise ValueError(f"checkpoint {path!r} holds a {saved_model} model, not {self.config['model']}")
+        if self.dataset_fingerprint is not None and checkpoint.get("dataset_fingerprint"):
+            saved = checkpoint["dataset_fingerprint"]
+            changed = [key for key in saved if saved[key] != self.dataset_fingerprint[key]]
+            if changed:
+                raise ValueError(f"checkpoint {path!r} was trained on other data ({', '.join(changed)} differ): "
+                                 "its item ids would map to other items")
+        return checkpoint
+
+    def load_model_file(self, path):
+        """Load a checkpoint's model weights (and state kept outside ``state_dict``) into :attr:`model`."""
+        checkpoint = self._load_checkpoint_file(path)
+        self._load_weights(checkpoint)
+        self.logger.info(f"Loading model structure and parameters from {path}")
+        return checkpoint
+
+    def _load_weights(self, checkpoint):
+        self.model.load_state_dict(checkpoint["state_dict"])
+        if "model_extra" in checkpoint:
+            ckpt.load_model_extra_state(self.model, checkpoint["model_extra"], self.device)
+        else:  # RecBole's own format, read with trust_pickled_checkpoint
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
+    def resume_checkpoint(self, resume_file):
+        """Continue the run a "last" checkpoint recorded, from the epoch after it (RecBole's method, exact)."""
+        checkpoint = self._load_checkpoint_file(resume_file)
+        if checkpoint.get("kind") != "last":
+            raise ValueError(f"checkpoint {resume_file!r} is a {checkpoint.get('kind', 'RecBole')} checkpoint; "
+                             "resume needs a -last.pth checkpoint (written every checkpoint_every epochs)")
+        differing = ckpt.differing_keys(checkpoint["config"], self.config_plain)
+        if differing:
+            raise ValueError(
+                f"cannot resume from {resume_file!r}: its configuration differs in "
+                + ", ".join(f"{key} ({checkpoint['config'].get(key)!r} -> {self.config_plain.get(key)!r})"
+                            for key in differing)
+                + f". Only {', '.join(ckpt.RESUME_MAY_DIFFER)} may change on resume.")
+        self._load_weights(checkpoint)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        self.start_epoch = checkpoint["next_epoch"]
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"]
+        self.saved_model_file = checkpoint["best_model_file"]
+        self.finished = checkpoint["finished"]
+        records = checkpoint["records"]
+        self.epoch_seconds = list(records["epoch_seconds"])
+        self.learning_rates = list(records["learning_rates"])
+        self.validation_curve = [list(point) for point in records["validation_curve"]]
+        self.train_loss_dict = {epoch: loss for epoch, loss in records["train_loss"]}
+        self._pending_rng = checkpoint["rng"]
+        self.last_checkpoint_file = os.path.abspath(resume_file)
+        self.logger.info(f"resumed from {resume_file}: training continues at epoch {self.start_epoch}")
+        return checkpoint
+
+    # ----- evaluation -----------------------------------------------------------------------------------------
+
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's ``evaluate``; the best (or given) checkpoint is read in the safe format."""
         self.target_rank_batches = []
-        return super().evaluate(eval_data, load_best_model=load_best_model, model_file=model_file,
+        if load_best_model and eval_data:
+            self.load_model_file(model_file or self.saved_model_file)
+        return super().evaluate(eval_data, load_best_model=False, model_file=model_file,
                                 show_progress=show_progress)
 
     def _full_sort_batch_eval(self, batched_data):

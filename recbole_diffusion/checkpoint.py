@@ -1,0 +1,268 @@
+"""Checkpoints that hold only tensors and plain data, written atomically and loaded without running code.
+
+RecBole 1.2.1 pickles its whole ``Config`` into every checkpoint, so loading one means unpickling whatever the
+file holds: a crafted ``.pth`` runs any command it names. The files written here hold tensors, numbers,
+strings, lists, tuples and dicts only (the configuration as a dict of plain values, RNG states as tensors) and
+are read with ``torch.load(weights_only=True)``, which refuses every other global before it is called.
+RecBole's own format is refused with a message; ``trust_pickled=True`` opts in for files you wrote yourself.
+
+A checkpoint records the configuration's hash (:func:`config_hash`, also in the "last" checkpoint's file name)
+and the dataset's fingerprint (:func:`dataset_fingerprint`), so that resuming with another configuration or
+recommending against changed data is refused instead of silently mixing them.
+"""
+
+import enum
+import hashlib
+import json
+import os
+import pickle
+import random
+
+import numpy as np
+import torch
+
+FORMAT = "recbole_diffusion.checkpoint/1"
+# Keys that Config derives from the others (and rebuilds when a configuration is read back).
+DERIVED_KEYS = frozenset({"model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device",
+                          "single_spec", "local_rank", "valid_metric_bigger"})
+# Keys that may differ between a run and its resumption: they do not change what is trained or measured
+# (evaluation noise is keyed by user, so the evaluation batch size does not change the metrics).
+RESUME_MAY_DIFFER = ("epochs", "stopping_step", "show_progress", "state", "eval_batch_size", "resume",
+                     "checkpoint_every")
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file is not in this package's tensors-and-plain-data format (loading it could run code)."""
+
+
+def plain(value):
+    """``value`` as JSON-like plain data: enums by name, devices and other objects as their ``str``."""
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (np.integer, np.floating, np.bool_)):  # before float: np.float64 is a float
+        return value.item()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return str(value)
+
+
+def plain_config(config):
+    """Every key of a RecBole ``Config`` as plain data (what a checkpoint stores)."""
+    return {key: plain(value) for key, value in config.final_config_dict.items()}
+
+
+def config_hash(config_dict):
+    """Short hash of a plain configuration, ignoring :data:`RESUME_MAY_DIFFER` and the derived keys."""
+    kept = {key: value for key, value in config_dict.items()
+            if key not in RESUME_MAY_DIFFER and key not in DERIVED_KEYS}
+    kept["model"], kept["dataset"] = config_dict.get("model"), config_dict.get("dataset")
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def differing_keys(saved, current):
+    """Keys whose values differ between two plain configurations, outside :data:`RESUME_MAY_DIFFER`."""
+    keys = (set(saved) | set(current)) - set(RESUME_MAY_DIFFER)
+    return sorted(key for key in keys if saved.get(key) != current.get(key))
+
+
+def _tokens_hash(tokens):
+    return hashlib.sha256("\n".join(map(str, tokens)).encode("utf-8")).hexdigest()
+
+
+def dataset_fingerprint(dataset):
+    """What ties a checkpoint to its data: the item and user token maps (their hash and size)."""
+    items = dataset.field2id_token[dataset.iid_field]
+    users = dataset.field2id_token[dataset.uid_field]
+    return {"n_items": len(items), "n_users": len(users),
+            "item_tokens_sha256": _tokens_hash(items), "user_tokens_sha256": _tokens_hash(users)}
+
+
+def check_dataset_fingerprint(checkpoint, dataset, path="checkpoint"):
+    """Refuse a dataset whose item or user ids would not map to the checkpoint's embedding rows."""
+    saved = checkpoint.get("dataset_fingerprint")
+    if saved is None:
+        return
+    current = dataset_fingerprint(dataset)
+    changed = [key for key in ("n_items", "item_tokens_sha256", "n_users", "user_tokens_sha256")
+               if saved[key] != current[key]]
+    if changed:
+        raise ValueError(
+            f"{path}: the dataset {dataset.dataset_name!r} read now is not the one this model was trained on "
+            f"({', '.join(changed)} differ: {saved['n_items']} -> {current['n_items']} items, {saved['n_users']} -> "
+            f"{current['n_users']} users); its item ids would map to other items. Use the training data.")
+
+
+def rng_states(train_generator=None):
+    """Every random state a training run draws from, as tensors and plain data."""
+    version, state, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": [version, list(state), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if train_generator is not None:
+        states["train_loader"] = train_generator.get_state()
+    return states
+
+
+def set_rng_states(states, train_generator=None):
+    """Restore what :func:`rng_states` recorded."""
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"].cpu())
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+    if train_generator is not None and "train_loader" in states:
+        train_generator.set_state(states["train_loader"].cpu())
+
+
+def encode_state(value):
+    """Model state outside ``state_dict`` (``other_parameter``, tensor attributes) as tensors and plain data.
+
+    numpy arrays become tensors and scipy sparse matrices their CSR parts, each tagged so that
+    :func:`decode_state` rebuilds the original type; anything else that is not plain data is refused.
+    """
+    import scipy.sparse as sp
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return {"__numpy__": torch.from_numpy(np.ascontiguousarray(value))}
+    if sp.issparse(value):
+        matrix = value.tocsr()
+        return {"__csr__": [torch.from_numpy(matrix.data), torch.from_numpy(matrix.indices),
+                            torch.from_numpy(matrix.indptr), list(matrix.shape)]}
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(key): encode_state(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_state(item) for item in value]
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors and plain data only)")
+
+
+def decode_state(value, device):
+    """Inverse of :func:`encode_state`; tensors go to ``device``."""
+    import scipy.sparse as sp
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        if set(value) == {"__numpy__"}:
+            return value["__numpy__"].numpy()
+        if set(value) == {"__csr__"}:
+            data, indices, indptr, shape = value["__csr__"]
+            return sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=tuple(shape))
+        return {key: decode_state(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_state(item, device) for item in value]
+    return value
+
+
+def model_extra_state(model):
+    """What a model keeps outside its ``state_dict``: RecBole's ``other_parameter()`` plus every tensor held as a
+    plain attribute (RecBole's ``DiffRec`` keeps its loss history that way)."""
+    tensors = {name: value for name, value in vars(model).items() if isinstance(value, torch.Tensor)}
+    return {"other_parameter": encode_state(model.other_parameter()), "tensor_attributes": encode_state(tensors)}
+
+
+def load_model_extra_state(model, extra, device):
+    """Put back what :func:`model_extra_state` recorded."""
+    model.load_other_parameter(decode_state(extra["other_parameter"], device) or None)
+    for name, value in decode_state(extra["tensor_attributes"], device).items():
+        setattr(model, name, value)
+
+
+def save_checkpoint(payload, path):
+    """Write ``payload`` (tensors and plain data) to ``path`` atomically: a temporary file, then a rename.
+
+    A process killed during the write leaves the previous file intact (and at most a stray ``.tmp`` file).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        torch.save(dict(payload, format=FORMAT), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path, map_location="cpu", trust_pickled=False):
+    """Read a checkpoint written by :func:`save_checkpoint` without running any code from the file.
+
+    ``trust_pickled=True`` also reads RecBole's own format (it unpickles the file: only for files you made);
+    its ``config`` is then turned into plain data like ours.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if trust_pickled:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        if not isinstance(checkpoint.get("config"), dict):
+            checkpoint["config"] = plain_config(checkpoint["config"])
+        return checkpoint
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
+        raise UnsafeCheckpointError(
+            f"checkpoint {path!r} refused: it is not a recbole_diffusion checkpoint of tensors and plain data "
+            f"(loading stopped before anything in it ran: {reason or type(error).__name__}). RecBole's own .pth files pickle Python "
+            "objects, and unpickling a file can execute code. If you wrote this file yourself with RecBole, load it "
+            "with trust_pickled=True (command line: --trust_pickled_checkpoint=True)."
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise UnsafeCheckpointError(
+            f"checkpoint {path!r} refused: format {checkpoint.get('format') if isinstance(checkpoint, dict) else None!r}"
+            f", expected {FORMAT!r}")
+    return checkpoint
+
+
+def last_checkpoint_path(checkpoint_dir, model, dataset, hash_):
+    """Where a run writes its resumable "last" checkpoint: one file per model, dataset and configuration."""
+    return os.path.join(checkpoint_dir, f"{model}-{dataset}-{hash_}-last.pth")
+
+
+def find_last_checkpoints(checkpoint_dir, model, dataset):
+    """Every "last" checkpoint of ``model`` on ``dataset`` in ``checkpoint_dir``, newest first."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    prefix, suffix = f"{model}-{dataset}-", "-last.pth"
+    paths = [os.path.join(checkpoint_dir, name) for name in os.listdir(checkpoint_dir)
+             if name.startswith(prefix) and name.endswith(suffix)
+             and len(name) == len(prefix) + 12 + len(suffix)]
+    return sorted(paths, key=os.path.getmtime, reverse=True)
+
+
+def resumable_checkpoint(config_dict, checkpoint_dir):
+    """The "last" checkpoint to resume for this plain configuration, ``None`` when the run never started.
+
+    A "last" checkpoint of the same model and dataset with another configuration is refused, naming the keys
+    that differ: resuming it would silently continue another experiment.
+    """
+    path = last_checkpoint_path(checkpoint_dir, config_dict["model"], config_dict["dataset"],
+                                config_hash(config_dict))
+    if os.path.isfile(path):
+        return path
+    others = find_last_checkpoints(checkpoint_dir, config_dict["model"], config_dict["dataset"])
+    if others:
+        saved = load_checkpoint(others[0])["config"]
+        differing = differing_keys(saved, config_dict)
+        raise ValueError(
+            f"resume: no checkpoint of this configuration in {checkpoint_dir}; the newest one of "
+            f"{config_dict['model']} on {config_dict['dataset']} ({others[0]}) differs in "
+            + ", ".join(f"{key} ({saved.get(key)!r} -> {config_dict.get(key)!r})" for key in differing)
+            + f". Only {', '.join(RESUME_MAY_DIFFER)} may change on resume; run without --resume to start anew.")
+    return None

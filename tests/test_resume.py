@@ -1,0 +1,216 @@
+"""Exact resume from the "last" checkpoint: a killed or pre-empted run ends like an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recbole_diffusion import checkpoint as ckpt
+from recbole_diffusion.quick_start import build_config, build_trainer, fit_and_test, prepare_data, resume_file, run
+from recbole_diffusion.trainer import PluginTrainerMixin, TrainingPreempted
+
+# Tiny sizes; the learning rate is high enough that the validation curve moves from epoch to epoch.
+SETTINGS = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 8,
+            "train_batch_size": 64, "eval_batch_size": 128, "show_progress": False, "state": "WARNING",
+            "epochs": 4, "eval_step": 1, "stopping_step": 10, "learning_rate": 0.01, "diffusion_steps": 8, "ddim_steps": 4,
+            "reproducibility": True}
+
+KILLED_RUN = """
+import json, os, signal, sys, torch
+torch.set_num_threads(1)
+from recbole_diffusion.quick_start import run
+from recbole_diffusion.trainer import PluginTrainerMixin
+kill_before = int(sys.argv[3])
+write_last = PluginTrainerMixin._write_last
+def write_then_die(self, state):
+    write_last(self, state)
+    if state is not None and state["next_epoch"] == kill_before:
+        os.kill(os.getpid(), signal.SIGKILL)
+PluginTrainerMixin._write_last = write_then_die
+run(sys.argv[1], "successor", config_dict=json.loads(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def one_thread():
+    """One thread, as in the killed subprocess: float sums then add up in the same order everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def settings_for(data_root, tmp_path, **extra):
+    return {**SETTINGS, "data_path": data_root, "checkpoint_dir": str(tmp_path / "saved"), **extra}
+
+
+def comparable(result):
+    keys = ("best_valid_score", "best_valid_result", "test_result", "best_epoch")
+    return {key: result[key] for key in keys}
+
+
+def run_with_trainer(model, settings):
+    """``run`` that also hands back the trainer (for its validation curve)."""
+    config, model_class = build_config(model, "successor", config_dict=settings)
+    resume_from = resume_file(config)
+    data = prepare_data(config)
+    trainer = build_trainer(config, model_class, data.train)
+    return fit_and_test(trainer, data, resume_from=resume_from), trainer
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_curve_and_metrics(data_root, tmp_path, in_tmp_cwd, one_thread):
+    settings = settings_for(data_root, tmp_path)
+    reference, reference_trainer = run_with_trainer("DiffuRec", settings)
+    assert len({score for _, score in reference_trainer.validation_curve}) > 1  # the curve moves
+
+    killed_dir = tmp_path / "killed"
+    killed = settings_for(data_root, killed_dir)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.run([sys.executable, "-c", KILLED_RUN, "DiffuRec", json.dumps(killed), "2"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    last_files = ckpt.find_last_checkpoints(killed["checkpoint_dir"], "DiffuRec", "successor")
+    assert len(last_files) == 1 and ckpt.load_checkpoint(last_files[0])["next_epoch"] == 2
+
+    resumed, resumed_trainer = run_with_trainer("DiffuRec", dict(killed, resume=True))
+    assert resumed_trainer.validation_curve == reference_trainer.validation_curve
+    assert comparable(resumed) == comparable(reference)
+    assert len(resumed_trainer.epoch_seconds) == SETTINGS["epochs"]  # records of epochs 0-1 came from the file
+
+
+def test_sigterm_finishes_the_step_writes_the_epoch_and_resumes_exactly(data_root, tmp_path, in_tmp_cwd, one_thread,
+                                                                         monkeypatch):
+    settings = settings_for(data_root, tmp_path, epochs=3)
+    reference, reference_trainer = run_with_trainer("SASRec", settings)
+
+    interrupted = settings_for(data_root, tmp_path / "interrupted", epochs=3, checkpoint_every=2)
+    original_stoppable = PluginTrainerMixin._stoppable
+    steps = []
+
+    def terminate_in_epoch_one(self, loss_func):
+        step = original_stoppable(self, loss_func)
+
+        def counted(interaction):
+            steps.append(self._epoch)
+            loss = step(interaction)
+            if self._epoch == 1 and steps.count(1) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives during the second step of epoch 1
+            return loss
+
+        return counted
+
+    monkeypatch.setattr(PluginTrainerMixin, "_stoppable", terminate_in_epoch_one)
+    with pytest.raises(TrainingPreempted, match="--resume"):
+        run("SASRec", "successor", config_dict=interrupted)
+    assert steps.count(1) == 3  # the step in progress finished; the next one stopped before computing a loss
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    monkeypatch.setattr(PluginTrainerMixin, "_stoppable", original_stoppable)
+    saved = ckpt.load_checkpoint(ckpt.find_last_checkpoints(interrupted["checkpoint_dir"], "SASRec",
+                                                            "successor")[0])
+    assert saved["next_epoch"] == 1 and not saved["finished"]  # epoch 1's start, though checkpoint_every is 2
+
+    resumed, resumed_trainer = run_with_trainer("SASRec", dict(interrupted, resume=True))
+    assert resumed_trainer.validation_curve == reference_trainer.validation_curve
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_resuming_a_finished_run_only_evaluates(data_root, tmp_path, in_tmp_cwd):
+    settings = settings_for(data_root, tmp_path, epochs=2)
+    first = run("SASRec", "successor", config_dict=settings)
+    saved = ckpt.load_checkpoint(first["last_checkpoint_file"])
+    assert saved["finished"] and saved["next_epoch"] == 2
+    again, trainer = run_with_trainer("SASRec", dict(settings, resume=True))
+    assert trainer.epoch_seconds == saved["records"]["epoch_seconds"]  # no epoch was trained again
+    assert comparable(again) == comparable(first)
+
+
+@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff"])
+def test_every_model_extends_a_finished_run_exactly(model, data_root, tmp_path, in_tmp_cwd, one_thread):
+    """Raising ``epochs`` and resuming continues a finished run as if it had been asked for more epochs."""
+    def settings(folder, **extra):
+        return {**SETTINGS, "data_path": data_root, "checkpoint_dir": str(tmp_path / folder), "epochs": 3,
+                "train_batch_size": 256, **extra}
+
+    def trainer_and_data(**extra):  # fresh data each time: the training loader's shuffle generator is state too
+        config, model_class = build_config(model, "successor", config_dict=settings(**extra))
+        data = prepare_data(config)
+        return build_trainer(config, model_class, data.train), data, resume_file(config)
+
+    reference, data, _ = trainer_and_data(folder="reference")
+    reference_result = fit_and_test(reference, data)
+    short, data, _ = trainer_and_data(folder="extended", epochs=1)
+    fit_and_test(short, data)
+    extended, data, resume_from = trainer_and_data(folder="extended", resume=True)
+    assert resume_from is not None
+    extended_result = fit_and_test(extended, data, resume_from=resume_from)
+    assert extended.validation_curve == reference.validation_curve
+    assert comparable(extended_result) == comparable(reference_result)
+
+
+def test_resume_refuses_another_configuration_naming_the_keys(data_root, tmp_path, in_tmp_cwd):
+    settings = settings_for(data_root, tmp_path, epochs=1)
+    run("SASRec", "successor", config_dict=settings)
+    with pytest.raises(ValueError, match=r"learning_rate \(0.01 -> 0.002\).*run without --resume"):
+        build_and_find = build_config("SASRec", "successor",
+                                      config_dict=dict(settings, resume=True, learning_rate=0.002))
+        resume_file(build_and_find[0])
+    allowed = build_config("SASRec", "successor",
+                           config_dict=dict(settings, resume=True, epochs=3, stopping_step=2, eval_batch_size=64))[0]
+    assert resume_file(allowed) is not None
+
+
+def test_resume_without_a_checkpoint_starts_anew_and_the_hash_is_stable(data_root, tmp_path, in_tmp_cwd):
+    settings = settings_for(data_root, tmp_path, epochs=1, resume=True)
+    config, _ = build_config("SASRec", "successor", config_dict=settings)
+    assert resume_file(config) is None
+    result, trainer = run_with_trainer("SASRec", settings)
+    # The hash computed before the data is read names the file the trainer wrote after reading it.
+    assert os.path.basename(result["last_checkpoint_file"]) == \
+        f"SASRec-successor-{ckpt.config_hash(ckpt.plain_config(config))}-last.pth"
+    assert trainer.config_hash == ckpt.config_hash(ckpt.plain_config(config))
+
+
+def test_checkpoint_every_and_atomic_write(data_root, tmp_path, in_tmp_cwd, monkeypatch):
+    written = []
+    original = ckpt.save_checkpoint
+
+    def record(payload, path):
+        written.append((payload.get("kind"), payload.get("next_epoch"), payload.get("finished")))
+        original(payload, path)
+        assert not [name for name in os.listdir(os.path.dirname(path)) if ".tmp-" in name]
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", record)
+    run("SASRec", "successor", config_dict=settings_for(data_root, tmp_path, epochs=5, checkpoint_every=2,
+                                                            eval_step=5))
+    assert [entry for entry in written if entry[0] == "last"] == [("last", 2, False), ("last", 4, False),
+                                                                   ("last", 5, True)]
+
+
+def test_model_state_outside_the_state_dict_is_restored():
+    class WithHistory(torch.nn.Module):
+        other_parameter_name = ["cache"]
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.loss_history = torch.zeros(3)
+            self.cache = {"matrix": __import__("numpy").arange(4.0)}
+
+        def other_parameter(self):
+            return {name: getattr(self, name) for name in self.other_parameter_name}
+
+        def load_other_parameter(self, values):
+            for name, value in (values or {}).items():
+                setattr(self, name, value)
+
+    source, target = WithHistory(), WithHistory()
+    source.loss_history += 5
+    source.cache["matrix"][0] = 9
+    extra = ckpt.model_extra_state(source)
+    ckpt.load_model_extra_state(target, extra, "cpu")
+    assert torch.equal(target.loss_history, torch.full((3,), 5.0))
+    assert target.cache["matrix"].tolist() == [9.0, 1.0, 2.0, 3.0]
