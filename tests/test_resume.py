@@ -128,12 +128,16 @@ def test_resuming_a_finished_run_only_evaluates(data_root, tmp_path, in_tmp_cwd)
     assert comparable(again) == comparable(first)
 
 
-@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff"])
+@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "DiffRec"])
 def test_every_model_extends_a_finished_run_exactly(model, data_root, tmp_path, in_tmp_cwd, one_thread):
-    """Raising ``epochs`` and resuming continues a finished run as if it had been asked for more epochs."""
+    """Raising ``epochs`` and resuming continues a finished run as if it had been asked for more epochs.
+
+    RecBole's DiffRec keeps its loss history per step outside its ``state_dict``: it is carried over too.
+    """
     def settings(folder, **extra):
+        recbole_diffrec = {"history_num_per_term": 2} if model == "DiffRec" else {}
         return {**SETTINGS, "data_path": data_root, "checkpoint_dir": str(tmp_path / folder), "epochs": 3,
-                "train_batch_size": 256, **extra}
+                "train_batch_size": 256, **recbole_diffrec, **extra}
 
     def trainer_and_data(**extra):  # fresh data each time: the training loader's shuffle generator is state too
         config, model_class = build_config(model, "successor", config_dict=settings(**extra))
@@ -149,6 +153,9 @@ def test_every_model_extends_a_finished_run_exactly(model, data_root, tmp_path, 
     extended_result = fit_and_test(extended, data, resume_from=resume_from)
     assert extended.validation_curve == reference.validation_curve
     assert comparable(extended_result) == comparable(reference_result)
+    if model == "DiffRec":
+        assert int(extended.model.Lt_count.sum()) > 0 and torch.equal(extended.model.Lt_history,
+                                                                       reference.model.Lt_history)
 
 
 def test_resume_refuses_another_configuration_naming_the_keys(data_root, tmp_path, in_tmp_cwd):
