@@ -48,3 +48,54 @@ def group_metrics(positions, targets, lengths, item_counts, user_lengths):
         members = lengths[quintile == q]
         result[f"length Q{q + 1}"]["lengths"] = [int(members.min()), int(members.max())] if members.size else None
     return result
+
+
+METRIC_LABELS = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision"}
+
+
+def _number(value):
+    """Four decimals, as RecBole logs metrics; "-" for a missing value."""
+    return "-" if value is None else f"{float(value):.4f}"
+
+
+def _metric_table(metrics):
+    """Metric names as rows and cut-offs as columns (``ndcg@10`` -> row NDCG, column @10); others below."""
+    rows, cutoffs, plain = {}, set(), []
+    for key, value in metrics.items():
+        name, at, k = str(key).partition("@")
+        if at and k.isdigit():
+            rows.setdefault(name, {})[int(k)] = value
+            cutoffs.add(int(k))
+        else:
+            plain.append((str(key), value))
+    cutoffs = sorted(cutoffs)
+    label = max([len(METRIC_LABELS.get(name, name)) for name in rows] + [len(key) for key, _ in plain] + [4])
+    lines = []
+    if rows:
+        lines.append(" " * label + "".join(f"{'@' + str(k):>9}" for k in cutoffs))
+        for name, values in rows.items():
+            cells = "".join(f"{_number(values[k]) if k in values else '':>9}" for k in cutoffs)
+            lines.append(f"{METRIC_LABELS.get(name, name):<{label}}{cells}".rstrip())
+    lines += [f"{key:<{label}}{_number(value):>9}" for key, value in plain]
+    return lines
+
+
+def format_run_summary(result):
+    """The end of a command-line run as text: test metrics as a table, the best epoch and validation score,
+    the checkpoint and log paths. ``result`` is ``quick_start.fit_and_test``'s dict; absent keys are skipped."""
+    lines = []
+    test = result.get("test_result")
+    if test:
+        lines += ["Test metrics:"] + ["  " + line for line in _metric_table(test)]
+    elif "test_result" in result:
+        lines.append("Test metrics: none (no test users)")
+    if result.get("best_valid_score") is not None:
+        epoch = f" at epoch {result['best_epoch']}" if result.get("best_epoch") is not None else ""
+        lines.append(f"Best validation score {_number(result['best_valid_score'])}{epoch}")
+    elif result.get("best_epoch") is not None:
+        lines.append(f"Best epoch {result['best_epoch']}")
+    for key, label in (("saved_model_file", "Checkpoint"), ("last_checkpoint_file", "Last checkpoint (--resume)"),
+                       ("log_file", "Log file")):
+        if result.get(key):
+            lines.append(f"{label}: {result[key]}")
+    return "\n".join(lines)
