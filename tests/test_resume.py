@@ -221,3 +221,29 @@ def test_model_state_outside_the_state_dict_is_restored():
     ckpt.load_model_extra_state(target, extra, "cpu")
     assert torch.equal(target.loss_history, torch.full((3,), 5.0))
     assert target.cache["matrix"].tolist() == [9.0, 1.0, 2.0, 3.0]
+
+
+def test_compare_continues_a_run_killed_mid_training(data_root, tmp_path, in_tmp_cwd, one_thread, monkeypatch):
+    """A comparison rerun after its run died at epoch 2 trains epochs 2-3 only, to the uninterrupted result."""
+    from recbole_diffusion.compare import run_comparison
+
+    overrides = {key: str(value) for key, value in {**SETTINGS, "data_path": data_root}.items()}
+    reference = run_comparison(["SASRec"], "successor", [7], str(tmp_path / "reference"), overrides=overrides,
+                               isolate=False)[0]
+    write_last = PluginTrainerMixin._write_last
+
+    def write_then_die(self, state):
+        write_last(self, state)
+        if state is not None and state["next_epoch"] == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(PluginTrainerMixin, "_write_last", write_then_die)
+    output = str(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(["SASRec"], "successor", [7], output, overrides=overrides, isolate=False)
+    monkeypatch.setattr(PluginTrainerMixin, "_write_last", write_last)
+    resumed = run_comparison(["SASRec"], "successor", [7], output, overrides=overrides, isolate=False)[0]
+    assert resumed["resumed_from"] and resumed["resumed_from"].endswith("-last.pth")
+    assert resumed["validation_curve"] == reference["validation_curve"]
+    assert resumed["test"] == reference["test"] and resumed["epochs"] == SETTINGS["epochs"]
+    assert not os.listdir(os.path.join(output, "work", "SASRec-seed7", "checkpoints"))  # both files removed
