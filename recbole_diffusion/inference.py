@@ -1,0 +1,96 @@
+"""Use a trained model: RecBole's ``load_data_and_model`` for this package's checkpoints (and RecBole's models).
+
+RecBole's own ``recbole.quick_start.load_data_and_model`` unpickles the file, looks the model up among RecBole's
+models only and imports ray. :func:`load_data_and_model` reads the checkpoint without running code from it
+(:func:`recbole_diffusion.checkpoint.load_checkpoint`), rebuilds the run's configuration from the plain data the
+checkpoint stores (:func:`config_from_checkpoint`), loads the data through the training pipeline (same filtering,
+same split) and refuses data whose item or user tokens changed since training.
+"""
+
+import contextlib
+import io
+import os
+
+from recbole_diffusion import checkpoint as ckpt
+from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
+
+# Keys a loaded model may be given other values for: where the data lies, where the model runs, how it logs and
+# how many users one evaluation batch holds. Any other key would change the model or what it is measured on.
+LOAD_OVERRIDES = ("data_path", "gpu_id", "use_gpu", "eval_batch_size", "show_progress", "state")
+# Keys RecBole's Config computes from ``eval_args``; passing them back would be ignored or refused.
+REBUILT_KEYS = frozenset({"valid_neg_sample_args", "test_neg_sample_args"})
+
+
+def _saved_config_dict(saved):
+    """The checkpoint's plain configuration as ``config_dict`` for :func:`build_config`: the derived keys left
+    for Config to rebuild, RecBole's normalised "no negative sampling" turned back into the ``None`` it came from."""
+    config_dict = {key: value for key, value in saved.items()
+                   if key not in ckpt.DERIVED_KEYS and key not in REBUILT_KEYS}
+    train_neg = config_dict.get("train_neg_sample_args")
+    if isinstance(train_neg, dict) and train_neg.get("distribution") == "none":
+        config_dict["train_neg_sample_args"] = None
+    return config_dict
+
+
+def _check_overrides(overrides):
+    refused = sorted(set(overrides) - set(LOAD_OVERRIDES) - {"trust_pickled_checkpoint"})
+    if refused:
+        raise ValueError(f"cannot override {', '.join(refused)} when loading a trained model: only "
+                         f"{', '.join(LOAD_OVERRIDES)} may differ from the configuration it was trained with")
+
+
+def config_from_checkpoint(checkpoint, source="checkpoint", **overrides):
+    """The run's RecBole ``Config`` rebuilt from a checkpoint's plain configuration, ``(config, model_class)``.
+
+    ``overrides`` may set :data:`LOAD_OVERRIDES` only (``data_path`` is the folder that holds
+    ``<dataset>/<dataset>.inter``, as for training). The rebuilt configuration must hash like the saved one
+    (:func:`recbole_diffusion.checkpoint.config_hash`, overridden keys put back): anything else would mean the
+    model is rebuilt differently from the one trained. ``source`` names the checkpoint in messages.
+    """
+    _check_overrides(overrides)
+    saved = checkpoint["config"]
+    dataset_folder = saved["data_path"]
+    if "data_path" not in overrides and not os.path.isdir(dataset_folder):
+        raise FileNotFoundError(
+            f"{source}: the dataset folder it was trained on, {dataset_folder}, no longer exists. Pass the folder "
+            f"that now holds {saved['dataset']}/{saved['dataset']}.inter: data_path=<folder> in Python, "
+            f"--data_path=<folder> on the command line.")
+    config_dict = _saved_config_dict(saved)
+    config_dict["data_path"] = os.path.dirname(os.path.normpath(dataset_folder))
+    config_dict.update(overrides)
+    with contextlib.redirect_stderr(io.StringIO()):  # unknown keys were warned about when the model was trained
+        config, model_class = build_config(saved["model"], saved["dataset"], config_dict=config_dict)
+    if checkpoint.get("config_hash"):
+        rebuilt = ckpt.plain_config(config)
+        comparable = dict(rebuilt, **{key: saved.get(key) for key in overrides})
+        if ckpt.config_hash(comparable) != checkpoint["config_hash"]:
+            differing = ckpt.differing_keys(saved, comparable)
+            raise ValueError(
+                f"{source}: its configuration cannot be rebuilt as it was trained ("
+                + (", ".join(f"{key}: {saved.get(key)!r} -> {comparable.get(key)!r}" for key in differing)
+                   or "the hash differs") + "); this version of recbole_diffusion or RecBole reads it differently")
+    if not os.path.isdir(config["checkpoint_dir"]):  # trained elsewhere: the trainer would create the old folder
+        config["checkpoint_dir"] = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else "saved"
+    return config, model_class
+
+
+def load_data_and_model(model_file, trust_pickled=False, **overrides):
+    """Load a trained model with its data, like RecBole's ``recbole.quick_start.load_data_and_model``.
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)``: the model holds the checkpoint's
+    weights, in eval mode on ``config['device']``; the data is filtered and split exactly as for training.
+    ``overrides``: ``data_path`` (the folder holding ``<dataset>/``, when the data moved), ``gpu_id``, ``use_gpu``,
+    ``eval_batch_size``, ``show_progress``, ``state``. ``trust_pickled=True`` also reads RecBole's own
+    (pickled) checkpoint format: only for files you wrote yourself, as unpickling can run code.
+    Refuses data whose item or user tokens differ from the training data's.
+    """
+    checkpoint = ckpt.load_checkpoint(model_file, map_location="cpu", trust_pickled=trust_pickled)
+    if trust_pickled:
+        overrides["trust_pickled_checkpoint"] = True
+    config, model_class = config_from_checkpoint(checkpoint, source=model_file, **overrides)
+    data = prepare_data(config)
+    ckpt.check_dataset_fingerprint(checkpoint, data.dataset, model_file)
+    trainer = build_trainer(config, model_class, data.train)
+    trainer.load_model_file(model_file)
+    model = trainer.model.eval()
+    return config, model, data.dataset, data.train, data.valid, data.test

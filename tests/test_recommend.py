@@ -1,0 +1,218 @@
+"""Using a trained model: ``recbole_diffusion.load_data_and_model`` and ``python -m recbole_diffusion.recommend``."""
+
+import csv
+import os
+from collections import defaultdict
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+
+import recbole_diffusion
+from conftest import successor_rows, write_inter
+from recbole_diffusion import checkpoint as ckpt
+from recbole_diffusion import recommend
+from recbole_diffusion.quick_start import run
+from recbole_diffusion.trainer import get_trainer
+
+TINY = {"epochs": 1, "train_batch_size": 256, "show_progress": False, "state": "WARNING"}
+TRANSFORMER = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1}
+# DiffuRec reads 5 of the successor users' 8 items (its history is truncated), SASRec all 8; BPR is a general model.
+MODELS = {"DiffuRec": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 5, "diffusion_steps": 8, "ddim_steps": 4},
+          "SASRec": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 8},
+          "BPR": {"embedding_size": 8, "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}}
+USERS = ["7", "1", "300", "42", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """One tiny run of each model on ``successor``: ``{model: (result, settings)}``."""
+    folder = tmp_path_factory.mktemp("recommend")
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for model, extra in MODELS.items():
+            settings = {**TINY, **extra, "data_path": data_root, "checkpoint_dir": str(folder / "saved"),
+                        "log_root": str(folder / "log")}
+            runs[model] = run(model, "successor", config_dict=settings), settings
+    return runs
+
+
+def model_file(trained, model):
+    return trained[model][0]["saved_model_file"]
+
+
+def histories(data_root):
+    """Each user's item tokens in time order, read straight from the interaction file."""
+    events = defaultdict(list)
+    with open(os.path.join(data_root, "successor", "successor.inter"), encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            user, item, stamp = line.rstrip("\n").split("\t")
+            events[user].append((float(stamp), item))
+    return {user: [item for _, item in sorted(stamped)] for user, stamped in events.items()}
+
+
+def expected_top_k(model, dataset, data_root, users, k, include_seen):
+    """Top-k rows computed independently: the last MAX_ITEM_LIST_LENGTH items of the file's history, scored by
+    ``full_sort_predict``, padding and (unless asked) seen items removed."""
+    history = histories(data_root)
+    max_length = dataset.config["MAX_ITEM_LIST_LENGTH"]
+    sequences = torch.zeros((len(users), max_length), dtype=torch.long)
+    lengths = torch.zeros(len(users), dtype=torch.long)
+    excluded = torch.zeros((len(users), dataset.item_num), dtype=torch.bool)
+    excluded[:, 0] = True
+    for row, user in enumerate(users):
+        items = torch.as_tensor(dataset.token2id(dataset.iid_field, history[user]))
+        window = items[-max_length:]
+        sequences[row, :len(window)] = window
+        lengths[row] = len(window)
+        if not include_seen:
+            excluded[row, items] = True
+    user_ids = torch.as_tensor(dataset.token2id(dataset.uid_field, users))
+    interaction = Interaction({"user_id": user_ids, "item_id_list": sequences, "item_length": lengths})
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction).view(len(users), -1)
+    values, items = torch.topk(scores.masked_fill(excluded, float("-inf")), k)
+    tokens = dataset.id2token(dataset.iid_field, items.numpy())
+    return [(user, rank + 1, str(tokens[row, rank]), float(values[row, rank]))
+            for row, user in enumerate(users) for rank in range(k)]
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["user_id", "rank", "item_id", "score"]
+    return [(user, int(rank), item, float(score)) for user, rank, item, score in rows[1:]]
+
+
+def test_load_data_and_model_gives_recboles_tuple_with_the_trained_model(trained, in_tmp_cwd):
+    result, _ = trained["DiffuRec"]
+    config, model, dataset, train_data, valid_data, test_data = recbole_diffusion.load_data_and_model(
+        result["saved_model_file"])
+    assert type(model).__name__ == "DiffuRec" and not model.training
+    assert config["model"] == "DiffuRec" and config["MAX_ITEM_LIST_LENGTH"] == 5
+    saved = ckpt.load_checkpoint(result["saved_model_file"])
+    assert ckpt.config_hash(ckpt.plain_config(config)) == saved["config_hash"]
+    assert all(torch.equal(saved["state_dict"][key], value.cpu()) for key, value in model.state_dict().items())
+    assert train_data._dataset is not dataset and len(test_data._dataset) == dataset.user_num - 1
+    test_result = get_trainer(config, model).evaluate(test_data, load_best_model=False)
+    assert ckpt.plain(test_result) == result["test_result"]
+
+
+@pytest.mark.parametrize("model_name, include_seen, k", [("DiffuRec", False, 52), ("DiffuRec", True, 7),
+                                                        ("SASRec", False, 52)])
+def test_command_top_k_equals_full_sort_predict_on_whole_histories(trained, data_root, in_tmp_cwd, model_name,
+                                                                     include_seen, k):
+    output = in_tmp_cwd / "top.csv"
+    argv = [f"--model_file={model_file(trained, model_name)}", f"--users={','.join(USERS)}", f"--k={k}",
+            f"--output={output}"] + (["--include_seen"] if include_seen else [])
+    assert recommend.main(argv) == 0
+    _, model, dataset, *_ = recbole_diffusion.load_data_and_model(model_file(trained, model_name))
+    expected = expected_top_k(model, dataset, data_root, USERS, k, include_seen)
+    written = read_csv(output)
+    assert [row[:3] for row in written] == [row[:3] for row in expected]
+    assert [row[3] for row in written] == pytest.approx([row[3] for row in expected], rel=1e-6)
+    seen = histories(data_root)
+    if include_seen:
+        assert any(item in seen[user] for user, _, item, _ in written)
+    else:  # k = 60 items - 8 seen: every unseen item, and only those
+        every_item = set(dataset.field2id_token["item_id"][1:])
+        for user in USERS:
+            assert {item for row_user, _, item, _ in written if row_user == user} == every_item - set(seen[user])
+
+
+def test_a_general_model_scores_users_by_id_without_their_items(trained, data_root, in_tmp_cwd):
+    output = in_tmp_cwd / "top.csv"
+    assert recommend.main([f"--model_file={model_file(trained, 'BPR')}", "--users=1,300", "--k=52",
+                           f"--output={output}"]) == 0
+    _, model, dataset, *_ = recbole_diffusion.load_data_and_model(model_file(trained, "BPR"))
+    user_ids = torch.as_tensor(dataset.token2id(dataset.uid_field, ["1", "300"]))
+    with torch.no_grad():
+        scores = model.full_sort_predict(Interaction({"user_id": user_ids})).view(2, -1)
+    seen = histories(data_root)
+    for row, user in enumerate(["1", "300"]):
+        scores[row, torch.as_tensor(dataset.token2id(dataset.iid_field, seen[user]))] = float("-inf")
+    scores[:, 0] = float("-inf")
+    values, items = torch.topk(scores, 52)
+    tokens = dataset.id2token(dataset.iid_field, items.numpy())
+    written = read_csv(output)
+    assert [row[2] for row in written] == [str(token) for token in tokens.reshape(-1)]
+    assert [row[3] for row in written] == pytest.approx(values.reshape(-1).tolist(), rel=1e-6)
+
+
+def test_fewer_unseen_items_than_k_gives_what_remains(trained, in_tmp_cwd, capsys):
+    output = in_tmp_cwd / "top.csv"
+    assert recommend.main([f"--model_file={model_file(trained, 'SASRec')}", "--users=1", "--k=60",
+                           f"--output={output}"]) == 0
+    assert len(read_csv(output)) == 52
+    assert "fewer than 60 unseen items remain for user(s) 1" in capsys.readouterr().err
+
+
+def test_the_table_and_repeated_calls_are_identical(trained, in_tmp_cwd, capsys):
+    argv = [f"--model_file={model_file(trained, 'DiffuRec')}", "--users=1,2", "--k=3"]
+    outputs = []
+    for _ in range(2):
+        assert recommend.main(argv) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    lines = outputs[0].splitlines()
+    assert lines[0].split() == ["user_id", "rank", "item_id", "score"] and len(lines) == 1 + 2 * 3
+    assert [line.split()[:2] for line in lines[1:4]] == [["1", "1"], ["1", "2"], ["1", "3"]]
+
+
+def test_unknown_user_tokens_are_named_and_nothing_is_written(trained, in_tmp_cwd, capsys):
+    output = in_tmp_cwd / "top.csv"
+    status = recommend.main([f"--model_file={model_file(trained, 'SASRec')}", "--users=1,nobody,99999",
+                             f"--output={output}"])
+    assert status == 2
+    message = capsys.readouterr().err
+    assert "unknown user tokens nobody, 99999" in message
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model_file=missing.pth", "--users=1"], "no such file"),
+    (["--users=1", "--k=0"], "must be at least 1"),
+    (["--users=1", "--k=61"], "only 60 items"),
+])
+def test_bad_arguments_exit_2(trained, in_tmp_cwd, capsys, arguments, message):
+    if not any(argument.startswith("--model_file") for argument in arguments):
+        arguments = [f"--model_file={model_file(trained, 'SASRec')}"] + arguments
+    assert recommend.main(arguments + [f"--output={in_tmp_cwd / 'top.csv'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (in_tmp_cwd / "top.csv").exists()
+
+
+def test_changed_data_is_refused(trained, tmp_path, in_tmp_cwd):
+    changed_root = write_inter(tmp_path / "changed", "successor", successor_rows() + [(1, 999, 9)])
+    with pytest.raises(ValueError, match="not the one this model was trained on"):
+        recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), data_path=changed_root)
+
+
+def test_moved_data_is_named_and_found_with_data_path(trained, data_root, tmp_path, in_tmp_cwd):
+    saved = ckpt.load_checkpoint(model_file(trained, "SASRec"))
+    saved["config"]["data_path"] = str(tmp_path / "gone" / "successor")
+    saved["config_hash"] = ckpt.config_hash(saved["config"])  # as if trained on data since moved
+    moved = str(tmp_path / "moved.pth")
+    ckpt.save_checkpoint(saved, moved)
+    with pytest.raises(FileNotFoundError, match="no longer exists.*data_path="):
+        recbole_diffusion.load_data_and_model(moved)
+    config, model, *_ = recbole_diffusion.load_data_and_model(moved, data_path=data_root)
+    assert config["data_path"] == os.path.join(data_root, "successor")
+
+
+def test_recboles_pickled_format_needs_trust_pickled(trained, tmp_path, in_tmp_cwd):
+    config, model, *_ = recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"))
+    recbole_file = str(tmp_path / "recbole.pth")
+    torch.save({"config": config, "epoch": 0, "cur_step": 0, "best_valid_score": 0.1, "state_dict": model.state_dict(),
+                "other_parameter": {}, "optimizer": {}}, recbole_file, pickle_protocol=4)  # RecBole 1.2.1's format
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="trust_pickled"):
+        recbole_diffusion.load_data_and_model(recbole_file)
+    _, trusted, *_ = recbole_diffusion.load_data_and_model(recbole_file, trust_pickled=True)
+    assert all(torch.equal(value, trusted.state_dict()[key]) for key, value in model.state_dict().items())
+
+
+def test_only_keys_that_keep_the_model_may_be_overridden(trained, in_tmp_cwd):
+    with pytest.raises(ValueError, match="cannot override hidden_size"):
+        recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), hidden_size=16)
