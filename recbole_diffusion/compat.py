@@ -8,6 +8,15 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
   ``Config``. RecBole's trainer module (``evaluate(load_best_model=True)``, ``resume_checkpoint``) gets a
   ``torch`` whose ``load`` defaults to ``weights_only=False``: those files are the ones this process's
   trainer wrote. Nothing else in the process is changed.
+* ``Dataset._fill_nan`` fills missing values with ``feat[field].fillna(..., inplace=True)``: pandas 2.2 warns
+  about that chained assignment and under pandas 3's copy-on-write it fills nothing. It is replaced by the
+  same filling written as an assignment (:func:`fill_nan`), which works on pandas 1.3 to 3. (setup.cfg still
+  holds pandas below 3, for RecBole's token-sequence features.)
+* ``Interaction.sort`` (every sequential dataset sorts by user and time) calls ``np.argsort`` on a torch
+  tensor, which numpy 2 deprecates through torch's ``__array_wrap__``; it is replaced by the same stable sort
+  of the key as a numpy array (:func:`sort_interaction`).
+* RecBole's trainer module creates its scaler through ``torch.cuda.amp``, deprecated since PyTorch 2.4 (a
+  FutureWarning in every run); it gets an ``amp`` namespace that calls ``torch.amp`` with ``"cuda"`` instead.
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
   package never imports it: ``recbole_diffusion.quick_start`` builds the pipeline from RecBole's parts.
 * RecBole's multi-process mode hard-codes the NCCL backend; :func:`check_single_process` refuses it with
@@ -49,6 +58,88 @@ def allow_recbole_checkpoint_loading():
         trainer_module.torch = _TorchLoadingOwnCheckpoints()
 
 
+def fill_nan(self):
+    """RecBole 1.2.1's ``Dataset._fill_nan`` with each column assigned rather than filled in place.
+
+    TOKEN fields get 0 (``[PAD]``), FLOAT fields their column mean, and a missing sequence (a float NaN in
+    a TOKEN_SEQ / FLOAT_SEQ field) becomes an empty array, exactly as in RecBole.
+    """
+    from recbole.utils import FeatureType, set_color
+
+    self.logger.debug(set_color("Filling nan", "green"))
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x)
+
+
+def fill_missing_values_by_assignment():
+    """Give RecBole's ``Dataset`` the :func:`fill_nan` above."""
+    from recbole.data.dataset.dataset import Dataset
+
+    Dataset._fill_nan = fill_nan
+
+
+def sort_interaction(self, by, ascending=True):
+    """RecBole 1.2.1's ``Interaction.sort`` (same checks, same stable order) with numpy sorting an array."""
+    if isinstance(by, str):
+        by = [by]
+    elif not isinstance(by, (list, tuple)):
+        raise TypeError(f"Wrong type of by [{by}].")
+    for b in by:
+        if b not in self.interaction:
+            raise ValueError(f"[{b}] is not exist in interaction [{self}].")
+    if isinstance(ascending, bool):
+        ascending = [ascending]
+    elif not isinstance(ascending, (list, tuple)) or not all(isinstance(a, bool) for a in ascending):
+        raise TypeError(f"Wrong type of ascending [{ascending}].")
+    if len(by) != len(ascending):
+        if len(ascending) != 1:
+            raise ValueError(f"by [{by}] and ascending [{ascending}] should have same length.")
+        ascending = ascending * len(by)
+    for b, a in zip(by[::-1], ascending[::-1]):
+        key = self.interaction[b] if len(self.interaction[b].shape) == 1 else self.interaction[b][..., 0]
+        index = torch.from_numpy(np.argsort(np.asarray(key), kind="stable"))
+        self._reindex(index if a else index.flip(0))
+
+
+def sort_interactions_as_arrays():
+    """Give RecBole's ``Interaction`` the :func:`sort_interaction` above."""
+    from recbole.data.interaction import Interaction
+
+    Interaction.sort = sort_interaction
+
+
+class _CudaAmp(types.ModuleType):
+    """``torch.cuda.amp`` as RecBole's trainer uses it, built on ``torch.amp`` (same arguments, no warning)."""
+
+    def __init__(self):
+        super().__init__("torch.cuda.amp")
+        self.GradScaler = functools.partial(torch.amp.GradScaler, "cuda")
+
+    @staticmethod
+    def autocast(enabled=True, dtype=torch.float16, cache_enabled=True):
+        return torch.amp.autocast("cuda", enabled=enabled, dtype=dtype, cache_enabled=cache_enabled)
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda.amp, name)
+
+
+def use_torch_amp_in_recbole_trainer():
+    """Route RecBole's trainer from the deprecated ``torch.cuda.amp`` to ``torch.amp`` (PyTorch >= 2.3)."""
+    import recbole.trainer.trainer as trainer_module
+
+    if hasattr(torch.amp, "GradScaler") and not isinstance(trainer_module.amp, _CudaAmp):
+        trainer_module.amp = _CudaAmp()
+
+
 def check_single_process(config):
     """Refuse RecBole's distributed mode, which needs NCCL (CUDA GPUs) and a launcher this runner lacks."""
     nproc = config["nproc"] if "nproc" in config else 1
@@ -63,3 +154,6 @@ def apply():
     """Apply every fix; safe to call more than once."""
     restore_numpy_aliases()
     allow_recbole_checkpoint_loading()
+    fill_missing_values_by_assignment()
+    sort_interactions_as_arrays()
+    use_torch_amp_in_recbole_trainer()

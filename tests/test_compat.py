@@ -1,16 +1,25 @@
-"""The RecBole 1.2.1 compatibility fixes stay in force (numpy 1.26 and 2.x, PyTorch >= 2.6, no ray)."""
+"""The RecBole 1.2.1 compatibility fixes stay in force (numpy 1.26 and 2.x, pandas 2 and 3, PyTorch >= 2.6,
+no ray, no deprecation noise)."""
 
+import importlib.util
+import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import types
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_trainer, init_seed
+from recbole.data.dataset.dataset import Dataset
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureType, get_trainer, init_seed
 
 from recbole_diffusion import compat
 from recbole_diffusion.quick_start import build_config, run
@@ -58,8 +67,88 @@ def test_best_model_reload_and_resume_under_weights_only_default(data_root, in_t
     assert trainer.evaluate(test_data, load_best_model=True)["ndcg@10"] >= 0
 
 
-def test_running_a_model_never_imports_ray(data_root, tmp_path):
-    """recbole.quick_start imports ray (pkg_resources, numpy < 2); our path must not need it."""
+def test_fill_nan_fills_every_field_type_under_the_installed_pandas():
+    """RecBole's chained ``fillna(inplace=True)`` warns under pandas 2.2 and fills nothing under pandas 3."""
+    feat = pd.DataFrame({
+        "genre": [1.0, np.nan, 2.0],
+        "price": [1.0, np.nan, 3.0],
+        "tags": pd.Series([np.array([1, 2]), np.nan, np.array([3])], dtype=object),
+        "scores": pd.Series([np.array([0.5]), np.nan, np.nan], dtype=object),
+    })
+    dataset = types.SimpleNamespace(
+        logger=logging.getLogger("test"), feat_name_list=["item_feat"], item_feat=feat,
+        field2type={"genre": FeatureType.TOKEN, "price": FeatureType.FLOAT, "tags": FeatureType.TOKEN_SEQ,
+                    "scores": FeatureType.FLOAT_SEQ},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Dataset._fill_nan(dataset)
+    assert dataset.item_feat is feat
+    assert feat["genre"].tolist() == [1.0, 0.0, 2.0]
+    assert feat["price"].tolist() == [1.0, 2.0, 3.0]
+    assert [list(x) for x in feat["tags"]] == [[1, 2], [], [3]] and feat["tags"][1].dtype == np.int64
+    assert [list(x) for x in feat["scores"]] == [[0.5], [], []] and feat["scores"][2].dtype == np.float64
+
+
+def _recbole_original_sort():
+    """``Interaction.sort`` as RecBole ships it, from a fresh copy of its module (compat patched the loaded one)."""
+    import recbole.data.interaction as interaction_module
+
+    spec = importlib.util.spec_from_file_location("original_interaction", interaction_module.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    return fresh.Interaction.sort
+
+
+def test_interaction_sort_matches_recboles_and_does_not_warn():
+    """Same order as RecBole's ``Interaction.sort``; its descending branch fails on today's numpy / torch
+    (a negative-stride array), so that one is compared with the stable order it means."""
+    original_sort = _recbole_original_sort()
+    user, time = [2, 1, 2, 1, 3, 1], [5.0, 7.0, 5.0, 1.0, 2.0, 7.0]
+    data = {"user": torch.tensor(user), "time": torch.tensor(time), "row": torch.arange(6),
+            "seq": torch.tensor([[3, 0], [1, 0], [3, 9], [2, 0], [0, 0], [1, 1]])}
+
+    def sorted_rows(by, ascending):
+        interaction = Interaction(dict(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            interaction.sort(by, ascending)
+        return interaction["row"].tolist()
+
+    for by in ("user", ["user", "time"], "seq", ["seq", "user"]):
+        theirs = Interaction(dict(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            original_sort(theirs, by, True)
+        assert sorted_rows(by, True) == theirs["row"].tolist(), by
+    assert sorted_rows("time", False) == sorted(range(6), key=lambda i: (time[i], i))[::-1]
+    assert sorted_rows(["user", "time"], [True, False]) == sorted(range(6), key=lambda i: (user[i], -time[i], -i))
+    for by, ascending, error in [("nope", True, ValueError), (1, True, TypeError), ("user", "yes", TypeError),
+                                 (["user", "time"], [True, False, True], ValueError)]:
+        with pytest.raises(error):
+            Interaction(dict(data)).sort(by, ascending)
+
+
+def test_recbole_trainer_uses_torch_amp_without_deprecation():
+    """RecBole's trainer makes a ``torch.cuda.amp.GradScaler`` every epoch (deprecated since PyTorch 2.4)."""
+    import recbole.trainer.trainer as trainer_module
+
+    compat.apply()
+    amp = trainer_module.amp
+    compat.apply()
+    assert trainer_module.amp is amp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaler = amp.GradScaler(enabled=False)
+        with amp.autocast(enabled=False):
+            pass
+    assert isinstance(scaler, torch.amp.GradScaler) and not scaler.is_enabled()
+    assert scaler._device == "cuda"
+
+
+def test_running_a_model_never_imports_ray_nor_warns(data_root, tmp_path):
+    """recbole.quick_start imports ray (pkg_resources, numpy < 2); our path must not need it. And a run shows
+    none of RecBole's deprecation noise (pandas, torch.cuda.amp) on the console (Python's default filters)."""
     script = textwrap.dedent(f"""
         import sys
         from recbole_diffusion.quick_start import run
@@ -71,6 +160,7 @@ def test_running_a_model_never_imports_ray(data_root, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+    assert not re.search(r"\w*Warning\b", done.stderr), done.stderr[-2000:]
 
 
 def test_reported_numpy_version_is_covered():
