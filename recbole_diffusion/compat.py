@@ -4,10 +4,12 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
 
 * numpy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``, which ``recbole.config.Config``
   reads in ``compatibility_settings``; they are restored as aliases of the types that replaced them.
-* PyTorch >= 2.6 loads with ``weights_only=True`` by default, but RecBole's checkpoints pickle the whole
-  ``Config``. RecBole's trainer module (``evaluate(load_best_model=True)``, ``resume_checkpoint``) gets a
-  ``torch`` whose ``load`` defaults to ``weights_only=False``: those files are the ones this process's
-  trainer wrote. Nothing else in the process is changed.
+* ``recbole/model/sequential_recommender/sine.py`` turns on autograd anomaly detection for the whole process
+  when it is imported (importing any RecBole sequential model imports it), which slows training 3 to 5 times;
+  it is turned off again (:func:`keep_autograd_anomaly_detection_off`).
+* Checkpoints need no fix: this package's trainer writes and reads them in a tensors-and-plain-data format
+  (:mod:`recbole_diffusion.checkpoint`) under PyTorch's ``weights_only=True``, and RecBole's own pickled files
+  are refused, so nothing here makes ``torch.load`` unpickle code.
 * ``Dataset._fill_nan`` fills missing values with ``feat[field].fillna(..., inplace=True)``: pandas 2.2 warns
   about that chained assignment and under pandas 3's copy-on-write it fills nothing. It is replaced by the
   same filling written as an assignment (:func:`fill_nan`), which works on pandas 1.3 to 3. (setup.cfg still
@@ -24,6 +26,7 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
 """
 
 import functools
+import sys
 import types
 
 import numpy as np
@@ -37,25 +40,6 @@ def restore_numpy_aliases():
     for name, replacement in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, replacement)
-
-
-class _TorchLoadingOwnCheckpoints(types.ModuleType):
-    """``torch`` as seen by RecBole's trainer: everything forwards, ``load`` unpickles full checkpoints."""
-
-    def __init__(self):
-        super().__init__("torch")
-        self.load = functools.partial(torch.load, weights_only=False)
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def allow_recbole_checkpoint_loading():
-    """Let RecBole's Trainer reload the checkpoints it writes (they pickle a ``Config``)."""
-    import recbole.trainer.trainer as trainer_module
-
-    if not isinstance(trainer_module.torch, _TorchLoadingOwnCheckpoints):
-        trainer_module.torch = _TorchLoadingOwnCheckpoints()
 
 
 def fill_nan(self):
@@ -150,10 +134,22 @@ def check_single_process(config):
         )
 
 
+def keep_autograd_anomaly_detection_off():
+    """Import RecBole's sequential models now and undo what ``recbole/model/sequential_recommender/sine.py`` does
+    at import: ``torch.autograd.set_detect_anomaly(True)`` for the whole process. Loading any RecBole sequential
+    model (SASRec too) imports it, and anomaly mode records a stack trace per autograd op: training ran 3 to 5
+    times slower. A user who turned anomaly detection on before importing this package keeps it."""
+    enabled_by_user = torch.is_anomaly_enabled() and "recbole.model.sequential_recommender.sine" not in sys.modules
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
+
+    if not enabled_by_user:
+        torch.autograd.set_detect_anomaly(False)
+
+
 def apply():
     """Apply every fix; safe to call more than once."""
     restore_numpy_aliases()
-    allow_recbole_checkpoint_loading()
+    keep_autograd_anomaly_detection_off()
     fill_missing_values_by_assignment()
     sort_interactions_as_arrays()
     use_torch_amp_in_recbole_trainer()
