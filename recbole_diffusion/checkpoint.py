@@ -28,7 +28,9 @@ DERIVED_KEYS = frozenset({"model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", 
 # Keys that may differ between a run and its resumption: they do not change what is trained or measured
 # (evaluation noise is keyed by user, so the evaluation batch size does not change the metrics).
 RESUME_MAY_DIFFER = ("epochs", "stopping_step", "show_progress", "state", "eval_batch_size", "resume",
-                     "checkpoint_every")
+                     "checkpoint_every", "ip", "port")
+# Keys that differ between the processes of one distributed run (each machine has its own offset and nproc).
+PER_PROCESS_KEYS = ("local_rank", "offset", "nproc", "device")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -56,17 +58,18 @@ def plain_config(config):
 
 
 def config_hash(config_dict):
-    """Short hash of a plain configuration, ignoring :data:`RESUME_MAY_DIFFER` and the derived keys."""
+    """Short hash of a plain configuration, ignoring :data:`RESUME_MAY_DIFFER`, the derived keys and
+    :data:`PER_PROCESS_KEYS` (every process of a distributed run hashes alike)."""
     kept = {key: value for key, value in config_dict.items()
-            if key not in RESUME_MAY_DIFFER and key not in DERIVED_KEYS}
+            if key not in RESUME_MAY_DIFFER and key not in DERIVED_KEYS and key not in PER_PROCESS_KEYS}
     kept["model"], kept["dataset"] = config_dict.get("model"), config_dict.get("dataset")
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def differing_keys(saved, current):
-    """Keys whose values differ between two plain configurations, outside :data:`RESUME_MAY_DIFFER`."""
-    keys = (set(saved) | set(current)) - set(RESUME_MAY_DIFFER)
+def differing_keys(saved, current, ignore=()):
+    """Keys whose values differ between two plain configurations, outside :data:`RESUME_MAY_DIFFER` and ``ignore``."""
+    keys = (set(saved) | set(current)) - set(RESUME_MAY_DIFFER) - set(ignore)
     return sorted(key for key in keys if saved.get(key) != current.get(key))
 
 

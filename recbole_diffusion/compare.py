@@ -9,7 +9,9 @@ train and inference seconds, peak memory, head/tail and sequence-length group me
 seeds), ``quality_vs_cost.png`` and ``validation_curves.png``. A finished run is never repeated: rerunning the
 same command resumes a killed comparison, and a run killed mid-training continues from its last checkpoint
 (every ``checkpoint_every`` epochs) instead of from scratch; a failed run records its error, is retried on the next start, and
-the summary lists it. Each run trains in its own process, so its peak memory is its own.
+the summary lists it. Each run trains in its own process, so its peak memory is its own. With ``--nproc N``
+each run trains on N processes (RecBole's distributed mode, :mod:`recbole_diffusion.distributed`; peak memory
+is rank 0's) and its record says so.
 """
 
 import argparse
@@ -26,6 +28,7 @@ from datetime import datetime
 import numpy as np
 import torch
 
+from recbole_diffusion import distributed
 from recbole_diffusion.evaluation import MAIN_METRIC, METRICS, group_metrics
 
 DEFAULT_SEED = 2020
@@ -38,11 +41,12 @@ def run_name(model, seed):
 def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint=False):
     """One run through the runner's pipeline (``quick_start``): returns the record written as the run's JSON.
 
-    A run killed before its record was written continues from its last checkpoint (``resume: True``).
+    A run killed before its record was written continues from its last checkpoint (``resume: True``). In a
+    distributed run every process calls it; rank 0's record counts (its peak memory is rank 0's).
     """
     from recbole_diffusion.quick_start import build_trainer, fit_and_test, prepare_data, resume_file
 
-    resume_from = resume_file(config)
+    resume_from = distributed.broadcast_object(resume_file(config) if distributed.is_rank_zero() else None)
     data = prepare_data(config)
     trainer = build_trainer(config, model_class, data.train)
     device = torch.device(config["device"])
@@ -53,7 +57,7 @@ def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoin
     ranks, targets, users = trainer.collected_target_ranks()
     groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
     checkpoint = trainer.saved_model_file
-    if not keep_checkpoint:
+    if not keep_checkpoint and distributed.is_rank_zero():
         for path in (checkpoint, result["last_checkpoint_file"]):
             if path and os.path.isfile(path):
                 os.remove(path)
@@ -61,7 +65,7 @@ def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoin
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     epoch_seconds = trainer.epoch_seconds
     return {
-        "model": model, "dataset": dataset, "seed": seed, "status": "ok",
+        "model": model, "dataset": dataset, "seed": seed, "status": "ok", "nproc": int(config["nproc"] or 1),
         "test": {m: float(result["test_result"][m]) for m in METRICS},
         "best_valid": {m: float(result["best_valid_result"][m]) for m in METRICS},
         "best_valid_score": float(result["best_valid_score"]),
@@ -101,18 +105,24 @@ def _trial(model, dataset, seed, config_files, overrides, output, threads=None, 
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
     if threads:
         torch.set_num_threads(threads)
-    from recbole_diffusion.quick_start import build_config
+    from recbole_diffusion.quick_start import build_config, spawn_settings
 
     path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
     run_dir = os.path.join(output, "work", run_name(model, seed))
     os.makedirs(run_dir, exist_ok=True)
     start = time.perf_counter()
     try:
-        config, model_class = build_config(model, dataset, config_files, {
-            **overrides, "seed": seed, "checkpoint_dir": os.path.abspath(os.path.join(run_dir, "checkpoints")),
-            "resume": True})
+        config_dict = {**overrides, "seed": seed, "resume": True,
+                       "checkpoint_dir": os.path.abspath(os.path.join(run_dir, "checkpoints"))}
+        config, model_class = build_config(model, dataset, config_files, config_dict)
+        launch = distributed.plan_launch(config, given_keys=set(config_dict))
         os.chdir(run_dir)  # RecBole writes ./log here; the config's paths are absolute by now
-        record = train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
+        if launch is None:
+            record = train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
+        else:
+            worker_dict = spawn_settings(config, config_dict, launch)
+            record = distributed.spawn(_trial_rank, launch.nproc, (model, dataset, config_files, worker_dict, seed,
+                                                                    keep_checkpoint), offset=launch.offset)
     except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)
         record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                   "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
@@ -120,6 +130,14 @@ def _trial(model, dataset, seed, config_files, overrides, output, threads=None, 
     record["wall_seconds"] = time.perf_counter() - start
     record["torch_threads"] = torch.get_num_threads()
     _write_json(path, record)
+
+
+def _trial_rank(local_rank, model, dataset, config_files, config_dict, seed, keep_checkpoint):
+    """One process of a distributed run of the comparison."""
+    from recbole_diffusion.quick_start import rank_config
+
+    config, model_class = rank_config(local_rank, model, dataset, config_files, config_dict)
+    return train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
 
 
 def load_runs(output):
@@ -336,6 +354,9 @@ def parse_args(argv=None):
     parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
     parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="processes per run (RecBole's nproc: DistributedDataParallel, gloo on CPUs, NCCL on "
+                             "GPUs; train_batch_size stays the global batch); recorded in each run's JSON")
     parser.add_argument("--keep_checkpoints", action="store_true",
                         help="keep each run's best checkpoint under <output>/work/<run>/checkpoints (its path is in "
                              "the run's JSON); by default they are deleted once the run is measured")
@@ -360,6 +381,10 @@ def parse_args(argv=None):
     output = args.output or f"comparison-{datetime.now():%Y%m%d-%H%M%S}"
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.nproc is not None:
+        if args.nproc < 1:
+            parser.error("--nproc must be at least 1")
+        overrides["nproc"] = args.nproc
     return (models, args.dataset, seeds, output, args.config_files, overrides, args.reference, not args.in_process,
             args.threads, args.keep_checkpoints)
 

@@ -21,8 +21,10 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
   FutureWarning in every run); it gets an ``amp`` namespace that calls ``torch.amp`` with ``"cuda"`` instead.
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
   package never imports it: ``recbole_diffusion.quick_start`` builds the pipeline from RecBole's parts.
-* RecBole's multi-process mode hard-codes the NCCL backend; :func:`check_single_process` refuses it with
-  a clear message instead of a hang or a CUDA error on a machine without GPUs.
+* RecBole's distributed mode asserts a GPU per process and joins with NCCL in ``Config``, and wraps CPU modules
+  with ``device_ids`` in its trainer: ``recbole_diffusion.quick_start.PluginConfig`` and the trainer layer set
+  the processes up instead (:mod:`recbole_diffusion.distributed`). Every process would also open its own
+  TensorBoard folder: ranks other than 0 get a writer that writes nothing (:func:`tensorboard_on_rank_zero`).
 """
 
 import functools
@@ -124,14 +126,27 @@ def use_torch_amp_in_recbole_trainer():
         trainer_module.amp = _CudaAmp()
 
 
-def check_single_process(config):
-    """Refuse RecBole's distributed mode, which needs NCCL (CUDA GPUs) and a launcher this runner lacks."""
-    nproc = config["nproc"] if "nproc" in config else 1
-    if nproc is not None and int(nproc) > 1:
-        raise ValueError(
-            f"nproc={nproc}: recbole-diffusion runs one process. RecBole 1.2.1's multi-process mode "
-            "hard-codes the NCCL backend (CUDA GPUs only); run with nproc=1."
-        )
+class _NullWriter:
+    """A TensorBoard ``SummaryWriter`` that writes nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def tensorboard_on_rank_zero():
+    """RecBole's trainer opens a TensorBoard folder per process; in a distributed run only rank 0 keeps one."""
+    import recbole.trainer.trainer as trainer_module
+
+    recbole_get_tensorboard = trainer_module.get_tensorboard
+    if getattr(recbole_get_tensorboard, "rank_zero_only", False):
+        return
+
+    def get_tensorboard(logger):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return _NullWriter() if distributed and torch.distributed.get_rank() != 0 else recbole_get_tensorboard(logger)
+
+    get_tensorboard.rank_zero_only = True
+    trainer_module.get_tensorboard = get_tensorboard
 
 
 def keep_autograd_anomaly_detection_off():
@@ -153,3 +168,4 @@ def apply():
     fill_missing_values_by_assignment()
     sort_interactions_as_arrays()
     use_torch_amp_in_recbole_trainer()
+    tensorboard_on_rank_zero()

@@ -5,6 +5,11 @@ Configuration is merged in RecBole's order, lowest first: RecBole's defaults, th
 ``properties/dataset/<dataset>.yaml``, the user's config files, then ``config_dict`` / ``--key=value``.
 Everything is checked (config files, key values, the interaction file line by line, the loaded dataset and its
 split) before a log file or checkpoint is written.
+
+RecBole's distributed keys work as in RecBole (``nproc`` processes on this machine, ``world_size``, ``offset``,
+``ip``, ``port``; ``train_batch_size`` is the global batch); :func:`run` spawns the processes, or joins the
+process group of an external launcher (torchrun), see :mod:`recbole_diffusion.distributed`. Rank 0 alone writes
+the log and the checkpoints; :func:`run` returns rank 0's result.
 """
 
 import argparse
@@ -25,7 +30,7 @@ from urllib.parse import urlparse
 import numpy as np
 import yaml
 
-from recbole_diffusion import checkpoint, compat
+from recbole_diffusion import checkpoint, compat, distributed
 
 compat.apply()
 
@@ -51,7 +56,7 @@ RECBOLE_SUBPACKAGES = ("general_recommender", "sequential_recommender", "context
 RECBOLE_RUNTIME_KEYS = {"model", "dataset", "config_files", "nproc", "world_size", "offset", "ip", "port",
                         "local_rank", "gpu_id", "use_gpu", "benchmark_filename", "wandb_project", "log_wandb",
                         "enable_amp", "enable_scaler", "transform", "numerical_features", "discretization",
-                        "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args"}
+                        "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args", "ddp_backend"}
 
 
 def properties_file(*parts):
@@ -105,10 +110,17 @@ def resolve_model(name):
 
 
 class PluginConfig(Config):
-    """RecBole's ``Config`` without its own reading of ``sys.argv``: overrides arrive as ``config_dict``."""
+    """RecBole's ``Config`` without its own reading of ``sys.argv`` (overrides arrive as ``config_dict``), and
+    with this package's process-group set-up where RecBole's asserts a GPU per process and joins with NCCL."""
 
     def _load_cmd_line(self):
         return dict()
+
+    def _init_device(self):
+        if "local_rank" in self.final_config_dict:
+            distributed.join_group(self.final_config_dict)
+        else:
+            super()._init_device()
 
 
 def _read_yaml_keys(path):
@@ -192,14 +204,9 @@ def resolve_data_path(config, data_path_given):
     )
 
 
-def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
-    """Merge the configuration, then check it and the interaction file before anything is written.
-
-    ``model`` may name a variant (``DiffuRecSys-V1``): its YAML applies right after the model's. A refusal
-    raises ``ValueError`` or ``FileNotFoundError`` naming the file and line or the key, and what to do.
-
-    Returns ``(config, model_class)``.
-    """
+def merge_config(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """The configuration merged in this package's order, unchecked: ``(config, model_class, model name, keys the
+    user set)``. With ``local_rank`` in ``config_dict`` this process joins the distributed run's process group."""
     dataset = dataset or DEFAULT_DATASET
     model_class, model, variant = resolve_model(model or DEFAULT_MODEL)
     user_files = list(config_file_list or [])
@@ -216,8 +223,19 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
                               config_dict=config_dict)
     except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
         raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
-    warn_unknown_keys(user_keys, model, dataset)
-    compat.check_single_process(config)
+    return config, model_class, model, user_keys
+
+
+def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Merge the configuration, then check it and the interaction file before anything is written.
+
+    ``model`` may name a variant (``DiffuRecSys-V1``): its YAML applies right after the model's. A refusal
+    raises ``ValueError`` or ``FileNotFoundError`` naming the file and line or the key, and what to do.
+
+    Returns ``(config, model_class)``.
+    """
+    config, model_class, model, user_keys = merge_config(model, dataset, config_file_list, config_dict)
+    warn_unknown_keys(user_keys, model, config["dataset"])
     check_model_config(model, config)
     data_checks.check_inter_path_is_file(config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
@@ -237,14 +255,16 @@ class RunData(NamedTuple):
     user_lengths: np.ndarray  # interactions per user id over the whole file
 
 
-def prepare_data(config):
+def prepare_data(config, summary=None):
     """Seed, load and check the dataset, split it as the configuration says, then start the log.
 
     The checks (:mod:`recbole_diffusion.data_checks`) run before the log file exists, so refused data leaves
     nothing behind; RecBole's messages of the loading reach the log afterwards, with the checks' counted notes.
+    ``summary``: what ``check_interaction_files`` found, when it already ran (before processes were spawned).
     """
     init_seed(config["seed"], config["reproducibility"])
-    summary = data_checks.check_interaction_files(config)
+    if summary is None:
+        summary = data_checks.check_interaction_files(config)
     with data_checks.held_log_records() as held_records:
         dataset = create_dataset(config)
         messages = data_checks.check_loaded_dataset(config, dataset, summary)
@@ -254,7 +274,7 @@ def prepare_data(config):
         user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
         train_data, valid_data, test_data = data_preparation(config, dataset)
         messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
-    init_logger(config)
+    init_log(config)
     logger = getLogger()
     logger.info(config)
     logger.info(dataset_description)
@@ -265,12 +285,24 @@ def prepare_data(config):
     return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths)
 
 
+def init_log(config):
+    """RecBole's log (file and console) in a single process and on rank 0; other ranks print errors only."""
+    if distributed.is_rank_zero():
+        init_logger(config)
+        return
+    console = logging.StreamHandler()
+    console.setLevel(logging.ERROR)
+    console.setFormatter(logging.Formatter(f"rank {distributed.rank()}: %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.ERROR, handlers=[console])
+
+
 def build_trainer(config, model_class, train_data):
     """The model, seeded and on ``config['device']``, inside this package's trainer layer.
 
-    The trainer records the training data's fingerprint in every checkpoint it writes.
+    The trainer records the training data's fingerprint in every checkpoint it writes. In a distributed run
+    each process has its own seed (training noise differs by rank); the model starts from rank 0's weights.
     """
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    init_seed(config["seed"] + distributed.rank(), config["reproducibility"])
     recommender = model_class(config, train_data._dataset).to(config["device"])
     getLogger().info(recommender)
     trainer = get_trainer(config, recommender)
@@ -322,8 +354,8 @@ def fit_and_test(trainer, data, saved=True, resume_from=None):
     test_result = trainer.evaluate(data.test, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = time.perf_counter() - start
     trainer.collect_target_ranks = False
-    logger.info(f"best valid : {best_valid_result}")
-    logger.info(f"test result: {test_result}")
+    logger.info(f"best valid : {checkpoint.plain(best_valid_result)}")
+    logger.info(f"test result: {checkpoint.plain(test_result)}")
     return {
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -344,12 +376,72 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     ``best_epoch``, ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``),
     ``last_checkpoint_file`` (what ``resume: True`` continues from), ``log_file`` and ``test_seconds``.
     With ``resume: True`` in the configuration a killed run continues where its last checkpoint stopped.
+
+    ``nproc`` > 1 (or ``world_size`` > 1) spawns the processes after every check passed and returns rank 0's
+    result here. Started by torchrun or a scheduler (``RANK`` / ``WORLD_SIZE`` set), this process is one rank
+    and every rank returns rank 0's result.
     """
+    external = distributed.launcher_keys()
+    if external:
+        config, model_class = build_config(model, dataset, config_file_list, {**(config_dict or {}), **external})
+        try:
+            return _train_in_group(config, model_class, saved)[1]
+        finally:
+            distributed.leave_group()
     config, model_class = build_config(model, dataset, config_file_list, config_dict)
-    resume_from = resume_file(config)
-    data = prepare_data(config)
+    launch = distributed.plan_launch(config, given_keys=set(config_dict or {}) | _file_keys(config_file_list))
+    if launch is None:
+        resume_from = resume_file(config)
+        data = prepare_data(config)
+        trainer = build_trainer(config, model_class, data.train)
+        return fit_and_test(trainer, data, saved=saved, resume_from=resume_from)
+    worker_dict = spawn_settings(config, config_dict, launch)
+    resume_file(config)
+    summary = data_checks.check_interaction_files(config)
+    return distributed.spawn(_spawned_rank, launch.nproc, (model, dataset, config_file_list, worker_dict, saved,
+                                                           summary), offset=launch.offset)
+
+
+def spawn_settings(config, config_dict, launch):
+    """The ``config_dict`` each spawned process merges: the user's keys, the launch's and the data folder found
+    here. ``config`` gets the launch's keys too, so that it hashes like the processes' configuration."""
+    for key, value in launch.config_keys().items():
+        config[key] = value
+    data_folder = os.path.dirname(os.path.normpath(config["data_path"]))  # Config appends the dataset's name
+    return {**(config_dict or {}), **launch.config_keys(), "data_path": data_folder}
+
+
+def rank_config(local_rank, model, dataset, config_file_list, config_dict):
+    """``(config, model_class)`` of one spawned process, checked already by the launching process; building it
+    joins the process group."""
+    config, model_class, _, _ = merge_config(model, dataset, config_file_list,
+                                             {**config_dict, "local_rank": local_rank})
+    config["data_path"] = os.path.abspath(config["data_path"])  # as build_config leaves it: the same hash
+    return config, model_class
+
+
+def _file_keys(config_file_list):
+    return set().union(*(_read_yaml_keys(path) for path in config_file_list or []))
+
+
+def run_rank(local_rank, model, dataset, config_file_list, config_dict, saved=True, summary=None):
+    """One spawned process of a distributed run (see :func:`rank_config`): trains its share and evaluates;
+    returns ``(trainer, rank 0's result)``."""
+    config, model_class = rank_config(local_rank, model, dataset, config_file_list, config_dict)
+    return _train_in_group(config, model_class, saved, summary)
+
+
+def _spawned_rank(local_rank, *args):
+    return run_rank(local_rank, *args)[1]
+
+
+def _train_in_group(config, model_class, saved, summary=None):
+    """Rank 0 decides what to resume from; every process trains and tests; everyone gets rank 0's result."""
+    resume_from = distributed.broadcast_object(resume_file(config) if distributed.is_rank_zero() else None)
+    data = prepare_data(config, summary)
     trainer = build_trainer(config, model_class, data.train)
-    return fit_and_test(trainer, data, saved=saved, resume_from=resume_from)
+    result = fit_and_test(trainer, data, saved=saved, resume_from=resume_from)
+    return trainer, distributed.broadcast_object(result)
 
 
 def parse_args(argv=None):
@@ -389,7 +481,11 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except distributed.WorkerFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     from recbole_diffusion.evaluation import format_run_summary
 
-    print(format_run_summary(result))
+    if not distributed.launched_externally() or int(os.environ["RANK"]) == 0:
+        print(format_run_summary(result))
     return 0

@@ -12,7 +12,12 @@ RecBole model keeps its trainer's behaviour and every run of the runner, ``compa
 * checkpoints of tensors and plain data only (:mod:`recbole_diffusion.checkpoint`): the best epoch's model, and
   every ``checkpoint_every`` epochs a resumable "last" checkpoint with everything the next epoch depends on
   (model, optimiser, schedule, early-stopping state, records, every RNG state); on SIGTERM the step in progress
-  finishes, the state of the last completed epoch is written, and :class:`TrainingPreempted` is raised.
+  finishes, the state of the last completed epoch is written, and :class:`TrainingPreempted` is raised;
+* in a distributed run (:mod:`recbole_diffusion.distributed`): the DDP wrap for CPU and CUDA processes with
+  RecBole's ``sync_grad_loss`` trick (parameters unused in a step get a zero gradient, so no process waits for
+  them), rank 0 alone writing checkpoints, evaluation metrics computed from every process's per-user rows with
+  each user counted once, one SIGTERM decision for all processes, and every process's RNG state in the "last"
+  checkpoint.
 
 Evaluation draws its noise from keys (seed, user, step; :class:`recbole_diffusion.diffusion.KeyedNoise`), not
 from a generator, so it has no state to save: a resumed run evaluates exactly like an uninterrupted one.
@@ -29,6 +34,7 @@ import torch
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_diffusion import checkpoint as ckpt
+from recbole_diffusion import distributed
 
 LR_SCHEDULERS = ("none", "step")
 
@@ -73,13 +79,50 @@ def target_ranks(scores, positive_u, positive_i, max_k):
     return torch.where(hits.any(dim=1), hits.long().argmax(dim=1), outside)
 
 
+class _GatheringEvaluator:
+    """RecBole's evaluator fed with every process's rows of an evaluation, each sample once, in sample order.
+
+    RecBole's own gathering averages each process's rounded metrics weighted by its sample count, and its
+    ``DistributedSampler`` pads the last processes with repeated samples: metrics differ from one process's.
+    Every process computes the same metrics from the same gathered rows, so early stopping agrees everywhere.
+    """
+
+    ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
+
+    def __init__(self, evaluator, trainer):
+        self.evaluator, self.trainer = evaluator, trainer
+
+    def evaluate(self, struct):
+        rows = {key: struct[key] for key in self.ROW_KEYS if key in struct}
+        gathered, _ = distributed.gather_unique_rows(rows, self.trainer.eval_sample_indices)
+        for key, value in gathered.items():
+            struct.set(key, value)
+        return self.evaluator.evaluate(struct)
+
+    def __getattr__(self, name):
+        return getattr(self.evaluator, name)
+
+
 class PluginTrainerMixin:
     """Learning-rate schedule, records, NaN-score refusal, target ranks and safe, resumable checkpoints."""
 
     collect_target_ranks = False
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        self.distributed = not config["single_spec"]
+        # RecBole's AbstractTrainer wraps with DistributedDataParallel(device_ids=[local_rank]), which DDP refuses
+        # for a CPU module: it is told the run is single while it builds, and the wrap is done below.
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = not self.distributed
+        self.eval_sample_indices, self._eval_row = [], 0
+        self._target_rank_samples = []
+        if self.distributed:
+            self.model, self.distributed_model = distributed.wrap_model(self.model, self.device)
+            self.evaluator = _GatheringEvaluator(self.evaluator, self)
+            self.saved_model_file = distributed.broadcast_object(self.saved_model_file)  # named by rank 0's clock
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config)
         self.epoch_seconds, self.learning_rates, self.validation_curve = [], [], []
         self.target_rank_batches = []
@@ -103,6 +146,9 @@ class PluginTrainerMixin:
         """RecBole's ``fit``, resumable: restores the RNG states of a resumed run, writes "last" checkpoints
         and turns SIGTERM into a checkpoint and :class:`TrainingPreempted`."""
         self._train_generator = getattr(train_data, "generator", None)
+        sampler = getattr(train_data, "sampler", None)
+        if self.distributed and isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+            sampler.seed = self.config["seed"]  # its shuffle would otherwise ignore the configured seed
         if self._pending_rng is not None:
             ckpt.set_rng_states(self._pending_rng, self._train_generator)
             self._pending_rng = None
@@ -129,7 +175,7 @@ class PluginTrainerMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._epoch = epoch_idx
         self._epoch_start_state = self._training_state(next_epoch=epoch_idx)
-        if self._stop_requested:
+        if self._should_stop():
             raise TrainingPreempted(self._preempted_file(), epoch_idx)
         if (self._writes_last_checkpoints() and epoch_idx > self.start_epoch
                 and epoch_idx % self.checkpoint_every == 0):
@@ -138,6 +184,8 @@ class PluginTrainerMixin:
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=self._stoppable(loss_func),
                                     show_progress=show_progress)
+        if self.distributed and loss is not None:
+            loss = distributed.mean_over_ranks(loss, self.device)  # the epoch's loss over the global batches
         self.epoch_seconds.append(time.perf_counter() - start)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
@@ -155,11 +203,17 @@ class PluginTrainerMixin:
         loss_func = loss_func or self.model.calculate_loss
 
         def loss_unless_stopped(interaction):
-            if self._stop_requested:
+            if self._should_stop():
                 raise TrainingPreempted(self._preempted_file(), self._epoch)
             return loss_func(interaction)
 
         return loss_unless_stopped
+
+    def _should_stop(self):
+        """Whether SIGTERM asked to stop, in any process of a distributed run (all stop at the same step)."""
+        if self.distributed:
+            return distributed.any_rank(self._stop_requested, self.device)
+        return self._stop_requested
 
     def _catch_sigterm(self):
         """Make SIGTERM request a stop at the next training step; returns a function restoring the old handler."""
@@ -187,7 +241,12 @@ class PluginTrainerMixin:
                 "config_hash": self.config_hash, "dataset_fingerprint": self.dataset_fingerprint}
 
     def _training_state(self, next_epoch):
-        """Everything epoch ``next_epoch`` depends on, copied, as tensors and plain data."""
+        """Everything epoch ``next_epoch`` depends on, copied, as tensors and plain data (``None`` on ranks other
+        than 0, which only hand their RNG states over)."""
+        rng = ckpt.rng_states(self._train_generator)
+        rng_by_rank = distributed.all_gather_object(rng) if self.distributed else None
+        if not distributed.is_rank_zero():
+            return None
         return copy.deepcopy({
             **self._common_payload(),
             "kind": "last",
@@ -204,18 +263,19 @@ class PluginTrainerMixin:
             "records": {"epoch_seconds": self.epoch_seconds, "learning_rates": self.learning_rates,
                         "validation_curve": self.validation_curve,
                         "train_loss": [[epoch, ckpt.plain(loss)] for epoch, loss in self.train_loss_dict.items()]},
-            "rng": ckpt.rng_states(self._train_generator),
+            "rng": rng,
+            "rng_by_rank": rng_by_rank,
         })
 
     def _write_last(self, state):
-        if state is None or not self._saving:
+        if state is None or not self._saving or not distributed.is_rank_zero():
             return
         ckpt.save_checkpoint(state, self.last_checkpoint_file)
         self.logger.info(f"last checkpoint (resumes at epoch {state['next_epoch']}): {self.last_checkpoint_file}")
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """The best epoch's model, in the safe format (replaces RecBole's pickled ``Config``)."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not distributed.is_rank_zero():
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         ckpt.save_checkpoint({**self._common_payload(), "kind": "best", "epoch": epoch, "cur_step": self.cur_step,
@@ -241,9 +301,19 @@ class PluginTrainerMixin:
         return checkpoint
 
     def load_model_file(self, path):
-        """Load a checkpoint's model weights (and state kept outside ``state_dict``) into :attr:`model`."""
-        checkpoint = self._load_checkpoint_file(path)
-        self._load_weights(checkpoint)
+        """Load a checkpoint's model weights (and state kept outside ``state_dict``) into :attr:`model`.
+
+        In a distributed run rank 0 reads the file (the one it wrote) and the others wait for its weights, so
+        the other machines need no copy of it; they return ``None``.
+        """
+        checkpoint = self._load_checkpoint_file(path) if distributed.is_rank_zero() else None
+        if checkpoint is not None:
+            self._load_weights(checkpoint)
+        if self.distributed:
+            distributed.broadcast_module_state(self.model)
+            extra = distributed.broadcast_object(ckpt.model_extra_state(self.model) if checkpoint else None)
+            if checkpoint is None:
+                ckpt.load_model_extra_state(self.model, extra, self.device)
         self.logger.info(f"Loading model structure and parameters from {path}")
         return checkpoint
 
@@ -260,7 +330,8 @@ class PluginTrainerMixin:
         if checkpoint.get("kind") != "last":
             raise ValueError(f"checkpoint {resume_file!r} is a {checkpoint.get('kind', 'RecBole')} checkpoint; "
                              "resume needs a -last.pth checkpoint (written every checkpoint_every epochs)")
-        differing = ckpt.differing_keys(checkpoint["config"], self.config_plain)
+        differing = ckpt.differing_keys(checkpoint["config"], self.config_plain,
+                                        ignore=ckpt.PER_PROCESS_KEYS if self.distributed else ())
         if differing:
             raise ValueError(
                 f"cannot resume from {resume_file!r}: its configuration differs in "
@@ -283,6 +354,12 @@ class PluginTrainerMixin:
         self.validation_curve = [list(point) for point in records["validation_curve"]]
         self.train_loss_dict = {epoch: loss for epoch, loss in records["train_loss"]}
         self._pending_rng = checkpoint["rng"]
+        if self.distributed:
+            by_rank = checkpoint.get("rng_by_rank") or []
+            if len(by_rank) != self.config["world_size"]:
+                raise ValueError(f"cannot resume from {resume_file!r} with world_size={self.config['world_size']}: "
+                                 f"it holds the random states of {len(by_rank) or 1} process(es)")
+            self._pending_rng = by_rank[distributed.rank()]
         self.last_checkpoint_file = os.path.abspath(resume_file)
         self.logger.info(f"resumed from {resume_file}: training continues at epoch {self.start_epoch}")
         return checkpoint
@@ -291,12 +368,22 @@ class PluginTrainerMixin:
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        """RecBole's ``evaluate``; the best (or given) checkpoint is read in the safe format."""
-        self.target_rank_batches = []
+        """RecBole's ``evaluate``; the best (or given) checkpoint is read in the safe format. In a distributed run
+        the metrics and target ranks cover every process's samples, each once."""
+        self.target_rank_batches, self._target_rank_samples = [], []
         if load_best_model and eval_data:
             self.load_model_file(model_file or self.saved_model_file)
-        return super().evaluate(eval_data, load_best_model=False, model_file=model_file,
-                                show_progress=show_progress)
+        if self.distributed and eval_data:
+            self.eval_sample_indices, self._eval_row = list(eval_data.sampler), 0
+        result = super().evaluate(eval_data, load_best_model=False, model_file=model_file,
+                                  show_progress=show_progress)
+        if self.distributed and self.collect_target_ranks and eval_data:
+            self._gather_target_ranks()
+        return result
+
+    def _map_reduce(self, result, num_sample):
+        """Nothing to average: :class:`_GatheringEvaluator` computed the metrics from every process's rows."""
+        return result
 
     def _full_sort_batch_eval(self, batched_data):
         return self._inspect(*super()._full_sort_batch_eval(batched_data))
@@ -315,7 +402,24 @@ class PluginTrainerMixin:
             users = interaction[self.config["USER_ID_FIELD"]].to(scores.device)[positive_u.to(scores.device)]
             ranks = target_ranks(scores, positive_u, positive_i, max(self.config["topk"]))
             self.target_rank_batches.append((ranks.cpu(), positive_i.cpu(), users.cpu()))
+            if self.distributed:
+                rows = self._eval_row + positive_u.cpu().numpy()
+                self._target_rank_samples.append(np.asarray(self.eval_sample_indices)[rows])
+        if self.distributed:
+            self._eval_row += scores.size(0)
         return interaction, scores, positive_u, positive_i
+
+    def _gather_target_ranks(self):
+        """Every process's target ranks, each sample once (from the lowest rank holding it), in sample order."""
+        local = self.collected_target_ranks()
+        samples = np.concatenate(self._target_rank_samples) if self._target_rank_samples else np.zeros(0, np.int64)
+        parts = distributed.all_gather_object((local, samples))
+        masks = distributed.owned_by_lowest_rank([part[1] for part in parts])
+        kept = [np.concatenate([part[0][column][mask] for part, mask in zip(parts, masks)]) for column in range(3)]
+        kept_samples = np.concatenate([part[1][mask] for part, mask in zip(parts, masks)])
+        order = np.argsort(kept_samples, kind="stable")
+        self.target_rank_batches = [tuple(torch.from_numpy(column[order]) for column in kept)]
+        self._target_rank_samples = [kept_samples[order]]
 
     def collected_target_ranks(self):
         """``(ranks, target items, users)`` as numpy arrays from the last :meth:`evaluate` call."""

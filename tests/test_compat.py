@@ -46,11 +46,6 @@ def test_apply_is_idempotent_and_leaves_torch_load_and_anomaly_mode_alone():
     assert not torch.is_anomaly_enabled()
 
 
-def test_distributed_mode_is_refused_with_a_clear_message(data_root):
-    with pytest.raises(ValueError, match="nproc=2: .*NCCL"):
-        build_config("DiffuRec", "ml-100k-small", config_dict={**FAST, "data_path": data_root, "nproc": 2})
-
-
 def test_recboles_own_trainer_reads_our_checkpoints_under_weights_only(data_root, in_tmp_cwd):
     """RecBole's unpatched ``Trainer.evaluate`` (``torch.load`` with PyTorch's default) reads the best checkpoint
     this package writes, and gives the runner's test metrics."""
