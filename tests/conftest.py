@@ -18,6 +18,10 @@ FAST = {
     "hidden_size": 32, "inner_size": 64, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 20,
     "train_batch_size": 256, "eval_batch_size": 512, "show_progress": False, "state": "WARNING",
 }
+# Smaller still, for runs that only have to go through the pipeline (train, save, reload, evaluate) and need
+# not learn anything: pair with the ``ml-100k-tiny`` slice.
+TINY = {**FAST, "hidden_size": 16, "inner_size": 32, "MAX_ITEM_LIST_LENGTH": 10}
+TINY_USERS = 100
 
 
 def write_inter(folder, name, rows, header=("user_id:token", "item_id:token", "timestamp:float")):
@@ -32,7 +36,8 @@ def write_inter(folder, name, rows, header=("user_id:token", "item_id:token", "t
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    """Folder with ``ml-100k-small`` (the first 200 users of ml-100k) and ``successor`` (synthetic)."""
+    """Folder with ``ml-100k-small`` (the first 200 users of ml-100k), ``ml-100k-tiny`` (the first
+    ``TINY_USERS`` of them) and ``successor`` (synthetic)."""
     root = tmp_path_factory.mktemp("data")
     with open(ML100K_INTER, encoding="utf-8") as handle:
         header = handle.readline().rstrip("\n").split("\t")
@@ -40,6 +45,8 @@ def data_root(tmp_path_factory):
     user, item, stamp = (header.index(column) for column in ("user_id:token", "item_id:token", "timestamp:float"))
     keep = set(sorted({row[user] for row in rows}, key=int)[:200])
     write_inter(root, "ml-100k-small", [(r[user], r[item], r[stamp]) for r in rows if r[user] in keep])
+    tiny = set(sorted(keep, key=int)[:TINY_USERS])
+    write_inter(root, "ml-100k-tiny", [(r[user], r[item], r[stamp]) for r in rows if r[user] in tiny])
     write_inter(root, "successor", successor_rows())
     return str(root)
 
@@ -73,11 +80,11 @@ def assert_full_ranking_result(result):
     assert os.path.isfile(result["saved_model_file"])
 
 
-def assert_checkpoint_reload_reproduces(model, config_files, settings, checkpoint):
+def assert_checkpoint_reload_reproduces(model, config_files, settings, checkpoint, dataset="ml-100k-small"):
     """Fresh models loaded from ``checkpoint`` hold its weights and give identical test metrics."""
     from recbole_diffusion.quick_start import build_config
 
-    config, model_class = build_config(model, "ml-100k-small", config_file_list=config_files, config_dict=settings)
+    config, model_class = build_config(model, dataset, config_file_list=config_files, config_dict=settings)
     init_seed(config["seed"], True)
     train_data, _, test_data = data_preparation(config, create_dataset(config))
     evaluations = []
