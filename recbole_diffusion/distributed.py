@@ -207,6 +207,8 @@ def join_group(config_dict):
         dist.init_process_group(backend, init_method=init_method, rank=local_rank + offset,
                                 world_size=int(config_dict["world_size"]))
     config_dict.update(device=device, single_spec=False, ddp_backend=backend)
+    if rank() != 0:
+        config_dict["show_progress"] = False  # one progress bar, rank 0's
 
 
 def leave_group():
@@ -221,11 +223,6 @@ def rank():
 
 def is_rank_zero():
     return rank() == 0
-
-
-def barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def broadcast_object(value):
@@ -281,7 +278,7 @@ def gather_unique_rows(rows, indices):
 
     ``rows``: name -> tensor whose row ``j`` belongs to sample ``indices[j]`` of this process. RecBole's
     ``DistributedSampler`` pads the last ranks with samples of the first ones: a sample held by several
-    processes is kept from the lowest rank. Returns name -> CPU tensor, and the sorted sample indices.
+    processes is kept from the lowest rank. Returns name -> CPU tensor.
     """
     indices = np.asarray(indices, dtype=np.int64)
     for name, tensor in rows.items():
@@ -290,9 +287,9 @@ def gather_unique_rows(rows, indices):
                                "process; the rows cannot be matched to samples to count each one once")
     gathered = all_gather_object((indices, {name: tensor.cpu() for name, tensor in rows.items()}))
     every_index = np.concatenate([part[0] for part in gathered])
-    unique, first = np.unique(every_index, return_index=True)
+    _, first = np.unique(every_index, return_index=True)
     keep = torch.from_numpy(first)
-    return {name: torch.cat([part[1][name] for part in gathered])[keep] for name in rows}, unique
+    return {name: torch.cat([part[1][name] for part in gathered])[keep] for name in rows}
 
 
 def owned_by_lowest_rank(indices_per_rank):

@@ -94,7 +94,7 @@ class _GatheringEvaluator:
 
     def evaluate(self, struct):
         rows = {key: struct[key] for key in self.ROW_KEYS if key in struct}
-        gathered, _ = distributed.gather_unique_rows(rows, self.trainer.eval_sample_indices)
+        gathered = distributed.gather_unique_rows(rows, self.trainer.eval_sample_indices)
         for key, value in gathered.items():
             struct.set(key, value)
         return self.evaluator.evaluate(struct)
