@@ -13,7 +13,7 @@ from recbole_diffusion.diffusion import KeyedNoise
 from recbole_diffusion.losses import batch_negative_centroids, cosine_error, preference_loss
 from recbole_diffusion.model import DreamRec, PreferDiff
 from recbole_diffusion.quick_start import build_config, run
-from conftest import FAST, assert_checkpoint_reload_reproduces, assert_full_ranking_result
+from conftest import FAST, TINY, assert_checkpoint_reload_reproduces, assert_full_ranking_result
 
 SMALL_T = {"diffusion_steps": 200}
 
@@ -177,7 +177,10 @@ def test_a_batch_of_one_gets_a_random_item_as_negative_and_a_finite_loss(prepare
 
 @pytest.mark.parametrize("model", ["DreamRec", "PreferDiff"])
 def test_learns_a_deterministic_successor_pattern(data_root, in_tmp_cwd, model):
-    common = {**FAST, **SMALL_T, "data_path": data_root, "epochs": 15, "learning_rate": 0.005, "stopping_step": 20}
+    """Histories of at most 7 items fit a list of 8; the final weights score the test split (no checkpoint), so
+    validating once, after the last epoch, changes nothing that is tested (DreamRec samples all T steps)."""
+    common = {**FAST, **SMALL_T, "data_path": data_root, "epochs": 15, "learning_rate": 0.005, "stopping_step": 20,
+              "eval_step": 15, "MAX_ITEM_LIST_LENGTH": 8}
     learned = run(model, "successor", config_dict=common, saved=False)["test_result"]
     pop = run("Pop", "successor", config_dict={**common, "epochs": 1}, saved=False)["test_result"]
     assert learned["hit@10"] > 0.8 and learned["hit@10"] > 2.5 * pop["hit@10"]
@@ -190,10 +193,11 @@ def test_learns_a_deterministic_successor_pattern(data_root, in_tmp_cwd, model):
     ("PreferDiff", {"train_neg_sample_args": "{'distribution': 'popularity', 'sample_num': 4}"}),
 ])
 def test_end_to_end_through_recbole_trainer_with_checkpoint_reload(data_root, in_tmp_cwd, model, overrides):
-    settings = {**FAST, **SMALL_T, "data_path": data_root, "epochs": 2, **overrides}
-    result = run(model, "ml-100k-small", config_dict=settings)
+    """Plumbing, not quality: the tiny slice and sizes, one epoch, T = 10 (5 DDIM steps) take every step of the path."""
+    settings = {**TINY, "diffusion_steps": 10, "ddim_steps": 5, "data_path": data_root, "epochs": 1, **overrides}
+    result = run(model, "ml-100k-tiny", config_dict=settings)
     assert_full_ranking_result(result)
-    assert_checkpoint_reload_reproduces(model, [], settings, result["saved_model_file"])
+    assert_checkpoint_reload_reproduces(model, [], settings, result["saved_model_file"], dataset="ml-100k-tiny")
 
 
 def test_embedding_init_std_sets_items_and_positions_but_not_the_null_vector(prepared):
