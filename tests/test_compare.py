@@ -13,12 +13,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from recbole_diffusion.compare import METRICS, main, parse_args, run_comparison
-from conftest import FAST
+from conftest import TINY
 
 SEEDS = [2020, 2021]
+DATASET = "ml-100k-tiny"  # the runs check the comparison's bookkeeping, not the models
 
 
 def test_parse_args_accepts_both_override_forms_and_seed_lists():
@@ -34,12 +36,12 @@ def test_parse_args_accepts_both_override_forms_and_seed_lists():
 
 
 def _overrides(data_root):
-    settings = {**FAST, "data_path": data_root, "epochs": 2, "neg_samples": 10_000}
+    settings = {**TINY, "data_path": data_root, "epochs": 2, "neg_samples": 10_000}
     return {key: str(value) for key, value in settings.items()}
 
 
 def _cli(data_root, output):
-    args = ["--models", "SASRec,DiffuRec,PreferDiff", "--dataset", "ml-100k-small", "--seeds", "2", "--output", output,
+    args = ["--models", "SASRec,DiffuRec,PreferDiff", "--dataset", DATASET, "--seeds", "2", "--output", output,
             "--threads", "1"]
     for key, value in _overrides(data_root).items():
         args += [f"--{key}", value]
@@ -57,7 +59,8 @@ def _cell(summary, title, model, metric):
 
 @pytest.fixture(scope="module")
 def comparison(data_root, tmp_path_factory):
-    """A comparison killed after its first finished run, then resumed to the end."""
+    """A comparison killed after its first finished run (each run in its own process), then resumed to the end
+    with ``--in-process``: the resume logic is the same, and five runs need not each import torch and RecBole."""
     output = str(tmp_path_factory.mktemp("comparison") / "out")
     process = subprocess.Popen([sys.executable, "-m", "recbole_diffusion.compare", *_cli(data_root, output)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -70,8 +73,12 @@ def comparison(data_root, tmp_path_factory):
     assert os.path.exists(first)
     first_written = os.stat(first).st_mtime_ns
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(_cli(data_root, output))
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main([*_cli(data_root, output), "--in-process"])
+    finally:
+        torch.set_num_threads(threads)  # --threads 1 applies to this process in-process
     return output, first_written, code, printed.getvalue()
 
 
@@ -188,7 +195,7 @@ def test_in_process_mode_resumes_without_rerunning(comparison, data_root, monkey
     ok = {k for k, r in _records(output).items() if r["status"] == "ok"}
     monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
     models = sorted({m for m, _ in ok})
-    records = run_comparison(models, "ml-100k-small", SEEDS, output, overrides=_overrides(data_root), isolate=False)
+    records = run_comparison(models, DATASET, SEEDS, output, overrides=_overrides(data_root), isolate=False)
     assert {(r["model"], r["seed"]) for r in records} == ok
 
 
@@ -199,7 +206,7 @@ def test_a_folder_of_runs_with_other_settings_is_refused(comparison, data_root, 
     output, _, _, _ = comparison
     monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail("trained despite the mismatch"))
     with pytest.raises(ValueError, match="other settings.*epochs"):
-        run_comparison(["SASRec"], "ml-100k-small", SEEDS, output, overrides={**_overrides(data_root), "epochs": "3"})
+        run_comparison(["SASRec"], DATASET, SEEDS, output, overrides={**_overrides(data_root), "epochs": "3"})
 
 
 def test_relative_improvement_uses_only_the_seeds_both_models_share():
