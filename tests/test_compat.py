@@ -23,7 +23,7 @@ from recbole.utils import FeatureType, get_trainer, init_seed
 
 from recbole_diffusion import compat
 from recbole_diffusion.quick_start import build_config, run
-from conftest import FAST
+from conftest import TINY
 
 
 def test_numpy_aliases_that_recbole_config_reads_exist():
@@ -49,10 +49,10 @@ def test_apply_is_idempotent_and_leaves_torch_load_and_anomaly_mode_alone():
 def test_recboles_own_trainer_reads_our_checkpoints_under_weights_only(data_root, in_tmp_cwd):
     """RecBole's unpatched ``Trainer.evaluate`` (``torch.load`` with PyTorch's default) reads the best checkpoint
     this package writes, and gives the runner's test metrics."""
-    settings = {**FAST, "data_path": data_root, "epochs": 1}
-    result = run("SASRec", "ml-100k-small", config_dict=settings)
+    settings = {**TINY, "data_path": data_root, "epochs": 1}
+    result = run("SASRec", "ml-100k-tiny", config_dict=settings)
     torch.load(result["saved_model_file"], weights_only=True)
-    config, model_class = build_config("SASRec", "ml-100k-small", config_dict=settings)
+    config, model_class = build_config("SASRec", "ml-100k-tiny", config_dict=settings)
     init_seed(config["seed"], True)
     _, _, test_data = data_preparation(config, create_dataset(config))
     trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model_class(config, test_data._dataset))
@@ -145,7 +145,7 @@ def test_running_a_model_never_imports_ray_nor_warns(data_root, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from recbole_diffusion.quick_start import run
-        run("DiffuRec", "ml-100k-small", config_dict={dict(FAST, data_path=data_root, epochs=1)!r}, saved=False)
+        run("DiffuRec", "ml-100k-tiny", config_dict={dict(TINY, data_path=data_root, epochs=1)!r}, saved=False)
         assert "ray" not in sys.modules, "ray was imported"
         assert "recbole.quick_start" not in sys.modules
         print("ok")
