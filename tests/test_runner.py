@@ -9,7 +9,7 @@ import pytest
 
 from recbole_diffusion import quick_start
 from recbole_diffusion.quick_start import build_config, get_model_class, main, parse_args, run
-from conftest import FAST, write_inter
+from conftest import TINY, write_inter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,7 +111,7 @@ def test_bad_value_stops_before_anything_is_written(data_root, in_tmp_cwd, capsy
 
 @pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "GRU4Rec"])
 def test_recbole_builtin_runs_through_the_same_entry(model, data_root, in_tmp_cwd):
-    result = run(model, "ml-100k-small", config_dict={**FAST, "data_path": data_root, "epochs": 1})
+    result = run(model, "ml-100k-tiny", config_dict={**TINY, "data_path": data_root, "epochs": 1})
     assert set(result) >= {"best_valid_score", "best_valid_result", "test_result"}
     assert result["test_result"]["hit@20"] >= result["test_result"]["hit@10"] >= result["test_result"]["hit@5"]
 
@@ -121,19 +121,19 @@ def test_nan_loss_stops_training_with_a_message(data_root, in_tmp_cwd, monkeypat
 
     monkeypatch.setattr(DiffuRec, "calculate_loss", lambda self, interaction: self.item_embedding.weight.sum() * float("nan"))
     with pytest.raises(ValueError, match="loss is nan"):
-        run("DiffuRec", "ml-100k-small", config_dict={**FAST, "data_path": data_root, "epochs": 1})
+        run("DiffuRec", "ml-100k-tiny", config_dict={**TINY, "data_path": data_root, "epochs": 1})
 
 
 def test_installed_entry_point_runs_from_any_directory(data_root, tmp_path):
     """From an unrelated folder, the package finds its YAML files and writes logs there."""
     done = subprocess.run(
-        [sys.executable, "-m", "recbole_diffusion", "--model=DiffuRecSys", "--dataset=ml-100k-small",
+        [sys.executable, "-m", "recbole_diffusion", "--model=DiffuRecSys", "--dataset=ml-100k-tiny",
          f"--data_path={data_root}", "--epochs=1", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
-         "--n_heads=2", "--MAX_ITEM_LIST_LENGTH=10", "--show_progress=False"],
+         "--n_heads=2", "--MAX_ITEM_LIST_LENGTH=10", "--diffusion_steps=8", "--show_progress=False"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "test_result" in done.stdout and "ndcg@10" in done.stdout
+    assert "Test metrics:" in done.stdout and "NDCG" in done.stdout  # the run summary (format_run_summary)
     assert "cross_attention" in done.stderr + done.stdout  # DiffuRecSys.yaml was found and logged
     assert os.path.isdir(tmp_path / "log") and os.path.isdir(tmp_path / "saved")
 
