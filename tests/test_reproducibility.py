@@ -12,12 +12,12 @@ from scipy import stats
 
 from recbole_diffusion.diffusion import KeyedNoise, keyed_normal
 from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data, run
-from conftest import FAST
+from conftest import FAST, TINY
 
 EVALUATE_IN_A_NEW_PROCESS = """
 import json, sys
 from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
-config, model_class = build_config(sys.argv[1], "ml-100k-small", config_dict=json.loads(sys.argv[2]))
+config, model_class = build_config(sys.argv[1], sys.argv[4], config_dict=json.loads(sys.argv[2]))
 data = prepare_data(config)
 trainer = build_trainer(config, model_class, data.train)
 print("RESULT " + json.dumps(dict(trainer.evaluate(data.test, load_best_model=True, model_file=sys.argv[3]))))
@@ -67,7 +67,7 @@ def test_scores_do_not_depend_on_the_batch_a_user_falls_in(prepared_models, mode
 def prepared_models(data_root):
     out = {}
     for model in ("DiffuRec", "PreferDiff"):
-        config, model_class = build_config(model, "ml-100k-small", config_dict={
+        config, model_class = build_config(model, "ml-100k-tiny", config_dict={
             **FAST, "data_path": data_root, "diffusion_steps": 50, "ddim_steps": 10})
         data = prepare_data(config)
         recommender = model_class(config, data.train._dataset).eval()
@@ -77,13 +77,14 @@ def prepared_models(data_root):
 
 
 def test_one_checkpoint_gives_one_set_of_metrics(data_root, in_tmp_cwd):
-    settings = {**FAST, "data_path": data_root, "epochs": 3}
-    result = run("DiffuRec-smallinit", "ml-100k-small", config_dict=settings)
+    settings, dataset = {**TINY, "data_path": data_root, "epochs": 1}, "ml-100k-tiny"
+    result = run("DiffuRec-smallinit", dataset, config_dict=settings)
     checkpoint = result["saved_model_file"]
     fresh = []
     for _ in range(2):  # two new processes
         completed = subprocess.run(
-            [sys.executable, "-c", EVALUATE_IN_A_NEW_PROCESS, "DiffuRec-smallinit", json.dumps(settings), checkpoint],
+            [sys.executable, "-c", EVALUATE_IN_A_NEW_PROCESS, "DiffuRec-smallinit", json.dumps(settings), checkpoint,
+             dataset],
             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
         assert completed.returncode == 0, completed.stderr[-2000:]
         line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
@@ -92,7 +93,7 @@ def test_one_checkpoint_gives_one_set_of_metrics(data_root, in_tmp_cwd):
 
     scores = {}
     for eval_seed in (None, 7):
-        config, model_class = build_config("DiffuRec-smallinit", "ml-100k-small",
+        config, model_class = build_config("DiffuRec-smallinit", dataset,
                                            config_dict={**settings, "eval_seed": eval_seed})
         data = prepare_data(config)
         trainer = build_trainer(config, model_class, data.train)
