@@ -6,12 +6,13 @@ from recbole.trainer import Trainer
 
 from recbole_diffusion.quick_start import build_config, build_trainer, fit_and_test, prepare_data
 from recbole_diffusion.trainer import PluginTrainerMixin, lr_factor, target_ranks
-from conftest import FAST
+from conftest import TINY, TINY_USERS
 
 
 def _pipeline(model, data_root, **settings):
-    config, model_class = build_config(model, "ml-100k-small", config_dict={
-        **FAST, "data_path": data_root, **settings})
+    """Config, data and trainer on the tiny slice: these tests check the trainer's bookkeeping, not learning."""
+    config, model_class = build_config(model, "ml-100k-tiny", config_dict={
+        **TINY, "data_path": data_root, **settings})
     data = prepare_data(config)
     return data, build_trainer(config, model_class, data.train)
 
@@ -23,7 +24,7 @@ def test_lr_factor_is_warmup_times_step_decay():
 
 
 def test_learning_rate_follows_the_schedule_epoch_by_epoch(data_root, in_tmp_cwd):
-    data, trainer = _pipeline("DiffuRec", data_root, epochs=5, eval_step=5, learning_rate=0.01,
+    data, trainer = _pipeline("DiffuRec", data_root, epochs=5, eval_step=5, learning_rate=0.01, diffusion_steps=8,
                               lr_scheduler="step", lr_step_size=2, lr_gamma=0.5, lr_warmup_epochs=2)
     fit_and_test(trainer, data, saved=False)
     expected = [0.01 * lr_factor(epoch, 2, 0.5, 2) for epoch in range(5)]
@@ -90,6 +91,6 @@ def test_test_ranks_are_collected_for_every_test_user(data_root, in_tmp_cwd):
     data, trainer = _pipeline("PreferDiff", data_root, epochs=1)
     result = fit_and_test(trainer, data, saved=False)
     ranks, targets, users = trainer.collected_target_ranks()
-    assert len(ranks) == len(targets) == len(users) == len(set(users.tolist())) == 200
+    assert len(ranks) == len(targets) == len(users) == len(set(users.tolist())) == TINY_USERS
     hit10 = float((ranks < 10).mean())
     assert hit10 == pytest.approx(result["test_result"]["hit@10"], abs=1e-4)
