@@ -76,14 +76,14 @@ def test_geometry_script_measures_a_checkpoint(data_root, tmp_path, monkeypatch,
     import json
 
     from recbole_diffusion.quick_start import run
-    from conftest import FAST
+    from conftest import TINY
 
     monkeypatch.chdir(tmp_path)
-    settings = {**FAST, "data_path": data_root, "epochs": 1}
-    checkpoint = run("DiffuRec-smallinit", "ml-100k-small", config_dict=settings)["saved_model_file"]
+    settings = {**TINY, "data_path": data_root, "epochs": 1}
+    checkpoint = run("DiffuRec-smallinit", "ml-100k-tiny", config_dict=settings)["saved_model_file"]
     overrides = [f"{key}={value}" for key, value in settings.items() if key != "data_path"]
     monkeypatch.setattr(sys, "argv", ["embedding_geometry.py", "--model", "DiffuRec-smallinit", "--dataset",
-                                      "ml-100k-small", "--data_path", data_root, "--checkpoint", checkpoint,
+                                      "ml-100k-tiny", "--data_path", data_root, "--checkpoint", checkpoint,
                                       "--set", *overrides])
     embedding_geometry.main()
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
