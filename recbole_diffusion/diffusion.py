@@ -6,6 +6,9 @@ holds all of the diffusion arithmetic of ``MODELS.md`` ("Shared diffusion core")
 Conventions: timesteps are 0-based, ``t`` in ``0 .. T-1``; ``abar[t] = prod_{s <= t} (1 - beta_s)``, and the
 step "before" ``t = 0`` has ``abar = 1`` (clean data). A reverse step goes from ``t`` to an earlier ``s < t``
 (``s = t - 1`` for plain DDPM, a stride for DDIM or respaced DDPM; ``s = -1`` means "to x0").
+
+Training draws its steps from a timestep sampler: uniform, or loss-aware importance sampling
+(:class:`LossAwareTimestepSampler`) for models that report per-example losses.
 """
 
 import math
@@ -13,9 +16,12 @@ import math
 import torch
 from torch import nn
 
+from recbole_diffusion import distributed
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "trunc_lin", "cosine", "sqrt")
 DDPM_VARIANCES = ("fixed_large", "posterior")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "one_step")
+TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 
 def _betas_from_alpha_bar(alpha_bar, num_steps, max_beta=0.999):
@@ -251,8 +257,10 @@ class GaussianDiffusion(nn.Module):
         """Run the reverse process from ``x_T ~ N(0, I)`` and return the final ``x0``.
 
         ``denoise(x_t, t)`` returns ``x0_hat`` for a whole batch (``t`` is a ``B`` tensor). ``sampler_steps``
-        visits a strided subset of the T steps (all of them when ``None``). ``noise`` (a :class:`KeyedNoise`)
-        makes ``x_T`` and the DDPM noise a function of the rows' keys; without it they come from torch's RNG.
+        visits a strided subset of the T steps (all of them when ``None``). ``sampler="one_step"`` visits only
+        the noisiest step ``T - 1``: one denoiser call, whose ``x0_hat`` is the sample (the step to ``s = -1``
+        lands exactly on it; ``sampler_steps`` is not read). ``noise`` (a :class:`KeyedNoise`) makes ``x_T``
+        and the DDPM noise a function of the rows' keys; without it they come from torch's RNG.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
@@ -263,16 +271,106 @@ class GaussianDiffusion(nn.Module):
             return noise.normal(stream, step, shape[1:]).to(device)
 
         x_t = draw(KeyedNoise.START, self.num_steps)
-        timesteps = sampling_timesteps(self.num_steps, sampler_steps)
+        if sampler == "one_step":
+            timesteps = [self.num_steps - 1]
+        else:
+            timesteps = sampling_timesteps(self.num_steps, sampler_steps)
         for step, next_step in zip(timesteps, timesteps[1:] + [-1]):
             t = torch.full((shape[0],), step, device=device, dtype=torch.long)
             s = torch.full_like(t, next_step)
             x0_hat = denoise(x_t, t)
-            if sampler == "ddim":
-                x_t = self.ddim_step(x0_hat, x_t, t, s)
-            else:
+            if sampler == "ddpm":
                 x_t = self.ddpm_step(x0_hat, x_t, t, s, variance=variance, noise=draw(KeyedNoise.DDPM, step))
+            else:  # ddim; one_step's single step to x0 (abar_s = 1) returns x0_hat itself
+                x_t = self.ddim_step(x0_hat, x_t, t, s)
         return x_t
+
+
+class UniformTimestepSampler(nn.Module):
+    """``t ~ Uniform{0 .. T-1}`` with unit weights; keeps no state."""
+
+    def __init__(self, num_steps):
+        super().__init__()
+        self.num_steps = int(num_steps)
+
+    def sample(self, batch_size, device):
+        """``(t, weights)``: ``B`` steps and the weight of each example's loss (all 1)."""
+        t = torch.randint(0, self.num_steps, (batch_size,), device=device)
+        return t, torch.ones(batch_size, device=device)
+
+    def update(self, t, losses):
+        """Uniform sampling does not depend on the losses."""
+
+
+class LossAwareTimestepSampler(nn.Module):
+    """Importance sampling of the diffusion steps by their recent losses (improved-diffusion's
+    loss-second-moment resampler, Nichol & Dhariwal 2021), for models that report a loss per example.
+
+    Each step keeps a ring buffer of its last ``history`` losses. Until every step has ``history`` of them the
+    steps are drawn uniformly; then ``p_t`` is proportional to ``sqrt(mean(loss_t^2))``, mixed with a uniform
+    share ``u``: ``p = (1 - u) p + u / T`` (every step stays reachable, so its history keeps moving, and no
+    weight exceeds ``1 / u``). Each example's loss is weighted by ``1 / (T p_t)``, which keeps the objective
+    unbiased: ``E_{t ~ p}[L_t / (T p_t)] = (1/T) sum_t L_t``, the uniform-step objective, with less variance.
+
+    The history and the counts are registered buffers, so they are part of the model's ``state_dict``: they
+    are checkpointed and a resumed run continues with the same distribution. Under ``torch.distributed``
+    every process's steps and losses are gathered (in rank order) before each update, so every process keeps
+    the same state.
+    """
+
+    def __init__(self, num_steps, history=10, uniform_share=0.001):
+        super().__init__()
+        if int(history) != history or history < 1:
+            raise ValueError(f"loss_aware_history={history!r}: must be an integer >= 1")
+        if not 0 < uniform_share <= 1:
+            raise ValueError(f"loss_aware_uniform_share={uniform_share!r}: must lie in (0, 1]")
+        self.num_steps, self.history, self.uniform_share = int(num_steps), int(history), float(uniform_share)
+        self.register_buffer("loss_history", torch.zeros(self.num_steps, self.history, dtype=torch.float64))
+        self.register_buffer("loss_counts", torch.zeros(self.num_steps, dtype=torch.long))
+
+    def probabilities(self):
+        """``p_t`` (float64, length T): uniform until every step holds ``history`` losses (or all are 0)."""
+        uniform = torch.full_like(self.loss_history[:, 0], 1.0 / self.num_steps)
+        scale = self.loss_history.pow(2).mean(dim=1).sqrt()
+        total = scale.sum()
+        mixed = (1.0 - self.uniform_share) * scale / total.clamp(min=torch.finfo(total.dtype).tiny) \
+            + self.uniform_share * uniform
+        warmed_up = (self.loss_counts >= self.history).all() & (total > 0)
+        return torch.where(warmed_up, mixed, uniform)
+
+    def sample(self, batch_size, device):
+        """``(t, weights)``: ``B`` steps drawn from :meth:`probabilities` and the weights ``1 / (T p_t)``."""
+        p = self.probabilities().to(device)
+        t = torch.multinomial(p, batch_size, replacement=True)
+        return t, (1.0 / (self.num_steps * p[t])).float()
+
+    @torch.no_grad()
+    def update(self, t, losses):
+        """Append each example's loss (``B``, detached) to its step's history, all processes' examples alike.
+
+        Vectorised over the batch: the examples are grouped by step in arrival order; the j-th new loss of a
+        step goes to slot ``(count + j) mod history`` and only the last ``history`` of a step's new losses are
+        written, so the slots written are distinct and the buffer ends as a sequential ring buffer would.
+        """
+        t, losses = distributed.all_gather_rows(t.long(), losses.detach().to(self.loss_history.dtype))
+        t, order = torch.sort(t, stable=True)
+        losses = losses[order]
+        per_step = torch.bincount(t, minlength=self.num_steps)
+        first = torch.cumsum(per_step, dim=0) - per_step
+        rank = torch.arange(t.numel(), device=t.device) - first[t]
+        keep = rank >= per_step[t] - self.history
+        slot = (self.loss_counts[t] + rank) % self.history
+        self.loss_history[t[keep], slot[keep]] = losses[keep]
+        self.loss_counts += per_step
+
+
+def make_timestep_sampler(name, num_steps, history=10, uniform_share=0.001):
+    """The training-step sampler of config key ``timestep_sampler`` (``uniform`` or ``loss_aware``)."""
+    if name not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"timestep_sampler={name!r}: expected one of {TIMESTEP_SAMPLERS}")
+    if name == "uniform":
+        return UniformTimestepSampler(num_steps)
+    return LossAwareTimestepSampler(num_steps, history, uniform_share)
 
 
 class TimestepEmbedding(nn.Module):

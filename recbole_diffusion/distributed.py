@@ -15,7 +15,8 @@ imports ray. This module is what the runner uses instead; the engine stays PyTor
 * :func:`join_group` (called by ``quick_start.PluginConfig`` where RecBole's ``Config`` would call NCCL) sets the
   device and joins the process group: NCCL when the processes use CUDA devices, gloo on CPUs, ``ddp_backend``
   overrides;
-* :func:`wrap_model`, :func:`gather_unique_rows` and the small collectives serve the trainer layer.
+* :func:`wrap_model`, :func:`gather_unique_rows` and the small collectives serve the trainer layer;
+  :func:`all_gather_rows` serves the loss-aware timestep sampler.
 """
 
 import errno
@@ -271,6 +272,30 @@ def mean_over_ranks(value, device):
     dist.all_reduce(numbers)
     numbers = (numbers / dist.get_world_size()).tolist()
     return tuple(numbers) if isinstance(value, tuple) else numbers[0]
+
+
+def all_gather_rows(*tensors):
+    """Every process's rows of ``tensors`` (one first dimension within a process, any size across them),
+    concatenated in rank order; the tensors themselves outside a process group.
+
+    Tensor collectives on the tensors' device (padded to the longest process's rows), no pickling: the
+    loss-aware timestep sampler calls this at every training step.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensors
+    world_size = dist.get_world_size()
+    size = torch.tensor([tensors[0].size(0)], device=tensors[0].device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(value) for value in sizes]
+    gathered = []
+    for tensor in tensors:
+        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[: tensor.size(0)] = tensor
+        parts = [torch.empty_like(padded) for _ in range(world_size)]
+        dist.all_gather(parts, padded)
+        gathered.append(torch.cat([part[:rows] for part, rows in zip(parts, sizes)]))
+    return tuple(gathered)
 
 
 def gather_unique_rows(rows, indices):

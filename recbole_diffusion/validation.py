@@ -12,7 +12,7 @@ import os
 
 import yaml
 
-from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS
+from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS, TIMESTEP_SAMPLERS
 from recbole_diffusion.trainer import LR_SCHEDULERS
 
 
@@ -130,6 +130,26 @@ def check_guided(config):
                   f"must be smaller than train_batch_size={config['train_batch_size']} (negatives come from the batch)")
 
 
+def check_timestep_sampler(config):
+    """``timestep_sampler`` and, for ``loss_aware``, its history length and uniform share (any model that
+    draws its training steps from :func:`recbole_diffusion.diffusion.make_timestep_sampler`)."""
+    _require_in(config, "timestep_sampler", TIMESTEP_SAMPLERS)
+    if config["timestep_sampler"] == "loss_aware":
+        _require_int(config, "loss_aware_history", 1)
+        _require_range(config, "loss_aware_uniform_share", 0, 1, low_open=True)
+
+
+def check_seqdiffrec(config):
+    """SeqDiffRec."""
+    check_transformer(config)
+    check_diffusion(config)
+    check_timestep_sampler(config)
+    _require_range(config, "mse_weight", 0, float("inf"))
+    _require_range(config, "hidden_dropout_prob", 0, 1, high_open=True)
+    _require_range(config, "embedding_init_std", 0, float("inf"), low_open=True)
+    _refuse_sampled_negatives(config)
+
+
 def _numbers_in(key, value):
     """``(name, number)`` for every float in ``value``, descending into dicts and lists."""
     if isinstance(value, dict):
@@ -240,7 +260,7 @@ def check_trainer(config):
 
 
 MODEL_CHECKS = {"DiffuRec": check_diffurec, "DiffuRecSys": check_diffurec, "DreamRec": check_guided,
-                "PreferDiff": check_guided}
+                "PreferDiff": check_guided, "SeqDiffRec": check_seqdiffrec}
 
 
 def check_model_config(model_name, config):

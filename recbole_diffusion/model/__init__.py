@@ -2,7 +2,8 @@
 
 from recbole_diffusion.model.diffurec import DiffuRec, DiffuRecSys
 from recbole_diffusion.model.dreamrec import DreamRec, PreferDiff
+from recbole_diffusion.model.seqdiffrec import SeqDiffRec
 
-MODELS = {model.__name__: model for model in (DiffuRec, DiffuRecSys, DreamRec, PreferDiff)}
+MODELS = {model.__name__: model for model in (DiffuRec, DiffuRecSys, DreamRec, PreferDiff, SeqDiffRec)}
 
-__all__ = ["MODELS", "DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff"]
+__all__ = ["MODELS", "DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "SeqDiffRec"]
