@@ -202,6 +202,17 @@ def save_checkpoint(payload, path):
     os.replace(temporary, path)
 
 
+def write_json(path, record):
+    """Write ``record`` as JSON atomically, like :func:`save_checkpoint`: a killed writer never leaves a
+    half-written record behind (the comparison's and the tuner's per-run records)."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
 def load_checkpoint(path, map_location="cpu", trust_pickled=False):
     """Read a checkpoint written by :func:`save_checkpoint` without running any code from the file.
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from recbole_diffusion import distributed
+from recbole_diffusion.checkpoint import write_json
 from recbole_diffusion.evaluation import MAIN_METRIC, METRICS, group_metrics
 
 DEFAULT_SEED = 2020
@@ -93,14 +94,6 @@ def run_settings(dataset, config_files, overrides):
             "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
 
 
-def _write_json(path, record):
-    """Write atomically, so a killed comparison never leaves a half-written run behind."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1, default=str)
-    os.replace(tmp, path)
-
-
 def _trial(model, dataset, seed, config_files, overrides, output, threads=None, keep_checkpoint=False):
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
     if threads:
@@ -129,7 +122,7 @@ def _trial(model, dataset, seed, config_files, overrides, output, threads=None, 
     record["settings"] = run_settings(dataset, config_files, overrides)
     record["wall_seconds"] = time.perf_counter() - start
     record["torch_threads"] = torch.get_num_threads()
-    _write_json(path, record)
+    write_json(path, record)
 
 
 def _trial_rank(local_rank, model, dataset, config_files, config_dict, seed, keep_checkpoint):
@@ -193,7 +186,7 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
             finally:
                 os.chdir(cwd)
         if not os.path.isfile(path):
-            _write_json(path, {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
+            write_json(path, {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                                "settings": settings,
                                "error": f"the run ended without a record (exit code {exit_code})"})
         with open(path, encoding="utf-8") as handle:

@@ -130,6 +130,19 @@ def _read_yaml_keys(path):
         return set((yaml.safe_load(handle) or {}).keys())
 
 
+def config_file_values(path):
+    """A user's YAML file as RecBole's ``Config`` reads it (its loader makes ``1e-3`` a float, not a string).
+
+    RecBole's loader builder and converter below use nothing of the instance they are methods of."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.load(handle.read(), Loader=Config._build_yaml_loader(None)) or {}
+
+
+def override_values(config_dict):
+    """``--key=value`` strings as RecBole's ``Config`` converts them (numbers, lists, dicts, booleans)."""
+    return Config._convert_config_dict(None, dict(config_dict))
+
+
 def known_config_keys(model_name, dataset):
     """Every key that RecBole's defaults, RecBole's or this package's model and dataset YAMLs define."""
     keys = set(RECBOLE_RUNTIME_KEYS)
@@ -333,13 +346,15 @@ def best_epoch(trainer):
     return None
 
 
-def fit_and_test(trainer, data, saved=True, resume_from=None):
+def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=None):
     """Train with early stopping on validation, then evaluate the best checkpoint on the test split.
 
     ``resume_from``: a "last" checkpoint to continue (exactly: same batches, same noise, same metrics).
+    ``epoch_callback(epoch, valid_score)``: called after each validation (RecBole's ``callback_fn``); an exception
+    it raises ends training and propagates (the tuner's pruning).
     Returns RecBole's result dict (metrics as plain floats) plus ``saved_model_file``, ``last_checkpoint_file``,
-    ``best_epoch``, ``log_file`` and ``test_seconds``; the trainer keeps the per-epoch records and the test
-    users' target ranks (:class:`recbole_diffusion.trainer.PluginTrainerMixin`).
+    ``best_epoch``, ``epochs_trained`` (in this process), ``log_file`` and ``test_seconds``; the trainer keeps the
+    per-epoch records and the test users' target ranks (:class:`recbole_diffusion.trainer.PluginTrainerMixin`).
     """
     config, logger = trainer.config, getLogger()
     if resume_from:
@@ -347,7 +362,7 @@ def fit_and_test(trainer, data, saved=True, resume_from=None):
     elif config["resume"]:
         logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
     best_valid_score, best_valid_result = trainer.fit(
-        data.train, data.valid, saved=saved, show_progress=config["show_progress"]
+        data.train, data.valid, saved=saved, show_progress=config["show_progress"], callback_fn=epoch_callback
     )
     trainer.collect_target_ranks = True
     start = time.perf_counter()
@@ -362,6 +377,7 @@ def fit_and_test(trainer, data, saved=True, resume_from=None):
         "best_valid_result": checkpoint.plain(best_valid_result),
         "test_result": checkpoint.plain(test_result),
         "best_epoch": best_epoch(trainer),
+        "epochs_trained": len(trainer.epoch_seconds),
         "saved_model_file": trainer.saved_model_file if saved else None,
         "last_checkpoint_file": trainer.last_checkpoint_file if saved and trainer.checkpoint_every else None,
         "log_file": _log_file(),
@@ -369,13 +385,14 @@ def fit_and_test(trainer, data, saved=True, resume_from=None):
     }
 
 
-def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, epoch_callback=None):
     """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
 
     Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` (plain floats),
-    ``best_epoch``, ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``),
+    ``best_epoch``, ``epochs_trained``, ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``),
     ``last_checkpoint_file`` (what ``resume: True`` continues from), ``log_file`` and ``test_seconds``.
     With ``resume: True`` in the configuration a killed run continues where its last checkpoint stopped.
+    ``epoch_callback(epoch, valid_score)`` runs after each validation (single-process runs only).
 
     ``nproc`` > 1 (or ``world_size`` > 1) spawns the processes after every check passed and returns rank 0's
     result here. Started by torchrun or a scheduler (``RANK`` / ``WORLD_SIZE`` set), this process is one rank
@@ -394,7 +411,9 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         resume_from = resume_file(config)
         data = prepare_data(config)
         trainer = build_trainer(config, model_class, data.train)
-        return fit_and_test(trainer, data, saved=saved, resume_from=resume_from)
+        return fit_and_test(trainer, data, saved=saved, resume_from=resume_from, epoch_callback=epoch_callback)
+    if epoch_callback is not None:
+        raise ValueError("an epoch callback (the tuner's pruning) needs a single-process run: nproc / world_size 1")
     worker_dict = spawn_settings(config, config_dict, launch)
     resume_file(config)
     summary = data_checks.check_interaction_files(config)

@@ -1,0 +1,244 @@
+"""The hyper-parameter search: .hyper parsing, outputs, reproduction, resume after a kill, failures, pruning."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+
+from recbole_diffusion import tune
+from recbole_diffusion.quick_start import known_config_keys, properties_file, run
+
+from conftest import TINY
+
+FIXED = {**TINY, "epochs": 2, "eval_step": 1, "stopping_step": 10, "diffusion_steps": 4, "eval_batch_size": 256}
+SEARCH_OPTIONS = {"threads": 1, "prune_startup_trials": 1, "prune_warmup_epochs": 0}
+
+
+def write_space(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def read_trials(directory):
+    with open(os.path.join(directory, "trials.csv"), encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----- .hyper files -------------------------------------------------------------------------------------------
+
+def test_recbole_repository_hyper_file_parses_with_the_same_meaning(tmp_path):
+    """The example of RecBole's repository (hyper.test): natural-log bounds, and list choices written as text."""
+    path = write_space(tmp_path / "hyper.test", "learning_rate loguniform -8,0\n"
+                                                "embedding_size choice [64,96,128]\n"
+                                                "mlp_hidden_size choice ['[64,64,64]','[128,128]']\n")
+    space = tune.read_space(path)
+    lr = space["learning_rate"].distribution
+    assert lr.log and math.isclose(lr.low, math.exp(-8)) and math.isclose(lr.high, 1.0)
+    assert space["embedding_size"].distribution.choices == (64, 96, 128)
+    assert space["mlp_hidden_size"].distribution.choices == ("[64,64,64]", "[128,128]")
+
+
+def test_hyper_kinds_spaces_in_values_and_comments(tmp_path):
+    path = write_space(tmp_path / "s.hyper", "# a comment line\n\n"
+                                             "dropout uniform 0.1, 0.5\n"
+                                             "hidden_size quniform 32,128,32\n"
+                                             "lambda_uncertainty quniform 0.0,0.01,0.005\n"
+                                             "mlp choice [[64, 64], [128]]\n")
+    space = tune.read_space(path)
+    assert (space["dropout"].distribution.low, space["dropout"].distribution.high) == (0.1, 0.5)
+    hidden = space["hidden_size"].distribution
+    assert isinstance(hidden, optuna.distributions.IntDistribution) and (hidden.low, hidden.high, hidden.step) == (
+        32, 128, 32)
+    assert isinstance(space["lambda_uncertainty"].distribution, optuna.distributions.FloatDistribution)
+    mlp = space["mlp"]  # lists Optuna cannot store as choices travel as labels and come back as lists
+    assert mlp.distribution.choices == ("[64, 64]", "[128]")
+    assert tune.decoded_params({"mlp": "[64, 64]", "dropout": 0.2}, space) == {"mlp": [64, 64], "dropout": 0.2}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("lr normal 0,1", "unknown kind 'normal'"),
+    ("lr uniform 1,0", "low < high"),
+    ("lr uniform 0,x", "not a number"),
+    ("lr quniform 0,10", "3 comma-separated"),
+    ("size choice __import__('os').getcwd()", "not a Python literal list"),
+    ("size choice []", "non-empty list"),
+    ("size choice [1,1]", "repeat"),
+    ("size choice", "expected 'key kind values'"),
+])
+def test_bad_hyper_lines_are_refused_with_file_and_line(tmp_path, line, message):
+    path = write_space(tmp_path / "bad.hyper", f"# header\n{line}\n")
+    with pytest.raises(ValueError, match=message) as error:
+        tune.read_space(path)
+    assert f"{path}:2" in str(error.value)
+
+
+@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff"])
+def test_shipped_search_spaces_parse_and_name_keys_the_model_uses(model):
+    space = tune.read_space(properties_file("hyper", f"{model}.hyper"))
+    assert set(space) <= known_config_keys(model, "ml-100k")
+    assert tune.default_space_file(f"{model}") == properties_file("hyper", f"{model}.hyper")
+
+
+def test_bad_searches_are_refused_before_anything_is_written(data_root, tmp_path):
+    space = write_space(tmp_path / "s.hyper", "learning_rate loguniform -7,-4\n")
+    study = tmp_path / "study"
+    common = dict(space_file=space, directory=str(study))
+    overrides = {**FIXED, "data_path": data_root}
+    with pytest.raises(ValueError, match="both fixed"):
+        tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**overrides, "learning_rate": 0.01}, **common)
+    typo = write_space(tmp_path / "typo.hyper", "learning_rat loguniform -7,-4\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        tune.prepare_search("DiffuRec", "ml-100k-tiny", [], overrides, space_file=typo, directory=str(study))
+    with pytest.raises(ValueError, match="grid needs a space of choices"):
+        tune.prepare_search("DiffuRec", "ml-100k-tiny", [], overrides, sampler="grid", **common)
+    with pytest.raises(FileNotFoundError):
+        tune.prepare_search("DiffuRec", "no-such-dataset", [], overrides, **common)
+    assert not study.exists()
+
+
+# ----- a search -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_search(data_root, tmp_path_factory):
+    """A 3-trial DiffuRec search on the tiny slice, its best two configurations confirmed with one more seed."""
+    folder = tmp_path_factory.mktemp("search")
+    space = write_space(folder / "space.hyper", "learning_rate loguniform -7,-3\nemb_dropout_prob choice [0.1,0.5]\n")
+    search = tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**FIXED, "data_path": data_root},
+                                 space_file=space, directory=str(folder / "study"), trials=3, pruner="none",
+                                 confirm_seeds=1, confirm_top=2, **SEARCH_OPTIONS)
+    study = tune.run_search(search)
+    return search, study
+
+
+def test_a_search_writes_every_output(finished_search):
+    search, study = finished_search
+    for name in ("trials.csv", "best.yaml", "summary.md", "history.png", "confirm.csv", "study.db"):
+        assert os.path.isfile(os.path.join(search.directory, name)), name
+    rows = read_trials(search.directory)
+    assert [row["state"] for row in rows] == ["COMPLETE"] * 3
+    for row, trial in zip(rows, study.trials):
+        assert float(row["best_valid_ndcg@10"]) == pytest.approx(trial.value)
+        assert float(row["test_ndcg@10"]) == pytest.approx(trial.user_attrs["test"]["ndcg@10"])
+        assert row["epochs"] == "2" and float(row["seconds"]) > 0
+    summary = open(os.path.join(search.directory, "summary.md"), encoding="utf-8").read()
+    assert "--config_files=" + os.path.join(search.directory, "best.yaml") in summary
+    assert "Confirmation with 1 other seeds" in summary
+    with open(os.path.join(search.directory, "confirm.csv"), encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 2
+
+
+def test_the_choice_ignores_test_metrics_and_follows_the_confirmation(finished_search):
+    search, study = finished_search
+    with open(os.path.join(search.directory, "confirm.csv"), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = max(rows, key=lambda row: float(row["mean_valid_ndcg@10"]))
+    header = open(os.path.join(search.directory, "best.yaml"), encoding="utf-8").readline()
+    assert f"trial {chosen['trial']}," in header
+
+
+def test_best_yaml_reproduces_the_chosen_trial(finished_search, in_tmp_cwd):
+    search, study = finished_search
+    path = os.path.join(search.directory, "best.yaml")
+    header = open(path, encoding="utf-8").readline()
+    number = int(header.split("trial ")[1].split(",")[0])
+    settings = yaml.safe_load(open(path, encoding="utf-8"))
+    assert settings["seed"] == search.seed and set(search.space) <= set(settings)
+    result = run("DiffuRec", "ml-100k-tiny", config_file_list=[path], config_dict={"checkpoint_dir": str(in_tmp_cwd)})
+    assert result["best_valid_score"] == pytest.approx(study.trials[number].value, abs=1e-12)
+    assert result["test_result"] == pytest.approx(study.trials[number].user_attrs["test"], abs=1e-12)
+
+
+def test_a_rerun_is_a_no_op_and_another_search_is_refused(finished_search, data_root, capsys):
+    search, study = finished_search
+    again = tune.run_search(search)
+    assert len(again.trials) == 3
+    assert "3 trial(s) finished" in capsys.readouterr().out
+    other = search._replace(fixed={**search.fixed, "learning_rate": 0.5}, space={})
+    with pytest.raises(ValueError, match=r"fixed learning_rate: '<absent>' then, 0.5 now"):
+        tune.run_search(other)
+    with tune.study_lock(search.directory):
+        with pytest.raises(ValueError, match="another search is running"):
+            tune.run_search(search)
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(data_root, tmp_path):
+    space = write_space(tmp_path / "s.hyper", "n_heads choice [2,3]\n")  # hidden 16 is not divisible by 3
+    overrides = {key: value for key, value in FIXED.items() if key != "n_heads"}
+    search = tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**overrides, "data_path": data_root, "epochs": 1},
+                                 space_file=space, directory=str(tmp_path / "study"), trials=2, sampler="grid",
+                                 pruner="none", **SEARCH_OPTIONS)
+    tune.run_search(search)
+    rows = {row["n_heads"]: row for row in read_trials(search.directory)}
+    assert rows["3"]["state"] == "FAIL" and "divisible" in rows["3"]["error"]
+    assert rows["2"]["state"] == "COMPLETE"
+    assert "n_heads" in open(os.path.join(search.directory, "best.yaml"), encoding="utf-8").read()
+
+
+def test_pruning_stops_a_trial_that_is_forced_to_be_bad(data_root, tmp_path):
+    """Two trials that learn, then one whose learning rate leaves the model at its initialisation."""
+    space = write_space(tmp_path / "s.hyper", "learning_rate loguniform -16,-3\n")
+    sasrec = {key: value for key, value in FIXED.items() if key != "diffusion_steps"}
+    search = tune.prepare_search("SASRec", "ml-100k-tiny", [], {**sasrec, "epochs": 3, "data_path": data_root},
+                                 space_file=space, directory=str(tmp_path / "study"), trials=3,
+                                 prune_startup_trials=2, prune_warmup_epochs=0, threads=1)
+    os.makedirs(search.directory)
+    study = tune.open_study(search)
+    for rate in (0.02, 0.03, 2e-7):
+        study.enqueue_trial({"learning_rate": rate})
+    tune.run_search(search)
+    states = [row["state"] for row in read_trials(search.directory)]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    bad = optuna.load_study(study_name=tune.STUDY_NAME, storage=search.storage_url).trials[2]
+    assert bad.user_attrs["epochs"] < 3 and len(bad.intermediate_values) == bad.user_attrs["epochs"]
+
+
+# ----- a killed search ----------------------------------------------------------------------------------------
+
+def test_a_killed_search_resumes_without_repeating_finished_trials(data_root, tmp_path):
+    space = write_space(tmp_path / "s.hyper", "learning_rate loguniform -7,-3\n")
+    study_dir = str(tmp_path / "study")
+    cli = ["--model", "DiffuRec", "--dataset", "ml-100k-tiny", "--space", space, "--study", study_dir, "--trials",
+           "2", "--pruner", "none", "--threads", "1", f"--data_path={data_root}"]
+    cli += [f"--{key}={value}" for key, value in FIXED.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    search = subprocess.Popen([sys.executable, "-m", "recbole_diffusion.tune", *cli], env=env, cwd=str(tmp_path),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first_record = os.path.join(study_dir, "work", "trial-0", "record.json")
+    second_log = os.path.join(study_dir, "work", "trial-1", "output.log")
+    deadline = time.time() + 240
+    while not os.path.isfile(second_log) and search.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert os.path.isfile(second_log), "the search never started its second trial"
+    search.kill()  # SIGKILL: no handler runs; trial 1 stays "running" in the study
+    search.wait()
+    first_written = os.path.getmtime(first_record)
+    deadline = time.time() + 10
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", study_dir], capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", study_dir], capture_output=True).returncode != 0, "an orphan trial runs on"
+    stranded = optuna.load_study(study_name=tune.STUDY_NAME, storage=f"sqlite:///{study_dir}/study.db")
+    assert [t.state.name for t in stranded.trials] == ["COMPLETE", "RUNNING"]
+
+    done = subprocess.run([sys.executable, "-m", "recbole_diffusion.tune", *cli], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 trial(s) finished, 1 interrupted one(s) to rerun" in done.stdout
+    assert os.path.getmtime(first_record) == first_written  # trial 0 was not run again
+    trials = optuna.load_study(study_name=tune.STUDY_NAME, storage=f"sqlite:///{study_dir}/study.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].params == trials[1].params
+    assert len(done.stdout.strip().splitlines()) == 3  # the resume note, one line for the trial, the best
+    assert json.loads(open(os.path.join(study_dir, "work", "trial-2", "record.json")).read())["state"] == "COMPLETE"
+
+
+def test_cli_refuses_bad_options_with_status_2(capsys):
+    assert tune.main(["--model", "DiffuRec", "--sampler", "bayes"]) == 2
+    assert "--sampler 'bayes'" in capsys.readouterr().err
+
