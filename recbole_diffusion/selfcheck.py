@@ -8,9 +8,10 @@ On the first ``--users`` users of the ml-100k copy inside the ``recbole`` packag
 histories of 10), each model of this package and each variant, plus RecBole's SASRec, trains for one epoch
 through the runner's pipeline and is evaluated on the test split. For every model it then checks that a fresh
 model loaded from the checkpoint gives the very same test metrics, that the comparison's per-user ranks
-reproduce RecBole's metrics, and, for the four diffusion models, that every sampler runs (all-step DDPM,
-strided DDPM, DDIM, a 2-run ensemble). On CUDA, one more epoch per diffusion model runs with RecBole's
-``enable_amp``. One line per check (PASS / FAIL, seconds); the exit status is 1 if any check failed.
+reproduce RecBole's metrics, and, for the five diffusion models, that every sampler runs (all-step DDPM,
+strided DDPM, DDIM, a 2-run ensemble; SeqDiffRec's own evaluation is the one-step sampler). On CUDA, one more
+epoch per diffusion model runs with RecBole's ``enable_amp``. One line per check (PASS / FAIL, seconds); the exit
+status is 1 if any check failed.
 The sizes are not the presets' (``-paper`` variants included): this checks code paths and devices, not quality.
 """
 
@@ -40,9 +41,11 @@ SAMPLERS = {"ddpm, all steps": {"sampler": "ddpm", "ddpm_steps": None},
             "ddim, 4 steps": {"sampler": "ddim", "ddim_steps": 4},
             "ensemble of 2 ddim runs": {"sampler": "ddim", "ddim_steps": 4, "n_ensemble": 2}}
 RECBOLE_BASELINE = "SASRec"
-# T = 200 instead of 2000 for the guided models keeps their all-step DDPM evaluations short; every code path
-# (DDPM over all steps, strided DDPM, DDIM with 20 strides) is the same at any T.
-TINY_PER_MODEL = {"DreamRec": {"diffusion_steps": 200}, "PreferDiff": {"diffusion_steps": 200}}
+# T = 200 instead of 2000 (1000 for SeqDiffRec) keeps the all-step DDPM evaluations short; every code path
+# (DDPM over all steps, strided DDPM, DDIM with 20 strides, one step) is the same at any T. SeqDiffRec's one-step
+# start needs x_{T-1} to be noise, which the linear schedule does not give at T = 200; cosine does.
+TINY_PER_MODEL = {"DreamRec": {"diffusion_steps": 200}, "PreferDiff": {"diffusion_steps": 200},
+                  "SeqDiffRec": {"diffusion_steps": 200, "beta_schedule": "cosine"}}
 
 
 class Report:

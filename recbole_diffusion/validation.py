@@ -10,9 +10,10 @@ value never leaves a half-written log or checkpoint. The data files are checked 
 import math
 import os
 
+import torch
 import yaml
 
-from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS, TIMESTEP_SAMPLERS
+from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS, TIMESTEP_SAMPLERS, make_betas
 from recbole_diffusion.trainer import LR_SCHEDULERS
 
 
@@ -81,6 +82,22 @@ def check_diffusion(config):
             if sampler_steps > steps:
                 _fail(key, sampler_steps, f"must be between 1 and diffusion_steps={steps}")
     _require_int(config, "n_ensemble", 1)
+    if config["sampler"] == "one_step":
+        _check_noisiest_step_is_noise(config)
+
+
+# The one-step sampler starts from N(0, I) at t = T-1: there abar must leave at most this much of the signal.
+ONE_STEP_MAX_ALPHA_BAR = 0.01
+
+
+def _check_noisiest_step_is_noise(config):
+    betas = make_betas(config["beta_schedule"], config["diffusion_steps"])
+    alpha_bar = float(torch.prod(1.0 - betas))
+    if alpha_bar > ONE_STEP_MAX_ALPHA_BAR:
+        _fail("sampler", "one_step",
+              f"predicts x0 from N(0, I) at t = T-1, but beta_schedule={config['beta_schedule']!r} with "
+              f"diffusion_steps={config['diffusion_steps']} keeps abar = {alpha_bar:.3g} of the signal there (at "
+              f"most {ONE_STEP_MAX_ALPHA_BAR}); use more diffusion_steps or beta_schedule: cosine")
 
 
 def check_diffurec(config):

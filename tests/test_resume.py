@@ -128,16 +128,21 @@ def test_resuming_a_finished_run_only_evaluates(data_root, tmp_path, in_tmp_cwd)
     assert comparable(again) == comparable(first)
 
 
-@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "DiffRec"])
+# Per model: RecBole's DiffRec keeps 2 losses per step; SeqDiffRec's one-step sampler needs x_{T-1} to be noise at
+# T = 8 (cosine), and its loss-aware sampler leaves the uniform warm-up within the first epoch.
+EXTEND_SETTINGS = {"DiffRec": {"history_num_per_term": 2}, "SeqDiffRec": {"beta_schedule": "cosine"}}
+
+
+@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "SeqDiffRec", "DiffRec"])
 def test_every_model_extends_a_finished_run_exactly(model, data_root, tmp_path, in_tmp_cwd, one_thread):
     """Raising ``epochs`` and resuming continues a finished run as if it had been asked for more epochs.
 
     RecBole's DiffRec keeps its loss history per step outside its ``state_dict``: it is carried over too.
+    SeqDiffRec keeps its loss-aware sampler's history in buffers of its ``state_dict``.
     """
     def settings(folder, **extra):
-        recbole_diffrec = {"history_num_per_term": 2} if model == "DiffRec" else {}
         return {**SETTINGS, "data_path": data_root, "checkpoint_dir": str(tmp_path / folder), "epochs": 3,
-                "train_batch_size": 256, **recbole_diffrec, **extra}
+                "train_batch_size": 256, **EXTEND_SETTINGS.get(model, {}), **extra}
 
     def trainer_and_data(**extra):  # fresh data each time: the training loader's shuffle generator is state too
         config, model_class = build_config(model, "successor", config_dict=settings(**extra))
@@ -156,6 +161,10 @@ def test_every_model_extends_a_finished_run_exactly(model, data_root, tmp_path, 
     if model == "DiffRec":
         assert int(extended.model.Lt_count.sum()) > 0 and torch.equal(extended.model.Lt_history,
                                                                        reference.model.Lt_history)
+    if model == "SeqDiffRec":
+        sampler = extended.model.timestep_sampler
+        assert int(short.model.timestep_sampler.loss_counts.min()) >= sampler.history  # warm when it was saved
+        assert torch.equal(sampler.loss_history, reference.model.timestep_sampler.loss_history)
 
 
 def test_resume_refuses_another_configuration_naming_the_keys(data_root, tmp_path, in_tmp_cwd):

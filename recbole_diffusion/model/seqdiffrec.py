@@ -65,9 +65,9 @@ class SeqDiffRec(DiffusionRecommender):
         super().__init__(config, dataset)
         self.mse_weight = config["mse_weight"]
 
-        self.item_embedding = embedding_table(self.n_items, self.hidden_size, config["embedding_init_std"], padding_idx=0)
-        self.position_embedding = embedding_table(self.max_seq_length + 1, self.hidden_size,
-                                                  config["embedding_init_std"])
+        init_std = config["embedding_init_std"]
+        self.item_embedding = embedding_table(self.n_items, self.hidden_size, init_std, padding_idx=0)
+        self.position_embedding = embedding_table(self.max_seq_length + 1, self.hidden_size, init_std)
         self.embedding_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.encoder = TransformerStack(self.hidden_size, config["n_layers"], config["n_heads"],
                                         config["inner_size"], config["hidden_dropout_prob"])
@@ -100,5 +100,5 @@ class SeqDiffRec(DiffusionRecommender):
                               self.diffusion.q_sample(x0, t), t)
         mse = (x0_hat - x0).pow(2).mean(dim=-1)
         cross_entropy = F.cross_entropy(x0_hat @ self.item_embedding.weight.t(), target, reduction="none")
-        self.timestep_sampler.update(t, mse)
+        self.timestep_sampler.update(t, mse.detach())
         return (weights * (self.mse_weight * mse + cross_entropy)).mean()
