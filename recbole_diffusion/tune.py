@@ -186,6 +186,7 @@ class Search(NamedTuple):
     seed: int
     metric: str          # RecBole's result key of valid_metric, e.g. "ndcg@10"
     maximize: bool
+    defaults: dict       # the searched keys' values without the search (YAMLs + fixed), run first when asked
 
     @property
     def identity(self):
@@ -208,8 +209,11 @@ def default_space_file(model):
 
 def prepare_search(model, dataset, config_files, overrides, space_file=None, directory=None, trials=20,
                    timeout=None, sampler="tpe", pruner="median", prune_startup_trials=3, prune_warmup_epochs=2,
-                   confirm_seeds=0, confirm_top=3, threads=None):
+                   confirm_seeds=0, confirm_top=3, threads=None, start_from_defaults=False):
     """Check the search (space, fixed configuration, data) before anything is written; returns a :class:`Search`.
+
+    ``start_from_defaults``: the first trial of a new study runs the searched keys' values the runner would use
+    (the YAMLs' and the fixed keys'), so the summary can say what the search gained over them.
 
     Raises ``ValueError`` / ``FileNotFoundError`` naming what is wrong.
     """
@@ -253,6 +257,14 @@ def prepare_search(model, dataset, config_files, overrides, space_file=None, dir
     if int(config["nproc"] or 1) > 1 or int(config["world_size"] or 1) > 1:
         raise ValueError("the tuner runs each trial in one process: leave nproc / world_size at 1")
     fixed.setdefault("seed", int(config["seed"]))
+    defaults = {}
+    if start_from_defaults:
+        for name, param in space.items():
+            value = config[name]
+            if not _in_space(value, param):
+                raise ValueError(f"--start_from_defaults: {name}'s default {value!r} is outside the space "
+                                 f"({param.kind} {param.text})")
+            defaults[name] = repr(value) if repr(value) in param.labels else value
     return Search(model=model or quick_start.DEFAULT_MODEL, dataset=dataset, config_files=config_files,
                   overrides=overrides, fixed=fixed, space=space,
                   directory=os.path.abspath(directory or os.path.join("studies", f"{model}-{dataset}")),
@@ -260,7 +272,14 @@ def prepare_search(model, dataset, config_files, overrides, space_file=None, dir
                   prune_startup_trials=int(prune_startup_trials), prune_warmup_epochs=int(prune_warmup_epochs),
                   confirm_seeds=int(confirm_seeds), confirm_top=int(confirm_top), threads=threads,
                   seed=int(config["seed"]), metric=config["valid_metric"].lower(),
-                  maximize=bool(config["valid_metric_bigger"]))
+                  maximize=bool(config["valid_metric_bigger"]), defaults=defaults)
+
+
+def _in_space(value, param):
+    if param.kind == "choice":
+        return value in param.distribution.choices or repr(value) in param.labels
+    distribution = param.distribution
+    return isinstance(value, (int, float)) and distribution.low <= value <= distribution.high
 
 
 # ----- the study ----------------------------------------------------------------------------------------------
@@ -616,6 +635,19 @@ def write_summary(study, search, chosen, confirmation, path):
                   f"validation {search.metric} {chosen.value:.4f}. Reproduce it:", "", "```bash",
                   reproduce_command(search), "```", ""]
     names = list(search.space)
+    defaults = [t for t in trials if t.user_attrs.get("defaults")]
+    if defaults and chosen is not None:
+        base = defaults[0]
+        if base.state == TrialState.COMPLETE:
+            change = (chosen.value - base.value) / base.value * 100 if base.value else float("nan")
+            lines += [f"Against the defaults (trial {base.number}: "
+                      + ", ".join(f"{n}={_format_value(v)}" for n, v in base.params.items())
+                      + f"): validation {search.metric} {base.value:.4f}, chosen {chosen.value:.4f} "
+                      f"({change:+.1f} %); test {search.metric} {base.user_attrs['test'].get(search.metric, 0):.4f}"
+                      f" vs {chosen.user_attrs['test'].get(search.metric, 0):.4f} (recorded, not used to choose).",
+                      ""]
+        else:
+            lines += [f"The defaults' trial {base.number} did not complete ({base.state.name}).", ""]
     if complete:
         test_key = search.metric if search.metric in complete[0].user_attrs.get("test", {}) else None
         lines += [f"## Top {min(TOP_TRIALS_SHOWN, len(complete))} trials", "",
@@ -743,6 +775,8 @@ def run_search(search):
     with study_lock(search.directory):
         study = open_study(search)
         queued = recover_interrupted(study)
+        if search.defaults and not study.trials:
+            study.enqueue_trial(search.defaults, user_attrs={"defaults": True})
         done = len(finished_trials(study))
         remaining = max(0, search.trials - done)
         if done or queued:
@@ -792,6 +826,9 @@ def parse_args(argv=None):
                         help="rerun the best configurations with N other seeds and choose on the mean")
     parser.add_argument("--confirm_top", type=int, default=3, help="configurations to confirm (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per trial (default: torch's)")
+    parser.add_argument("--start_from_defaults", action="store_true",
+                        help="a new study's first trial runs the searched keys' default values (YAMLs and fixed "
+                             "keys), so the summary compares the best trial with them")
     args, rest = parser.parse_known_args(argv)
     overrides, index = {}, 0
     while index < len(rest):
@@ -819,7 +856,8 @@ def main(argv=None):
                                 sampler=args.sampler, pruner=args.pruner,
                                 prune_startup_trials=args.prune_startup_trials,
                                 prune_warmup_epochs=args.prune_warmup_epochs, confirm_seeds=args.confirm_seeds,
-                                confirm_top=args.confirm_top, threads=args.threads)
+                                confirm_top=args.confirm_top, threads=args.threads,
+                                start_from_defaults=args.start_from_defaults)
         run_search(search)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -107,12 +107,14 @@ def test_bad_searches_are_refused_before_anything_is_written(data_root, tmp_path
 
 @pytest.fixture(scope="module")
 def finished_search(data_root, tmp_path_factory):
-    """A 3-trial DiffuRec search on the tiny slice, its best two configurations confirmed with one more seed."""
+    """A 3-trial DiffuRec search on the tiny slice starting from the defaults, its best two configurations
+    confirmed with one more seed."""
     folder = tmp_path_factory.mktemp("search")
-    space = write_space(folder / "space.hyper", "learning_rate loguniform -7,-3\nemb_dropout_prob choice [0.1,0.5]\n")
+    space = write_space(folder / "space.hyper",
+                        "learning_rate loguniform -7,-3\nemb_dropout_prob choice [0.1,0.3,0.5]\n")
     search = tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**FIXED, "data_path": data_root},
                                  space_file=space, directory=str(folder / "study"), trials=3, pruner="none",
-                                 confirm_seeds=1, confirm_top=2, **SEARCH_OPTIONS)
+                                 confirm_seeds=1, confirm_top=2, start_from_defaults=True, **SEARCH_OPTIONS)
     study = tune.run_search(search)
     return search, study
 
@@ -132,6 +134,23 @@ def test_a_search_writes_every_output(finished_search):
     assert "Confirmation with 1 other seeds" in summary
     with open(os.path.join(search.directory, "confirm.csv"), encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 2
+
+
+def test_the_first_trial_runs_the_defaults_and_the_summary_compares_with_them(finished_search):
+    search, study = finished_search
+    assert study.trials[0].params == {"learning_rate": 0.001, "emb_dropout_prob": 0.3}  # DiffuRec.yaml's values
+    assert study.trials[0].user_attrs["defaults"] is True
+    summary = open(os.path.join(search.directory, "summary.md"), encoding="utf-8").read()
+    assert f"Against the defaults (trial 0: learning_rate=0.001, emb_dropout_prob=0.3): validation ndcg@10 " \
+           f"{study.trials[0].value:.4f}" in summary
+
+
+def test_defaults_outside_the_space_are_refused(data_root, tmp_path):
+    space = write_space(tmp_path / "s.hyper", "n_heads choice [2,3]\n")
+    overrides = {key: value for key, value in FIXED.items() if key != "n_heads"}
+    with pytest.raises(ValueError, match="n_heads's default 4 is outside the space"):
+        tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**overrides, "data_path": data_root}, space_file=space,
+                            directory=str(tmp_path / "study"), start_from_defaults=True)
 
 
 def test_the_choice_ignores_test_metrics_and_follows_the_confirmation(finished_search):
