@@ -79,7 +79,7 @@ def test_bad_hyper_lines_are_refused_with_file_and_line(tmp_path, line, message)
     assert f"{path}:2" in str(error.value)
 
 
-@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff"])
+@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "SeqDiffRec"])
 def test_shipped_search_spaces_parse_and_name_keys_the_model_uses(model):
     space = tune.read_space(properties_file("hyper", f"{model}.hyper"))
     assert set(space) <= known_config_keys(model, "ml-100k")
@@ -188,9 +188,11 @@ def test_a_rerun_is_a_no_op_and_another_search_is_refused(finished_search, data_
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(data_root, tmp_path):
+    """SeqDiffRec, whose one-call sampler needs a schedule that reaches noise at T 4 (cosine)."""
     space = write_space(tmp_path / "s.hyper", "n_heads choice [2,3]\n")  # hidden 16 is not divisible by 3
     overrides = {key: value for key, value in FIXED.items() if key != "n_heads"}
-    search = tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**overrides, "data_path": data_root, "epochs": 1},
+    overrides.update(data_path=data_root, epochs=1, beta_schedule="cosine")
+    search = tune.prepare_search("SeqDiffRec", "ml-100k-tiny", [], overrides,
                                  space_file=space, directory=str(tmp_path / "study"), trials=2, sampler="grid",
                                  pruner="none", **SEARCH_OPTIONS)
     tune.run_search(search)
