@@ -149,9 +149,18 @@ def read_space(path):
 
 def suggest(trial, space):
     """The trial's values of every searched key, as the configuration receives them."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
     values = {}
     for name, param in space.items():
-        value = trial._suggest(name, param.distribution)
+        distribution = param.distribution
+        if isinstance(distribution, CategoricalDistribution):
+            value = trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            value = trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step)
+        else:
+            value = trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step,
+                                        log=distribution.log)
         values[name] = param.labels.get(value, value) if isinstance(value, str) else value
     return values
 
