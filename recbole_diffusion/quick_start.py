@@ -42,6 +42,7 @@ from recbole.utils import argument_list  # noqa: E402
 from recbole_diffusion.model import MODELS  # noqa: E402
 from recbole_diffusion.trainer import TrainingPreempted, get_trainer  # noqa: E402
 from recbole_diffusion import data_checks  # noqa: E402
+from recbole_diffusion.eval_policy import apply_eval_history_mask  # noqa: E402
 from recbole_diffusion.validation import check_config_file, check_model_config, inter_file_path  # noqa: E402
 
 DEFAULT_MODEL = "DiffuRec"
@@ -274,6 +275,7 @@ def prepare_data(config, summary=None):
     The checks (:mod:`recbole_diffusion.data_checks`) run before the log file exists, so refused data leaves
     nothing behind; RecBole's messages of the loading reach the log afterwards, with the checks' counted notes.
     ``summary``: what ``check_interaction_files`` found, when it already ran (before processes were spawned).
+    The evaluation loaders follow ``eval_history_mask`` (:mod:`recbole_diffusion.eval_policy`).
     """
     init_seed(config["seed"], config["reproducibility"])
     if summary is None:
@@ -287,6 +289,9 @@ def prepare_data(config, summary=None):
         user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
         train_data, valid_data, test_data = data_preparation(config, dataset)
         messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
+        valid_data, test_data, note = apply_eval_history_mask(config, train_data, valid_data, test_data)
+        if note:
+            messages.append((logging.INFO, note))
     init_log(config)
     logger = getLogger()
     logger.info(config)

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from recbole_diffusion.diffusion import BETA_SCHEDULES, DDPM_VARIANCES, SAMPLERS, TIMESTEP_SAMPLERS, make_betas
+from recbole_diffusion.eval_policy import EVAL_HISTORY_MASKS
 from recbole_diffusion.trainer import LR_SCHEDULERS
 
 
@@ -276,6 +277,24 @@ def check_trainer(config):
               "was renamed embedding_init_std (it now sets every embedding table: items and positions)")
 
 
+def check_eval_history_mask(config):
+    """``eval_history_mask`` (:mod:`recbole_diffusion.eval_policy`): a known policy; other than ``auto`` only
+    for a full ranking (a sampled ranking has no history to mask) and, for a sequential model masked with
+    ``all``, on a split RecBole made itself (its prefix rows are where the earlier items are read from)."""
+    policy = config["eval_history_mask"]
+    if policy is None:
+        return
+    _require_in(config, "eval_history_mask", EVAL_HISTORY_MASKS)
+    if policy == "auto":
+        return
+    modes = config["eval_args"]["mode"]
+    if any(mode != "full" for mode in modes.values()):
+        _fail("eval_history_mask", policy, f"needs a full ranking (eval_args mode full, not {modes}); use auto")
+    if policy == "all" and config["MODEL_TYPE"].name == "SEQUENTIAL" and config["benchmark_filename"]:
+        _fail("eval_history_mask", policy, "cannot mask a sequential model's history on pre-split benchmark files "
+              "(benchmark_filename); use auto or none")
+
+
 MODEL_CHECKS = {"DiffuRec": check_diffurec, "DiffuRecSys": check_diffurec, "DreamRec": check_guided,
                 "PreferDiff": check_guided, "SeqDiffRec": check_seqdiffrec}
 
@@ -285,6 +304,7 @@ def check_model_config(model_name, config):
     ``model_name``."""
     check_training_values(config)
     check_trainer(config)
+    check_eval_history_mask(config)
     check = MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)
