@@ -44,9 +44,6 @@ class UserItemIndex:
         counts = np.bincount(keys // item_num, minlength=user_num)
         self.indptr = np.concatenate([[0], np.cumsum(counts)])
 
-    def items_of(self, user):
-        return self.items[self.indptr[user]:self.indptr[user + 1]]
-
     def batch_index(self, users):
         """RecBole's ``history_index``: (row in the batch, item) for every item of every row's user."""
         users = np.asarray(users, dtype=np.int64)
