@@ -93,10 +93,11 @@ class PolicyEvalDataLoader(FullSortEvalDataLoader):
 
 
 def apply_eval_history_mask(config, train_data, valid_data, test_data):
-    """``(valid_data, test_data)`` evaluated under ``config['eval_history_mask']``, with a note for the log.
+    """``(valid_data, test_data, note)``: the evaluation loaders under ``config['eval_history_mask']`` and a
+    line for the log (``None`` when nothing changed).
 
-    ``auto``, ``all`` for a non-sequential model and ``none`` for a sequential one return RecBole's loaders as
-    they are (RecBole already does that). The note is ``None`` when nothing changed.
+    ``auto``, ``all`` for a non-sequential model and ``none`` for a sequential one return RecBole's loaders
+    themselves (RecBole already masks that way). The others are rebuilt from the same datasets and samplers.
     """
     policy = history_mask_policy(config)
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
