@@ -70,6 +70,25 @@ def _gather(values, t, like):
     return padded[t + 1].reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _merged_posterior(abar_t, abar_s):
+    """``(coef1, coef2, variance)`` of ``q(x_s | x_t, x0)`` for the merged step ``alpha = abar_t / abar_s``
+    (float64, any shape): the mean is ``coef1 x0 + coef2 x_t``."""
+    alpha = abar_t / abar_s
+    coef1 = abar_s.sqrt() * (1 - alpha) / (1 - abar_t)
+    coef2 = alpha.sqrt() * (1 - abar_s) / (1 - abar_t)
+    variance = (1 - alpha) * (1 - abar_s) / (1 - abar_t)
+    return coef1, coef2, variance
+
+
+def _ddim_coefficients(abar_t, abar_s, eta):
+    """``(x0_coef, eps_coef, sigma^2)`` of a DDIM step, ``x_s = x0_coef x0_hat + eps_coef x_t + sigma z``."""
+    sigma_sq = eta ** 2 * (1 - abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)
+    eps_coef = (1 - abar_s - sigma_sq).clamp(min=0).sqrt() / (1 - abar_t).sqrt()
+    # x_s = sqrt(abar_s) x0_hat + eps_coef * (x_t - sqrt(abar_t) x0_hat), with eps_hat expanded
+    x0_coef = abar_s.sqrt() - eps_coef * abar_t.sqrt()
+    return x0_coef, eps_coef, sigma_sq
+
+
 def guided_prediction(conditional, unconditional, guidance_weight):
     """Classifier-free guidance: ``(1 + w) * f(x_t, h) - w * f(x_t, null)``."""
     return (1.0 + guidance_weight) * conditional - guidance_weight * unconditional
@@ -94,7 +113,38 @@ def sampling_timesteps(num_steps, sampler_steps):
     return steps + [0] if steps[-1] > 0 else steps
 
 
+def reverse_timesteps(num_steps, sampler, sampler_steps):
+    """The timesteps at which :meth:`GaussianDiffusion.sample` calls the network, noisiest first.
+
+    ``one_step`` calls it once, at ``T - 1``; ``ddpm`` and ``ddim`` at :func:`sampling_timesteps`.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
+    return [num_steps - 1] if sampler == "one_step" else sampling_timesteps(num_steps, sampler_steps)
+
+
+def denoiser_calls(sampler, sampler_steps, num_steps):
+    """Network calls of one reverse run (per user and ensemble member) of a ``(sampler, steps, T)`` setting.
+
+    The cost unit of a sampler: ``one_step`` makes 1 call; all T steps make T; ``k < T`` strided steps make
+    ``k + 1`` (the k strides from ``T - 1`` and a last call at ``t = 0``), or ``k`` when the last stride lands
+    on 0. A call of a guided model evaluates its conditional and unconditional branches as one batch.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
+    if sampler == "one_step":
+        return 1
+    if sampler_steps is None or sampler_steps >= num_steps:
+        return num_steps
+    last_stride = num_steps - 1 - (sampler_steps - 1) * (num_steps // sampler_steps)
+    return sampler_steps + (1 if last_stride > 0 else 0)
+
+
 _MASK32 = 0xFFFFFFFF
+# Rows of a draw hashed at a time on a CPU: about 2**17 int64 elements, so that the in-place passes of the hash
+# stay in the core's cache (1 MiB) instead of streaming through memory; a GPU takes every row at once.
+_CPU_CHUNK_ELEMENTS = 1 << 17
+_UNIFORM_SALTS = (0x68E31DA4, 0x1B56C4E9)
 
 
 def _mul32(x, constant):
@@ -105,12 +155,59 @@ def _mul32(x, constant):
 
 def _hash32(x):
     """A 32-bit integer mixer (xor-shift / multiply, "lowbias32" constants): every input bit flips about half
-    of the output bits. Exact integer arithmetic, so CPU and CUDA give the same bits."""
+    of the output bits. Exact integer arithmetic, so CPU and CUDA give the same bits. Works on int64 tensors
+    of 32-bit values and on Python ints alike (same bits)."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
     x = _mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
+
+
+def _hash32_(x, scratch):
+    """:func:`_hash32` in place on the int64 tensor ``x`` (``scratch``: a tensor of its shape), same bits."""
+    for shift, constant in ((16, 0x7FEB352D), (15, 0x846CA68B), (16, None)):
+        x.bitwise_xor_(torch.bitwise_right_shift(x, shift, out=scratch))
+        if constant is not None:  # x * constant mod 2**32, split as in _mul32
+            torch.mul(x, constant >> 16, out=scratch).bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+            x.mul_(constant & 0xFFFF).add_(scratch).bitwise_and_(_MASK32)
+    return x
+
+
+def _row_states(state, keys):
+    """Hash each row's key columns into the running ``state`` (an int or a ``B`` tensor), one column at a time."""
+    for column in keys.long().unbind(dim=1):
+        state = _hash32(state ^ (column & _MASK32))
+    return state
+
+
+def _element_hashes(numel, device):
+    """The hash of each element index of a draw: it depends on the draw's size only."""
+    return _hash32(torch.arange(numel, dtype=torch.int64, device=device))
+
+
+def _normal_from_states(states, elements, shape):
+    """Box-Muller normals ``B x *shape`` from row states (``B``) and element hashes (``numel``).
+
+    Two hashed 24-bit uniforms per element; computed in place, a block of rows at a time (see
+    ``_CPU_CHUNK_ELEMENTS``), with exactly the operations of the plain formula, so the bits do not depend on
+    the blocks.
+    """
+    rows, numel = states.size(0), elements.numel()
+    out = torch.empty(rows, numel, dtype=torch.float32, device=states.device)
+    block = rows if states.is_cuda else max(1, _CPU_CHUNK_ELEMENTS // max(numel, 1))
+    for begin in range(0, rows, block):
+        bits = states[begin:begin + block, None] ^ elements[None, :]
+        scratch = torch.empty_like(bits)
+        _hash32_(bits, scratch)
+        first = _hash32_(bits ^ _UNIFORM_SALTS[0], scratch)
+        second = _hash32_(bits.bitwise_xor_(_UNIFORM_SALTS[1]), scratch)
+        u1 = first.bitwise_right_shift_(8).float().add_(0.5).div_(2.0 ** 24)
+        u2 = second.bitwise_right_shift_(8).float().add_(0.5).div_(2.0 ** 24)
+        # sqrt(-2 log u1) * cos(2 pi u2)
+        target = out[begin:begin + block]
+        torch.log(u1, out=target).mul_(-2.0).sqrt_().mul_(u2.mul_(2.0 * math.pi).cos_())
+    return out.view(rows, *shape)
 
 
 def keyed_normal(seed, keys, shape):
@@ -122,17 +219,8 @@ def keyed_normal(seed, keys, shape):
     and any order (up to float rounding of ``log`` / ``cos`` between devices).
     """
     state = torch.full((keys.size(0),), int(seed) & _MASK32, dtype=torch.int64, device=keys.device)
-    state = _hash32(state)
-    for column in keys.long().unbind(dim=1):
-        state = _hash32(state ^ (column & _MASK32))
-    numel = math.prod(shape)
-    element = _hash32(torch.arange(numel, dtype=torch.int64, device=keys.device))
-    bits = _hash32(state[:, None] ^ element[None, :])
-    first, second = _hash32(bits ^ 0x68E31DA4), _hash32(bits ^ 0x1B56C4E9)
-    u1 = ((first >> 8).float() + 0.5) / 2.0 ** 24
-    u2 = ((second >> 8).float() + 0.5) / 2.0 ** 24
-    normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return normal.view(keys.size(0), *shape)
+    states = _row_states(_hash32(state), keys)
+    return _normal_from_states(states, _element_hashes(math.prod(shape), keys.device), shape)
 
 
 class KeyedNoise:
@@ -140,19 +228,33 @@ class KeyedNoise:
 
     ``row_keys`` (``B x K``) names each row: a user id and an ensemble member, say. Each use of noise is a
     ``stream``; a draw at reverse step ``t`` is keyed by it too, so every user gets the same noise for the same
-    step whatever the batch size, the batch it falls in or the number of processes.
+    step whatever the batch size, the batch it falls in or the number of processes. Equal to
+    ``keyed_normal(seed, [stream, step, row_keys])``; a draw at an integer step hashes the part of the key that
+    all rows share once, and the element hashes of a draw size are kept for the batch's later draws.
     """
 
     START, DDPM, LAMBDA = 1, 2, 3  # streams: x_T, the DDPM step noise, DiffuRec's lambda
 
     def __init__(self, seed, row_keys):
         self.seed, self.row_keys = int(seed), row_keys
+        self._elements = {}
 
     def normal(self, stream, step, shape):
         """``B x *shape`` standard normal draws for ``stream`` at reverse step ``step`` (an int or a ``B`` tensor)."""
-        step = torch.as_tensor(step, device=self.row_keys.device).expand(self.row_keys.size(0))
-        stream = torch.full_like(step, stream)
-        return keyed_normal(self.seed, torch.cat([stream[:, None], step[:, None], self.row_keys], dim=1), shape)
+        rows = self.row_keys.size(0)
+        numel = math.prod(shape)
+        if numel not in self._elements:
+            self._elements[numel] = _element_hashes(numel, self.row_keys.device)
+        if isinstance(step, int):  # the key's shared part (seed, stream, step) hashed once, as a Python int
+            shared = _hash32(_hash32(_hash32(self.seed & _MASK32) ^ (stream & _MASK32)) ^ (step & _MASK32))
+            states = _row_states(torch.full((rows,), shared, dtype=torch.int64, device=self.row_keys.device),
+                                 self.row_keys)
+        else:
+            step = torch.as_tensor(step, device=self.row_keys.device).expand(rows)
+            state = torch.full((rows,), self.seed & _MASK32, dtype=torch.int64, device=self.row_keys.device)
+            keys = torch.cat([torch.full_like(step, stream)[:, None], step[:, None], self.row_keys], dim=1)
+            states = _row_states(_hash32(state), keys)
+        return _normal_from_states(states, self._elements[numel], shape)
 
 
 class GaussianDiffusion(nn.Module):
@@ -209,11 +311,8 @@ class GaussianDiffusion(nn.Module):
             coef1, coef2 = _gather(self.posterior_mean_coef1, t, x_t), _gather(self.posterior_mean_coef2, t, x_t)
             variance = _gather(self.posterior_variance, t, x_t)
         else:
-            abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
-            alpha = abar_t / abar_s
-            coef1 = abar_s.sqrt() * (1 - alpha) / (1 - abar_t)
-            coef2 = alpha.sqrt() * (1 - abar_s) / (1 - abar_t)
-            variance = (1 - alpha) * (1 - abar_s) / (1 - abar_t)
+            coef1, coef2, variance = _merged_posterior(_gather(self.alphas_cumprod, t, x_t),
+                                                       _gather(self.alphas_cumprod, s, x_t))
         mean = coef1.to(x_t.dtype) * x0_hat + coef2.to(x_t.dtype) * x_t
         return mean, variance.to(x_t.dtype)
 
@@ -242,15 +341,32 @@ class GaussianDiffusion(nn.Module):
         posterior variance of the step. ``eta = 0`` (the default, what the models use) is deterministic;
         ``eta = 1`` has exactly the DDPM posterior mean and variance.
         """
-        abar_t, abar_s = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod, s, x_t)
-        sigma_sq = eta ** 2 * (1 - abar_t / abar_s) * (1 - abar_s) / (1 - abar_t)
-        eps_coef = (1 - abar_s - sigma_sq).clamp(min=0).sqrt() / (1 - abar_t).sqrt()
-        # x_s = sqrt(abar_s) x0_hat + eps_coef * (x_t - sqrt(abar_t) x0_hat), with eps_hat expanded
-        x0_coef = abar_s.sqrt() - eps_coef * abar_t.sqrt()
+        x0_coef, eps_coef, sigma_sq = _ddim_coefficients(_gather(self.alphas_cumprod, t, x_t),
+                                                         _gather(self.alphas_cumprod, s, x_t), eta)
         out = x0_coef.to(x_t.dtype) * x0_hat + eps_coef.to(x_t.dtype) * x_t
         if eta and noise is not None:
             out = out + sigma_sq.sqrt().to(x_t.dtype) * noise
         return out
+
+    def reverse_plan(self, timesteps, sampler, variance, dtype):
+        """Every step's coefficients of a reverse run over ``timesteps``, computed once per run.
+
+        Returns three ``n x 1`` tensors in ``dtype``: the step from ``timesteps[i]`` to the next one (``-1``
+        after the last) is ``x_s = a[i] x0_hat + b[i] x_t + sigma[i] z`` (``sigma`` is 0 for DDIM and for the
+        last step). The float64 arithmetic is that of :meth:`ddpm_step` / :meth:`ddim_step` (``eta = 0``), so
+        a run gives the very same bits as those steps applied one at a time.
+        """
+        t = torch.tensor(timesteps, dtype=torch.long, device=self.alphas_cumprod.device)
+        s = torch.cat([t[1:], t.new_full((1,), -1)])
+        abar_t, abar_s = _gather(self.alphas_cumprod, t, t), _gather(self.alphas_cumprod, s, t)
+        if sampler == "ddpm":
+            x0_coef, xt_coef, posterior_variance = _merged_posterior(abar_t, abar_s)
+            var = posterior_variance if variance == "posterior" else 1 - abar_t / abar_s
+            sigma = (s >= 0).to(dtype) * var.to(dtype).sqrt()
+        else:  # ddim, and one_step's single step to x0 (abar_s = 1: x0_hat itself)
+            x0_coef, xt_coef, _ = _ddim_coefficients(abar_t, abar_s, 0.0)
+            sigma = torch.zeros_like(abar_t, dtype=dtype)
+        return x0_coef.to(dtype)[:, None], xt_coef.to(dtype)[:, None], sigma[:, None]
 
     @torch.no_grad()
     def sample(self, denoise, shape, device, sampler="ddpm", sampler_steps=None, variance="posterior", noise=None):
@@ -260,10 +376,10 @@ class GaussianDiffusion(nn.Module):
         visits a strided subset of the T steps (all of them when ``None``). ``sampler="one_step"`` visits only
         the noisiest step ``T - 1``: one denoiser call, whose ``x0_hat`` is the sample (the step to ``s = -1``
         lands exactly on it; ``sampler_steps`` is not read). ``noise`` (a :class:`KeyedNoise`) makes ``x_T``
-        and the DDPM noise a function of the rows' keys; without it they come from torch's RNG.
+        and the DDPM noise a function of the rows' keys; without it they come from torch's RNG. The network is
+        called :func:`denoiser_calls` times; the step coefficients come from :meth:`reverse_plan`.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
+        timesteps = reverse_timesteps(self.num_steps, sampler, sampler_steps)
 
         def draw(stream, step):
             if noise is None:
@@ -271,18 +387,12 @@ class GaussianDiffusion(nn.Module):
             return noise.normal(stream, step, shape[1:]).to(device)
 
         x_t = draw(KeyedNoise.START, self.num_steps)
-        if sampler == "one_step":
-            timesteps = [self.num_steps - 1]
-        else:
-            timesteps = sampling_timesteps(self.num_steps, sampler_steps)
-        for step, next_step in zip(timesteps, timesteps[1:] + [-1]):
-            t = torch.full((shape[0],), step, device=device, dtype=torch.long)
-            s = torch.full_like(t, next_step)
-            x0_hat = denoise(x_t, t)
-            if sampler == "ddpm":
-                x_t = self.ddpm_step(x0_hat, x_t, t, s, variance=variance, noise=draw(KeyedNoise.DDPM, step))
-            else:  # ddim; one_step's single step to x0 (abar_s = 1) returns x0_hat itself
-                x_t = self.ddim_step(x0_hat, x_t, t, s)
+        x0_coef, xt_coef, sigma = (c.to(device) for c in self.reverse_plan(timesteps, sampler, variance, x_t.dtype))
+        for index, step in enumerate(timesteps):
+            x0_hat = denoise(x_t, torch.full((shape[0],), step, device=device, dtype=torch.long))
+            x_t = x0_coef[index] * x0_hat + xt_coef[index] * x_t
+            if sampler == "ddpm" and index < len(timesteps) - 1:  # no noise is added on the step to x0
+                x_t = x_t + sigma[index] * draw(KeyedNoise.DDPM, step)
         return x_t
 
 

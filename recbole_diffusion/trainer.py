@@ -385,11 +385,20 @@ class PluginTrainerMixin:
         """Nothing to average: :class:`_GatheringEvaluator` computed the metrics from every process's rows."""
         return result
 
+    # Scoring runs under torch.inference_mode (no autograd bookkeeping at all, cheaper than evaluate's no_grad).
+    # It covers the batch's scoring only: the checkpoint loading and the gathering of evaluate stay under
+    # no_grad, so no tensor the model keeps for training (loaded weights, a sampler's state) is an inference
+    # tensor. The scores leave it; RecBole's collector reads them in functional operations only.
+
     def _full_sort_batch_eval(self, batched_data):
-        return self._inspect(*super()._full_sort_batch_eval(batched_data))
+        with torch.inference_mode():
+            batch = super()._full_sort_batch_eval(batched_data)
+        return self._inspect(*batch)
 
     def _neg_sample_batch_eval(self, batched_data):
-        return self._inspect(*super()._neg_sample_batch_eval(batched_data))
+        with torch.inference_mode():
+            batch = super()._neg_sample_batch_eval(batched_data)
+        return self._inspect(*batch)
 
     def _inspect(self, interaction, scores, positive_u, positive_i):
         """Refuse NaN scores; record target ranks when asked. Returns the batch unchanged."""

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from recbole_diffusion.diffusion import (
-    BETA_SCHEDULES, GaussianDiffusion, TimestepEmbedding, guided_prediction, make_betas, sampling_timesteps,
+    BETA_SCHEDULES, GaussianDiffusion, KeyedNoise, TimestepEmbedding, denoiser_calls, guided_prediction, keyed_normal,
+    make_betas, reverse_timesteps, sampling_timesteps,
 )
 
 
@@ -180,3 +181,103 @@ def test_schedule_buffers_follow_the_module_but_stay_out_of_checkpoints():
     assert diffusion.alphas_cumprod.dtype == torch.float64
     x = torch.randn(2, 3)
     assert diffusion.q_sample(x, torch.tensor([1, 2])).dtype == torch.float32
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 32, 100, 2000])
+def test_denoiser_calls_count_the_timesteps_of_every_setting(steps):
+    for sampler in ("ddpm", "ddim"):
+        for sampler_steps in [None, *range(1, min(steps, 60) + 1), steps + 1]:
+            assert denoiser_calls(sampler, sampler_steps, steps) == len(
+                reverse_timesteps(steps, sampler, sampler_steps)) == len(sampling_timesteps(steps, sampler_steps))
+    assert denoiser_calls("one_step", 7, steps) == 1 == len(reverse_timesteps(steps, "one_step", 7))
+    with pytest.raises(ValueError, match="sampler='euler'"):
+        denoiser_calls("euler", None, steps)
+
+
+@pytest.mark.parametrize("sampler,sampler_steps,expected", [
+    ("ddpm", None, 32), ("ddpm", 16, 17), ("ddim", 8, 9), ("ddim", 2, 3), ("ddpm", 1, 2), ("one_step", None, 1)])
+def test_sample_calls_the_network_as_often_as_denoiser_calls_says(sampler, sampler_steps, expected):
+    diffusion = GaussianDiffusion(32, "trunc_lin")
+    seen = []
+
+    def denoise(x_t, t):
+        seen.append(int(t[0]))
+        return torch.tanh(x_t)
+
+    diffusion.sample(denoise, (3, 4), "cpu", sampler=sampler, sampler_steps=sampler_steps)
+    assert len(seen) == denoiser_calls(sampler, sampler_steps, 32) == expected
+    assert seen == reverse_timesteps(32, sampler, sampler_steps)
+    assert denoiser_calls("ddim", 20, 2000) == 21 and denoiser_calls("ddpm", None, 2000) == 2000  # PreferDiff, DreamRec
+
+
+def _reference_keyed_normal(seed, keys, shape):
+    """keyed_normal written plainly (one hash per column, whole tensors, no blocks): the optimised path's reference."""
+    mask = 0xFFFFFFFF
+
+    def mul32(x, constant):
+        return (x * (constant & 0xFFFF) + (((x * (constant >> 16)) & 0xFFFF) << 16)) & mask
+
+    def hash32(x):
+        x = mul32(x ^ (x >> 16), 0x7FEB352D)
+        x = mul32(x ^ (x >> 15), 0x846CA68B)
+        return x ^ (x >> 16)
+
+    state = hash32(torch.full((keys.size(0),), seed & mask, dtype=torch.int64))
+    for column in keys.long().unbind(dim=1):
+        state = hash32(state ^ (column & mask))
+    element = hash32(torch.arange(math.prod(shape), dtype=torch.int64))
+    bits = hash32(state[:, None] ^ element[None, :])
+    u1 = ((hash32(bits ^ 0x68E31DA4) >> 8).float() + 0.5) / 2.0 ** 24
+    u2 = ((hash32(bits ^ 0x1B56C4E9) >> 8).float() + 0.5) / 2.0 ** 24
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).view(keys.size(0), *shape)
+
+
+@pytest.mark.parametrize("shape", [(1,), (16,), (20, 64)])
+def test_keyed_noise_has_the_bits_of_the_plain_formula(shape):
+    """Blocks of rows, in-place hashing and the shared key part hashed once change no bit of the draws."""
+    rows = 300  # (20, 64) needs several blocks of rows
+    keys = torch.stack([torch.arange(rows) * 7919 + 3, torch.arange(rows) % 3], dim=1)
+    for seed in (0, 2020, 2 ** 33 + 5):
+        assert torch.equal(keyed_normal(seed, keys, shape), _reference_keyed_normal(seed, keys, shape))
+        noise = KeyedNoise(seed, keys)
+        for stream, step in ((noise.START, 32), (noise.DDPM, 0), (noise.LAMBDA, 31)):
+            full_keys = torch.cat([torch.full((rows, 1), stream), torch.full((rows, 1), step), keys], dim=1)
+            expected = _reference_keyed_normal(seed, full_keys, shape)
+            assert torch.equal(noise.normal(stream, step, shape), expected)
+            assert torch.equal(noise.normal(stream, torch.full((rows,), step), shape), expected)
+
+
+def _reference_sample(diffusion, denoise, shape, sampler, sampler_steps, variance, noise):
+    """The reverse loop written with the public step functions, one step at a time (the plain reference)."""
+    x_t = noise.normal(KeyedNoise.START, diffusion.num_steps, shape[1:])
+    timesteps = [diffusion.num_steps - 1] if sampler == "one_step" else sampling_timesteps(diffusion.num_steps,
+                                                                                          sampler_steps)
+    for step, next_step in zip(timesteps, timesteps[1:] + [-1]):
+        t = torch.full((shape[0],), step)
+        s = torch.full_like(t, next_step)
+        x0_hat = denoise(x_t, t)
+        if sampler == "ddpm":
+            x_t = diffusion.ddpm_step(x0_hat, x_t, t, s, variance=variance,
+                                      noise=noise.normal(KeyedNoise.DDPM, step, shape[1:]))
+        else:
+            x_t = diffusion.ddim_step(x0_hat, x_t, t, s)
+    return x_t
+
+
+@pytest.mark.parametrize("steps,schedule", [(32, "trunc_lin"), (200, "linear"), (50, "cosine")])
+def test_sample_has_the_bits_of_the_step_by_step_loop(steps, schedule):
+    """The precomputed plan of step coefficients gives exactly what ddpm_step / ddim_step give one at a time."""
+    diffusion = GaussianDiffusion(steps, schedule)
+    weight = torch.randn(8, 8, generator=torch.Generator().manual_seed(0)) / 8 ** 0.5
+
+    def denoise(x_t, t):
+        return torch.tanh(x_t @ weight) * (1 + t[:, None].float() / steps)
+
+    keys = torch.stack([torch.arange(6) + 100, torch.zeros(6, dtype=torch.long)], dim=1)
+    for sampler, sampler_steps in (("ddpm", None), ("ddpm", 4), ("ddim", None), ("ddim", 7), ("ddim", 1),
+                                   ("one_step", None)):
+        for variance in ("posterior", "fixed_large"):
+            noise = KeyedNoise(11, keys)
+            fast = diffusion.sample(denoise, (6, 8), "cpu", sampler, sampler_steps, variance, noise)
+            plain = _reference_sample(diffusion, denoise, (6, 8), sampler, sampler_steps, variance, noise)
+            assert torch.equal(fast, plain), (sampler, sampler_steps, variance)

@@ -83,17 +83,18 @@ class SeqDiffRec(DiffusionRecommender):
         self.time_embedding = TimestepEmbedding(self.hidden_size, t_scale=1000.0 / steps)
 
     def encode_condition(self, item_seq, item_seq_len):
-        """History item embeddings plus positions 1..L counted back from the newest item, dropout; padding."""
+        """History item embeddings plus positions 1..L counted back from the newest item, dropout; the padding
+        mask of the target token followed by the history (the target is never padding), built once per run."""
         positions = positions_from_end(item_seq_len, item_seq.size(1)) + 1
         hidden = self.item_embedding(item_seq) + self.position_embedding(positions)
-        return self.embedding_dropout(hidden), item_seq == 0
+        padding = item_seq == 0
+        return self.embedding_dropout(hidden), torch.cat([padding.new_zeros(padding.size(0), 1), padding], dim=1)
 
     def denoise(self, condition, x_t, t, noise=None):
         """The Denoise Sequential Recommender: ``x0_hat`` read at the noised target's token."""
-        history, padding_mask = condition
+        history, mask = condition
         target = x_t + self.time_embedding(t) + self.position_embedding.weight[0]
         hidden = torch.cat([target[:, None, :], history], dim=1)
-        mask = torch.cat([padding_mask.new_zeros(padding_mask.size(0), 1), padding_mask], dim=1)
         return self.encoder(hidden, mask)[:, 0]
 
     def calculate_loss(self, interaction):
