@@ -31,6 +31,7 @@ import torch
 from recbole_diffusion import distributed
 from recbole_diffusion.checkpoint import write_json
 from recbole_diffusion.evaluation import MAIN_METRIC, METRICS, group_metrics
+from recbole_diffusion.statistics import paired_t_test
 
 DEFAULT_SEED = 2020
 
@@ -204,16 +205,6 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
 def _mean_std(values):
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def paired_t_test(values, reference):
-    """Two-sided paired t-test across seeds (scipy); ``None`` with fewer than two pairs or constant differences."""
-    from scipy import stats
-
-    differences = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
-    if len(differences) < 2 or np.allclose(differences, differences[0]):
-        return None
-    return float(stats.ttest_rel(values, reference).pvalue)
 
 
 def comparison_table(records, models, reference, value_of, title):
