@@ -114,7 +114,8 @@ def test_tests_recompute_from_the_saved_per_user_ranks(swept):
 def test_a_setting_gives_the_same_metrics_on_every_evaluation(swept):
     runs, _, output, _ = swept
     record = next(r for r in load_runs(runs) if r["model"] == "PreferDiff")
-    _, trainer, test_data = frontier.load_checkpoint_run(record["checkpoint"])
+    _, trainer, test_data, added_keys = frontier.load_checkpoint_run(record["checkpoint"])
+    assert added_keys == []
     result, _, ranks = frontier.evaluate_setting(trainer, test_data, "ddim", 2)
     evaluation, arrays = _evaluation(output, "PreferDiff", record["seed"])
     saved = next(s for s in evaluation["settings"] if s["name"] == "DDIM-2")
