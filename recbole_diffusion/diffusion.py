@@ -176,7 +176,7 @@ def _hash32_(x, scratch):
 
 
 def _row_states(state, keys):
-    """Hash each row's key columns into the running ``state`` (an int or a ``B`` tensor), one column at a time."""
+    """Hash each row's key columns into the running ``state`` (a ``B`` tensor), one column at a time."""
     for column in keys.long().unbind(dim=1):
         state = _hash32(state ^ (column & _MASK32))
     return state
