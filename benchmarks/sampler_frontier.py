@@ -16,8 +16,8 @@ model's ``sampler`` / ``sampler_steps`` set in place without retraining:
 The model's own default (its checkpoint's sampler) is always evaluated; strided settings with ``k >= T`` steps
 are left out (they are the all-step run). Evaluation noise is keyed by ``eval_seed`` (the checkpoint's), the same
 for every setting, so a setting's metrics are a property of the checkpoint. Cost is counted in network calls
-per user (:func:`recbole_diffusion.diffusion.denoiser_calls`) and timed (seconds of ``evaluate`` per 1,000 test
-users, torch threads from ``--threads``).
+per user (:func:`recbole_diffusion.diffusion.denoiser_calls` times ``n_ensemble``) and timed (seconds of
+``evaluate`` per 1,000 test users, torch threads from ``--threads``, after an untimed warm-up batch).
 
 Each setting is tested against the model's default: across seeds (paired t-test of the per-seed NDCG@10 and
 whether every seed moves the same way) and across users (each user's NDCG@10 averaged over the seeds, paired:
@@ -194,7 +194,7 @@ def evaluate_run(record, output, diffusion=True):
         if users is not None and not np.array_equal(users, setting_users):
             raise AssertionError(f"{name}: setting {setting} evaluated other users")
         users, ranks_by_setting[setting] = setting_users, ranks
-        calls = denoiser_calls(sampler, steps, model.diffusion.num_steps) if diffusion else None
+        calls = denoiser_calls(sampler, steps, model.diffusion.num_steps) * model.n_ensemble if diffusion else None
         evaluation["settings"].append({"name": setting, "sampler": sampler, "sampler_steps": steps,
                                        "default": index == 0, "calls_per_user": calls, **result})
         print(f"{name} {setting}: {MAIN_METRIC} {result['metrics'][MAIN_METRIC]:.4f}, "
@@ -368,6 +368,8 @@ def write_markdown(rows_by_model, reference, margin_share, path):
                           f"{_p(row['user_wilcoxon_p'])} ({_p(row['user_wilcoxon_p_holm'])})", _p(row["user_t_p"]),
                           f"{_p(row['tost_p'])} ({_p(row['tost_p_holm'])})", row["verdict"]]
             lines.append("| " + " | ".join(cells) + " |")
+        if first["seeds"] < 3:
+            lines += ["", f"Only {first['seeds']} seed(s): the across-seed t-test needs at least 3 to say much."]
         lines += ["", f"Cheapest setting that loses nothing (equivalent at the margin, or higher): "
                       f"**{cheapest['setting']}**, {cheapest['calls_per_user']} call(s) per user, "
                       f"{cheapest['seconds_per_1000_users']:.3f} s / 1,000 users"
