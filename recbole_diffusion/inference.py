@@ -10,6 +10,7 @@ same split) and refuses data whose item or user tokens changed since training.
 import contextlib
 import io
 import os
+import warnings
 
 from recbole_diffusion import checkpoint as ckpt
 from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
@@ -45,7 +46,8 @@ def config_from_checkpoint(checkpoint, source="checkpoint", **overrides):
     ``overrides`` may set :data:`LOAD_OVERRIDES` only (``data_path`` is the folder that holds
     ``<dataset>/<dataset>.inter``, as for training). The rebuilt configuration must hash like the saved one
     (:func:`recbole_diffusion.checkpoint.config_hash`, overridden keys put back): anything else would mean the
-    model is rebuilt differently from the one trained. ``source`` names the checkpoint in messages.
+    model is rebuilt differently from the one trained, except keys the package gained since the checkpoint was
+    written, which take their defaults (with a warning). ``source`` names the checkpoint in messages.
     """
     _check_overrides(overrides)
     saved = checkpoint["config"]
@@ -63,6 +65,14 @@ def config_from_checkpoint(checkpoint, source="checkpoint", **overrides):
     if checkpoint.get("config_hash"):
         rebuilt = ckpt.plain_config(config)
         comparable = dict(rebuilt, **{key: saved.get(key) for key in overrides})
+        added = sorted(set(comparable) - set(saved))
+        if added and ckpt.config_hash({k: v for k, v in comparable.items() if k not in added}) == \
+                checkpoint["config_hash"]:
+            # Keys this package gained after the checkpoint was written take their defaults, which keep the old
+            # behaviour (a new key's default must): the rest of the configuration is exactly the trained one.
+            warnings.warn(f"{source}: written before recbole_diffusion had {', '.join(added)}; "
+                          f"using {', '.join(f'{key}={comparable[key]!r}' for key in added)}", stacklevel=2)
+            comparable = {k: v for k, v in comparable.items() if k not in added}
         if ckpt.config_hash(comparable) != checkpoint["config_hash"]:
             differing = ckpt.differing_keys(saved, comparable)
             raise ValueError(

@@ -216,3 +216,20 @@ def test_recboles_pickled_format_needs_trust_pickled(trained, tmp_path, in_tmp_c
 def test_only_keys_that_keep_the_model_may_be_overridden(trained, in_tmp_cwd):
     with pytest.raises(ValueError, match="cannot override hidden_size"):
         recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), hidden_size=16)
+
+
+def test_a_checkpoint_from_before_a_new_key_loads_with_the_keys_default(trained, tmp_path, in_tmp_cwd):
+    """A key the package gained since training (here eval_history_mask) takes its default, with a warning;
+    a configuration that does not hash as written is still refused."""
+    saved = ckpt.load_checkpoint(model_file(trained, "SASRec"))
+    del saved["config"]["eval_history_mask"]
+    saved["config_hash"] = ckpt.config_hash(saved["config"])  # as written before the key existed
+    older = str(tmp_path / "older.pth")
+    ckpt.save_checkpoint(saved, older)
+    with pytest.warns(UserWarning, match="written before recbole_diffusion had eval_history_mask"):
+        config, model, *_ = recbole_diffusion.load_data_and_model(older)
+    assert config["eval_history_mask"] == "auto"
+    saved["config_hash"] = ckpt.config_hash(dict(saved["config"], learning_rate=0.5))  # not what it holds
+    ckpt.save_checkpoint(saved, older)
+    with pytest.raises(ValueError, match="cannot be rebuilt as it was trained"):
+        recbole_diffusion.load_data_and_model(older)
