@@ -95,8 +95,11 @@ def run_settings(dataset, config_files, overrides):
             "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
 
 
-def _trial(model, dataset, seed, config_files, overrides, output, threads=None, keep_checkpoint=False):
+def _trial(model, dataset, seed, config_files, overrides, output, threads=None, keep_checkpoint=False,
+           isolated=False):
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
+    if isolated:
+        distributed.end_with_parent()
     if threads:
         torch.set_num_threads(threads)
     from recbole_diffusion.quick_start import build_config, spawn_settings
@@ -170,7 +173,7 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
     context = multiprocessing.get_context("spawn")
     for index, (model, seed) in enumerate(todo, 1):
-        args = (model, dataset, seed, config_files, overrides, output, threads, keep_checkpoints)
+        args = (model, dataset, seed, config_files, overrides, output, threads, keep_checkpoints, isolate)
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         if os.path.isfile(path):
             os.remove(path)  # a failed attempt's record must not stand in for this one

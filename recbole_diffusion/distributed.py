@@ -26,6 +26,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import traceback
 from typing import NamedTuple
 
@@ -329,8 +330,22 @@ def owned_by_lowest_rank(indices_per_rank):
 
 # ----- spawning -------------------------------------------------------------------------------------------------
 
+def end_with_parent():
+    """End this process (exit status 1) once the process that started it is gone, e.g. killed with SIGKILL: a
+    spawned worker (a rank, a comparison's run, a search's trial) would otherwise train on as an orphan."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _run_rank(local_rank, fn, args, folder):
     """A spawned process: run ``fn``; rank 0 writes its value, a failing rank its error, as JSON in ``folder``."""
+    end_with_parent()
     try:
         value = fn(local_rank, *args)
     except Exception as error:

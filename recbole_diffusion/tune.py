@@ -40,7 +40,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -393,16 +392,6 @@ def finished_trials(study):
 
 # ----- one trial, in its own process --------------------------------------------------------------------------
 
-def _exit_with_parent(parent_pid):
-    """End this process when the search that started it is gone (killed): no orphan trial keeps training."""
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _redirect_output(path):
     """The trial's console output (RecBole's log lines, warnings) goes to its own file."""
     handle = open(path, "a", encoding="utf-8")
@@ -414,8 +403,10 @@ def _redirect_output(path):
 
 def _trial_process(job):
     """Child-process entry: run one configuration through the runner's path and write its record."""
+    from recbole_diffusion import distributed
+
     _redirect_output(job["log"])
-    _exit_with_parent(job["parent_pid"])
+    distributed.end_with_parent()
     import optuna
     import torch
 
@@ -476,7 +467,7 @@ def run_in_process(search, name, params, trial_id=None, seed=None):
         os.remove(record_path)
     job = {"search": search, "model": search.model, "dataset": search.dataset,
            "config_files": search.config_files, "config_dict": trial_config(search, params, work_dir, seed),
-           "trial_id": trial_id, "threads": search.threads, "parent_pid": os.getpid(), "work_dir": work_dir,
+           "trial_id": trial_id, "threads": search.threads, "work_dir": work_dir,
            "log": os.path.join(work_dir, "output.log"), "record": record_path}
     start = time.perf_counter()
     process = multiprocessing.get_context("spawn").Process(target=_trial_process, args=(job,))
