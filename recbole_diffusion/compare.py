@@ -330,6 +330,8 @@ def plot_figures(records, models, output):
 
 
 def parse_args(argv=None):
+    from recbole_diffusion.quick_start import key_value_overrides
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Any other --key value (or --key=value) overrides that RecBole key in every run.")
     parser.add_argument("--models", required=True, help="comma-separated model names")
@@ -348,20 +350,7 @@ def parse_args(argv=None):
                         help="keep each run's best checkpoint under <output>/work/<run>/checkpoints (its path is in "
                              "the run's JSON); by default they are deleted once the run is measured")
     args, rest = parser.parse_known_args(argv)
-    overrides, index = {}, 0
-    while index < len(rest):
-        item = rest[index]
-        if not item.startswith("--"):
-            parser.error(f"unrecognised argument {item!r}")
-        if "=" in item:
-            key, value = item[2:].split("=", 1)
-        elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
-            key, value = item[2:], rest[index + 1]
-            index += 1
-        else:
-            parser.error(f"{item} needs a value")
-        overrides[key] = value
-        index += 1
+    overrides = key_value_overrides(parser, rest)
     seeds = ([int(s) for s in args.seeds.split(",") if s] if "," in args.seeds
              else [DEFAULT_SEED + i for i in range(int(args.seeds))])
     models = [m for m in args.models.split(",") if m]

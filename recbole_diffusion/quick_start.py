@@ -468,6 +468,26 @@ def _train_in_group(config, model_class, saved, summary=None):
     return trainer, distributed.broadcast_object(result)
 
 
+def key_value_overrides(parser, items):
+    """RecBole keys given as ``--key=value`` or ``--key value`` (the comparison's and the tuner's form); anything
+    else is refused through ``parser``."""
+    overrides, index = {}, 0
+    while index < len(items):
+        item = items[index]
+        if not item.startswith("--"):
+            parser.error(f"unrecognised argument {item!r}")
+        if "=" in item:
+            key, value = item[2:].split("=", 1)
+        elif index + 1 < len(items) and not items[index + 1].startswith("--"):
+            key, value = item[2:], items[index + 1]
+            index += 1
+        else:
+            parser.error(f"{item} needs a value")
+        overrides[key] = value
+        index += 1
+    return overrides
+
+
 def parse_args(argv=None):
     """``--model``, ``--dataset``, ``--config_files`` (several; also "a.yaml b.yaml" or a,b) and ``--key=value``."""
     parser = argparse.ArgumentParser(

@@ -804,6 +804,8 @@ def run_search(search):
 
 
 def parse_args(argv=None):
+    from recbole_diffusion.quick_start import key_value_overrides
+
     parser = argparse.ArgumentParser(
         description="Hyper-parameter search (Optuna) for a recommender of recbole_diffusion or RecBole.",
         epilog="Any other --key=value (or --key value) is fixed for every trial, e.g. --epochs=10.")
@@ -830,20 +832,7 @@ def parse_args(argv=None):
                         help="a new study's first trial runs the searched keys' default values (YAMLs and fixed "
                              "keys), so the summary compares the best trial with them")
     args, rest = parser.parse_known_args(argv)
-    overrides, index = {}, 0
-    while index < len(rest):
-        item = rest[index]
-        if not item.startswith("--"):
-            parser.error(f"unrecognised argument {item!r}")
-        if "=" in item:
-            key, value = item[2:].split("=", 1)
-        elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
-            key, value = item[2:], rest[index + 1]
-            index += 1
-        else:
-            parser.error(f"{item} needs a value")
-        overrides[key] = value
-        index += 1
+    overrides = key_value_overrides(parser, rest)
     files = [path for entry in args.config_files for path in entry.replace(",", " ").split() if path]
     return args, files, overrides
 
