@@ -670,7 +670,7 @@ def write_summary(study, search, chosen, confirmation, path):
                          f"{row['test_mean']:.4f} |")
         lines.append("")
     importances, reason = parameter_importances(study)
-    lines += ["## Parameter importances (Optuna, fANOVA over the complete trials)", ""]
+    lines += ["## Parameter importances (Optuna's default evaluator, over the complete trials)", ""]
     if importances:
         lines += [f"- {name}: {value:.3f}" for name, value in importances.items()]
     else:
