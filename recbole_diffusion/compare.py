@@ -96,10 +96,10 @@ def run_settings(dataset, config_files, overrides):
 
 
 def _trial(model, dataset, seed, config_files, overrides, output, threads=None, keep_checkpoint=False,
-           isolated=False):
+           parent_pid=None):
     """Child-process entry: run, then write the record (or the error) as the run's JSON."""
-    if isolated:
-        distributed.end_with_parent()
+    if parent_pid is not None:
+        distributed.end_with_parent(parent_pid)
     if threads:
         torch.set_num_threads(threads)
     from recbole_diffusion.quick_start import build_config, spawn_settings
@@ -173,7 +173,8 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
     context = multiprocessing.get_context("spawn")
     for index, (model, seed) in enumerate(todo, 1):
-        args = (model, dataset, seed, config_files, overrides, output, threads, keep_checkpoints, isolate)
+        args = (model, dataset, seed, config_files, overrides, output, threads, keep_checkpoints,
+                os.getpid() if isolate else None)
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         if os.path.isfile(path):
             os.remove(path)  # a failed attempt's record must not stand in for this one

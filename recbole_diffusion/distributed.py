@@ -330,22 +330,22 @@ def owned_by_lowest_rank(indices_per_rank):
 
 # ----- spawning -------------------------------------------------------------------------------------------------
 
-def end_with_parent():
-    """End this process (exit status 1) once the process that started it is gone, e.g. killed with SIGKILL: a
-    spawned worker (a rank, a comparison's run, a search's trial) would otherwise train on as an orphan."""
-    parent = os.getppid()
+def end_with_parent(parent_pid):
+    """End this process (exit status 1) once ``parent_pid``, the process that started it, is gone, e.g. killed
+    with SIGKILL: a spawned worker (a rank, a comparison's run, a search's trial) would otherwise train on as an
+    orphan. The parent passes its pid: one that died before this call leaves this process already re-parented."""
 
     def watch():
-        while os.getppid() == parent:
+        while os.getppid() == parent_pid:
             time.sleep(1.0)
         os._exit(1)
 
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
-def _run_rank(local_rank, fn, args, folder):
+def _run_rank(local_rank, fn, args, folder, parent_pid):
     """A spawned process: run ``fn``; rank 0 writes its value, a failing rank its error, as JSON in ``folder``."""
-    end_with_parent()
+    end_with_parent(parent_pid)
     try:
         value = fn(local_rank, *args)
     except Exception as error:
@@ -410,7 +410,7 @@ def spawn(fn, nproc, args=(), offset=0):
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="recbole-diffusion-run-") as folder:
-        context = mp.start_processes(_run_rank, args=(fn, args, folder), nprocs=nproc, join=False,
+        context = mp.start_processes(_run_rank, args=(fn, args, folder, os.getpid()), nprocs=nproc, join=False,
                                      start_method="spawn")
         restore = _pass_sigterm_on(context.processes)
         try:

@@ -406,7 +406,7 @@ def _trial_process(job):
     from recbole_diffusion import distributed
 
     _redirect_output(job["log"])
-    distributed.end_with_parent()
+    distributed.end_with_parent(job["parent_pid"])
     import optuna
     import torch
 
@@ -467,7 +467,7 @@ def run_in_process(search, name, params, trial_id=None, seed=None):
         os.remove(record_path)
     job = {"search": search, "model": search.model, "dataset": search.dataset,
            "config_files": search.config_files, "config_dict": trial_config(search, params, work_dir, seed),
-           "trial_id": trial_id, "threads": search.threads, "work_dir": work_dir,
+           "trial_id": trial_id, "threads": search.threads, "parent_pid": os.getpid(), "work_dir": work_dir,
            "log": os.path.join(work_dir, "output.log"), "record": record_path}
     start = time.perf_counter()
     process = multiprocessing.get_context("spawn").Process(target=_trial_process, args=(job,))
