@@ -61,6 +61,9 @@ def measure(model, dataset, data_path, train_batches, eval_batches, overrides):
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "sizes": {key: config[key] for key in ("hidden_size", "n_layers", "n_heads", "MAX_ITEM_LIST_LENGTH",
                                                "train_batch_size", "eval_batch_size", "diffusion_steps")},
+        "parameters": sum(parameter.numel() for parameter in recommender.parameters()),
+        "peak_cuda_memory_gib": (torch.cuda.max_memory_allocated(config["device"]) / 2**30
+                                 if config["device"].type == "cuda" else None),
         "train_sequences_per_second": sequences / seconds, "timed_train_sequences": sequences,
         "eval_users_per_second": users / eval_seconds, "timed_eval_users": users,
     }
