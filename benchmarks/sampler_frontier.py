@@ -10,7 +10,7 @@ trainer's ``evaluate`` (RecBole's evaluator; the trainer's per-user target ranks
 model's ``sampler`` / ``sampler_steps`` set in place without retraining:
 
 * DiffuRec, DiffuRecSys: DDPM over all T steps (their default), strided DDPM and DDIM with 16, 8, 4, 2 steps,
-  and ``one_step`` (one call: ``x0_hat`` from pure noise at ``T - 1``);
+  DDIM with 1 (two calls), and ``one_step`` (one call: ``x0_hat`` from pure noise at ``T - 1``);
 * DreamRec, PreferDiff (and SeqDiffRec): DDPM over all T, DDIM with 50, 20, 10, 5, 2, 1 strides, ``one_step``.
 
 The model's own default (its checkpoint's sampler) is always evaluated; strided settings with ``k >= T`` steps
@@ -31,7 +31,9 @@ Writes to ``--output`` (default ``<first --runs>/frontier``): ``frontier.csv`` (
 means over seeds, the tests), ``frontier.md`` (a table per model and its cheapest setting that loses nothing),
 ``frontier.png`` (NDCG@10 against seconds per 1,000 users, log x; the ``--reference`` model's point from its
 runs), and ``evaluations/<run>.json`` + ``.npz`` (each checkpoint's metrics, seconds and per-user target ranks per
-setting). Rerunning the command keeps the checkpoints already evaluated.
+setting). Rerunning the command keeps the checkpoints already evaluated with the current sweep; one evaluated
+with another sweep (an older version of this script) is evaluated again, every setting in one pass, so that
+its seconds stay comparable with each other.
 """
 
 import argparse
@@ -60,7 +62,7 @@ ALPHA = 0.05
 DEFAULT_MARGIN = 0.02
 SWEEPS = {
     "short": [("ddpm", None)] + [(sampler, k) for sampler in ("ddpm", "ddim") for k in (16, 8, 4, 2)]
-             + [("one_step", None)],
+             + [("ddim", 1), ("one_step", None)],
     "long": [("ddpm", None)] + [("ddim", k) for k in (50, 20, 10, 5, 2, 1)] + [("one_step", None)],
 }
 HIT_AT_10 = "hit@10"
@@ -79,17 +81,30 @@ def sampler_settings(model):
     ``ONE_STEP_MAX_ALPHA_BAR`` of the signal (the configuration check's limit).
     """
     num_steps = model.diffusion.num_steps
+    sweep_kind = sweep_name(model)
 
     def normalised(sampler, steps):
         return sampler, (None if sampler == "one_step" or steps is None or steps >= num_steps else steps)
 
     default = normalised(model.sampler, model.sampler_steps)
-    sweep = [setting for setting in SWEEPS["short" if isinstance(model, DiffuRec) else "long"]
-             if setting[1] is None or setting[1] < num_steps]
+    sweep = [setting for setting in SWEEPS[sweep_kind] if setting[1] is None or setting[1] < num_steps]
     if float(model.diffusion.alphas_cumprod[-1]) > ONE_STEP_MAX_ALPHA_BAR:
         sweep = [setting for setting in sweep if setting[0] != "one_step"]
     settings = [default] + [setting for setting in sweep if setting != default]
     return [(setting_name(sampler, steps, num_steps), sampler, steps) for sampler, steps in settings]
+
+
+def sweep_name(model):
+    """The key of ``SWEEPS`` a model is swept with: ``short`` for DiffuRec / DiffuRecSys (T = 32), else ``long``."""
+    return "short" if isinstance(model, DiffuRec) else "long"
+
+
+def swept_with_current_sweep(evaluation):
+    """Whether a saved evaluation used today's ``SWEEPS`` (the reference model's single setting always does)."""
+    if "sweep" not in evaluation:
+        return False
+    name = evaluation["sweep"]
+    return name is None or evaluation.get("sweep_settings") == [list(setting) for setting in SWEEPS[name]]
 
 
 def rebuild_config(checkpoint, path):
@@ -156,7 +171,7 @@ def evaluate_run(record, output, diffusion=True):
     if os.path.isfile(json_path) and os.path.isfile(npz_path):
         with open(json_path, encoding="utf-8") as handle:
             evaluation = json.load(handle)
-        if evaluation["checkpoint"] == record["checkpoint"]:
+        if evaluation["checkpoint"] == record["checkpoint"] and swept_with_current_sweep(evaluation):
             arrays = np.load(npz_path)
             ranks = {s["name"]: arrays[f"ranks/{s['name']}"] for s in evaluation["settings"]}
             return evaluation, ranks, arrays["users"]
@@ -170,6 +185,8 @@ def evaluate_run(record, output, diffusion=True):
     evaluation = {"model": record["model"], "seed": record["seed"], "checkpoint": record["checkpoint"],
                   "eval_seed": getattr(model, "eval_seed", None), "eval_batch_size": config["eval_batch_size"],
                   "diffusion_steps": model.diffusion.num_steps if diffusion else None,
+                  "sweep": sweep_name(model) if diffusion else None,
+                  "sweep_settings": [list(s) for s in SWEEPS[sweep_name(model)]] if diffusion else None,
                   "config_keys_added_since_training": added_keys,
                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                   "machine": platform.processor() or platform.machine(), "settings": []}

@@ -24,7 +24,7 @@ SEEDS = [2020, 2021]
 # T = 10 with the cosine schedule (whose last step is pure noise, so one_step is swept too); PreferDiff's default
 # is DDIM with 5 strides, DiffuRec's DDPM over all 10 steps.
 SETTINGS = {**TINY, "epochs": 1, "diffusion_steps": 10, "beta_schedule": "cosine", "ddim_steps": 5}
-EXPECTED = {"DiffuRec": ["DDPM-10", "DDPM-8", "DDPM-4", "DDPM-2", "DDIM-8", "DDIM-4", "DDIM-2", "one-step"],
+EXPECTED = {"DiffuRec": ["DDPM-10", "DDPM-8", "DDPM-4", "DDPM-2", "DDIM-8", "DDIM-4", "DDIM-2", "DDIM-1", "one-step"],
             "PreferDiff": ["DDIM-5", "DDPM-10", "DDIM-2", "DDIM-1", "one-step"]}
 
 
@@ -138,6 +138,26 @@ def test_markdown_names_the_cheapest_setting_and_a_rerun_evaluates_nothing(swept
         again = [row for row in csv.DictReader(handle)]
     assert [row["setting"] for row in again if row["model"] == "PreferDiff"] == EXPECTED["PreferDiff"]
     assert {row["model"] for row in again} == {"PreferDiff", "SASRec"}
+
+
+def test_an_evaluation_taken_with_another_sweep_is_taken_again(swept, monkeypatch):
+    """A checkpoint evaluated by an older sweep (here: its record lacks the sweep) is evaluated again, whole."""
+    runs, reference, output, rows = swept
+    path = os.path.join(output, "evaluations", "DiffuRec-seed2020.json")
+    evaluation, _ = _evaluation(output, "DiffuRec", 2020)
+    assert frontier.swept_with_current_sweep(evaluation) and evaluation["sweep"] == "short"
+    older = {key: value for key, value in evaluation.items() if key not in ("sweep", "sweep_settings")}
+    older["settings"] = [s for s in evaluation["settings"] if s["name"] != "DDIM-1"]
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(older, handle)
+    assert not frontier.swept_with_current_sweep(older)
+    loaded, original = [], frontier.load_checkpoint_run
+    monkeypatch.setattr(frontier, "load_checkpoint_run", lambda path: loaded.append(path) or original(path))
+    assert frontier.main(["--runs", runs, reference, "--output", output, "--models", "DiffuRec"]) == 0
+    assert len(loaded) == 1
+    again, arrays = _evaluation(output, "DiffuRec", 2020)
+    assert [s["name"] for s in again["settings"]] == EXPECTED["DiffuRec"] and "ranks/DDIM-1" in arrays
+    assert frontier.swept_with_current_sweep(again)
 
 
 def test_runs_without_kept_checkpoints_are_refused(tmp_path):
