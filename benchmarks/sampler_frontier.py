@@ -27,6 +27,10 @@ the settings of a model. Verdicts at alpha = 0.05: "equivalent" (TOST), "lower" 
 mean user difference and every seed in that direction), both, or "inconclusive". A large p-value alone is
 never read as equality.
 
+A setting whose scores are not finite (the trainer refuses NaN scores; strongly guided DDPM over 2,000 steps can
+diverge) is recorded as "failed" with the trainer's message and left out of the tests and the Holm adjustment;
+the model's default itself must evaluate.
+
 Writes to ``--output`` (default ``<first --runs>/frontier``): ``frontier.csv`` (one row per model and setting:
 means over seeds, the tests), ``frontier.md`` (a table per model and its cheapest setting that loses nothing),
 ``frontier.png`` (NDCG@10 against seconds per 1,000 users, log x; the ``--reference`` model's point from its
@@ -173,7 +177,7 @@ def evaluate_run(record, output, diffusion=True):
             evaluation = json.load(handle)
         if evaluation["checkpoint"] == record["checkpoint"] and swept_with_current_sweep(evaluation):
             arrays = np.load(npz_path)
-            ranks = {s["name"]: arrays[f"ranks/{s['name']}"] for s in evaluation["settings"]}
+            ranks = {s["name"]: arrays[f"ranks/{s['name']}"] for s in evaluation["settings"] if "failed" not in s}
             return evaluation, ranks, arrays["users"]
     config, trainer, test_data, added_keys = load_checkpoint_run(record["checkpoint"])
     model = trainer.model
@@ -192,11 +196,19 @@ def evaluate_run(record, output, diffusion=True):
                   "machine": platform.processor() or platform.machine(), "settings": []}
     ranks_by_setting, users = {}, None
     for index, (setting, sampler, steps) in enumerate(settings):
-        result, setting_users, ranks = evaluate_setting(trainer, test_data, sampler, steps)
+        calls = denoiser_calls(sampler, steps, model.diffusion.num_steps) * model.n_ensemble if diffusion else None
+        try:
+            result, setting_users, ranks = evaluate_setting(trainer, test_data, sampler, steps)
+        except FloatingPointError as error:  # the trainer refuses NaN scores; a sampler that diverges is a result
+            if index == 0:
+                raise
+            evaluation["settings"].append({"name": setting, "sampler": sampler, "sampler_steps": steps,
+                                           "default": False, "calls_per_user": calls, "failed": str(error)})
+            print(f"{name} {setting}: FAILED, {error}", flush=True)
+            continue
         if users is not None and not np.array_equal(users, setting_users):
             raise AssertionError(f"{name}: setting {setting} evaluated other users")
         users, ranks_by_setting[setting] = setting_users, ranks
-        calls = denoiser_calls(sampler, steps, model.diffusion.num_steps) * model.n_ensemble if diffusion else None
         evaluation["settings"].append({"name": setting, "sampler": sampler, "sampler_steps": steps,
                                        "default": index == 0, "calls_per_user": calls, **result})
         print(f"{name} {setting}: {MAIN_METRIC} {result['metrics'][MAIN_METRIC]:.4f}, "
@@ -232,8 +244,10 @@ def analyse_model(model, runs, margin_share):
         if [s["name"] for s in evaluation["settings"]] != names or not np.array_equal(run_users, users):
             raise ValueError(f"{model}: the seeds' checkpoints were evaluated with other settings or users")
     default = names[0]
-    per_user = [{name: per_user_metrics(ranks[name]) for name in names} for _, ranks, _ in runs]
     by_name = [{s["name"]: s for s in evaluation["settings"]} for evaluation, _, _ in runs]
+    failed = {name: [seeds[name]["failed"] for seeds in by_name if "failed" in seeds[name]] for name in names}
+    failed = {name: messages for name, messages in failed.items() if messages}
+    per_user = [{name: per_user_metrics(ranks[name]) for name in names if name not in failed} for _, ranks, _ in runs]
 
     def seed_values(name, metric):
         return [float(seeds[name][metric].mean()) for seeds in per_user]
@@ -250,6 +264,10 @@ def analyse_model(model, runs, margin_share):
                "default": name == default, "calls_per_user": first["calls_per_user"], "seeds": len(runs),
                "seeds_list": " ".join(str(evaluation["seed"]) for evaluation, _, _ in runs),
                "users": len(users), "margin": margin}
+        if name in failed:
+            row["verdict"] = f"failed in {len(failed[name])} of {len(runs)} seeds: {failed[name][0]}"
+            rows.append(row)
+            continue
         for metric in METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(seed_values(name, metric))
         seconds = [by_name[i][name]["seconds_per_1000_users"] for i in range(len(runs))]
@@ -267,13 +285,18 @@ def analyse_model(model, runs, margin_share):
                 "tost_p": tost_paired(values, reference, margin)["p"] if margin > 0 and len(users) > 1 else None,
             })
         rows.append(row)
-    tested = [row for row in rows if not row["default"]]
+    tested = [row for row in rows if not row["default"] and row["setting"] not in failed]
     for key in ("tost_p", "user_wilcoxon_p"):
         for row, adjusted in zip(tested, holm_adjust([row[key] for row in tested])):
             row[f"{key}_holm"] = adjusted
     for row in tested:
         row["verdict"] = verdict(row)
     return rows
+
+
+def failed_row(row):
+    """Whether a setting could not be evaluated (its scores were not finite in some seed)."""
+    return row.get("verdict", "").startswith("failed")
 
 
 def verdict(row):
@@ -291,8 +314,8 @@ def verdict(row):
 
 def cheapest_without_loss(rows):
     """The setting with the fewest calls (then seconds) that is equivalent to the default or better; else None."""
-    kept = [row for row in rows if row["default"] or row["verdict"].startswith("equivalent")
-            or row["verdict"] == "higher"]
+    kept = [row for row in rows if row["default"] or (not failed_row(row) and (
+        row["verdict"].startswith("equivalent") or row["verdict"] == "higher"))]
     return min(kept, key=lambda row: (row["calls_per_user"], row["seconds_per_1000_users"]))
 
 
@@ -344,7 +367,8 @@ def write_markdown(rows_by_model, reference, margin_share, path):
              f"differences with the margin stated in advance, {margin_share:.0%} of the default's NDCG@10. TOST and "
              f"Wilcoxon p-values are Holm-adjusted over the settings of a model; verdicts at alpha = {ALPHA}: "
              f"equivalent (TOST), lower / higher (Wilcoxon, mean and every seed in that direction). A large "
-             f"p-value alone is not evidence of equality.", ""]
+             f"p-value alone is not evidence of equality. A failed setting gave non-finite scores and is not "
+             f"tested.", ""]
     if reference:
         source = "timed here" if reference["timed_here"] else "from its run records"
         seeds = f"{reference['seeds']} seed{'s' if reference['seeds'] > 1 else ''}"
@@ -361,6 +385,9 @@ def write_markdown(rows_by_model, reference, margin_share, path):
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(rows, key=lambda r: (-r["calls_per_user"], r["setting"])):
             name = f"{row['setting']}*" if row["default"] else row["setting"]
+            if failed_row(row):
+                lines.append(f"| {name} | {row['calls_per_user']} | - | - | - |  |  |  |  | {row['verdict']} |")
+                continue
             cells = [name, str(row["calls_per_user"]), f"{row['ndcg@10_mean']:.4f} ± {row['ndcg@10_std']:.4f}",
                      f"{row[f'{HIT_AT_10}_mean']:.4f}", f"{row['seconds_per_1000_users']:.3f}"]
             if row["default"]:
@@ -389,7 +416,7 @@ def plot_frontier(rows_by_model, reference, path):
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for index, (model, rows) in enumerate(rows_by_model.items()):
-        rows = sorted(rows, key=lambda row: row["seconds_per_1000_users"])
+        rows = sorted((row for row in rows if not failed_row(row)), key=lambda row: row["seconds_per_1000_users"])
         x = [row["seconds_per_1000_users"] for row in rows]
         y = [row["ndcg@10_mean"] for row in rows]
         ax.errorbar(x, y, yerr=[row["ndcg@10_std"] for row in rows], fmt="o-", capsize=2, markersize=4,

@@ -160,6 +160,46 @@ def test_an_evaluation_taken_with_another_sweep_is_taken_again(swept, monkeypatc
     assert frontier.swept_with_current_sweep(again)
 
 
+def test_a_setting_whose_scores_are_not_finite_is_recorded_as_failed_and_not_tested(swept, tmp_path, monkeypatch):
+    """A sampler that diverges (the trainer refuses NaN scores) is a result: a failed row, the others tested."""
+    runs, reference, output, rows = swept
+    original = frontier.evaluate_setting
+
+    def diverging(trainer, test_data, sampler=None, steps=None):
+        if (sampler, steps) == ("ddim", 2):
+            raise FloatingPointError("evaluation: the model scored NaN for 3 of 4 users")
+        return original(trainer, test_data, sampler, steps)
+
+    monkeypatch.setattr(frontier, "evaluate_setting", diverging)
+    failing = str(tmp_path / "failing")
+    for _ in range(2):  # the second run reads the saved evaluations, failed settings included
+        assert frontier.main(["--runs", runs, "--output", failing, "--models", "PreferDiff"]) == 0
+    with open(os.path.join(failing, "frontier.csv"), encoding="utf-8") as handle:
+        again = {row["setting"]: row for row in csv.DictReader(handle)}
+    assert list(again) == EXPECTED["PreferDiff"]
+    assert again["DDIM-2"]["verdict"] == "failed in 2 of 2 seeds: evaluation: the model scored NaN for 3 of 4 users"
+    assert again["DDIM-2"]["ndcg@10_mean"] == "" and again["DDIM-2"]["calls_per_user"] == "3"
+    expected = {row["setting"]: row for row in rows if row["model"] == "PreferDiff"}
+    tested = [name for name in EXPECTED["PreferDiff"][1:] if name != "DDIM-2"]
+    for name in tested:  # the others are untouched, and Holm adjusts over the settings actually tested
+        assert again[name]["ndcg@10_mean"] == expected[name]["ndcg@10_mean"]
+    assert [float(again[name]["tost_p_holm"]) for name in tested] == pytest.approx(
+        holm_adjust([float(again[name]["tost_p"]) for name in tested]))
+    with open(os.path.join(failing, "frontier.md"), encoding="utf-8") as handle:
+        assert "| DDIM-2 | 3 | - | - | - |" in handle.read()
+
+
+def test_a_default_sampler_whose_scores_are_not_finite_stops_the_sweep(swept, tmp_path, monkeypatch):
+    runs, reference, output, rows = swept
+
+    def diverging(*args, **kwargs):
+        raise FloatingPointError("evaluation: the model scored NaN")
+
+    monkeypatch.setattr(frontier, "evaluate_setting", diverging)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        frontier.main(["--runs", runs, "--output", str(tmp_path / "out"), "--models", "PreferDiff"])
+
+
 def test_runs_without_kept_checkpoints_are_refused(tmp_path):
     runs = tmp_path / "runs"
     (runs / "runs").mkdir(parents=True)
