@@ -6,8 +6,10 @@ import sys
 import time
 
 import pytest
+from recbole.data import create_dataset, data_preparation
 
 from recbole_diffusion import quick_start
+from recbole_diffusion.diffusion import denoiser_calls
 from recbole_diffusion.quick_start import build_config, get_model_class, main, parse_args, run
 from conftest import TINY, write_inter
 
@@ -169,3 +171,21 @@ def test_a_relative_data_path_becomes_absolute(data_root, in_tmp_cwd):
     """The comparison changes directory per run; the merged configuration must not depend on the cwd."""
     config, _ = build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": os.path.relpath(data_root)})
     assert config["data_path"] == os.path.join(str(data_root), "ml-100k-small")
+
+
+@pytest.mark.parametrize("model, default_sampler, sampler, steps, calls", [
+    ("DiffuRec", "ddpm", "ddim", 1, 2), ("DiffuRecSys", "ddpm", "one_step", None, 1),
+    ("PreferDiff", "ddim", "one_step", None, 1)])
+def test_fast_variants_change_only_the_sampler(data_root, model, default_sampler, sampler, steps, calls):
+    """``<Model>-fast`` (BENCHMARKS run 18) is the model's default with the cheap sampler: 2 or 1 calls per user."""
+    settings = {**TINY, "data_path": data_root}
+    default, _ = build_config(model, "ml-100k-tiny", config_dict=settings)
+    fast, model_class = build_config(f"{model}-fast", "ml-100k-tiny", config_dict=settings)
+    assert model_class.__name__ == model and fast["sampler"] == sampler
+    assert (fast["ddim_steps"] if sampler == "ddim" else None) == steps
+    changed = {key for key in default.final_config_dict
+               if key not in ("sampler", "ddim_steps") and fast[key] != default[key]}
+    assert default["sampler"] == default_sampler and not changed, changed
+    dataset = create_dataset(fast)
+    recommender = model_class(fast, data_preparation(fast, dataset)[0]._dataset)
+    assert denoiser_calls(recommender.sampler, recommender.sampler_steps, recommender.diffusion.num_steps) == calls
