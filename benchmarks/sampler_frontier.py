@@ -111,20 +111,22 @@ def swept_with_current_sweep(evaluation):
     return name is None or evaluation.get("sweep_settings") == [list(setting) for setting in SWEEPS[name]]
 
 
-def rebuild_config(checkpoint, path):
+def rebuild_config(checkpoint, path, trust_pickled=False):
     """The checkpoint's configuration as :func:`recbole_diffusion.inference.config_from_checkpoint` rebuilds it, and
     the keys the package has gained since the checkpoint was written (they take their defaults there, with a
     warning; such a checkpoint's re-evaluation must reproduce its run's test metrics, see :func:`evaluate_run`)."""
-    config, model_class = config_from_checkpoint(checkpoint, source=path, state="WARNING", show_progress=False)
+    trust = {"trust_pickled_checkpoint": True} if trust_pickled else {}
+    config, model_class = config_from_checkpoint(checkpoint, source=path, state="WARNING", show_progress=False, **trust)
     added = sorted(set(ckpt.plain_config(config)) - set(checkpoint["config"]))
     return config, model_class, added
 
 
-def load_checkpoint_run(path):
+def load_checkpoint_run(path, trust_pickled=False):
     """``(config, trainer, test data, keys added since training)`` of a checkpoint: its saved configuration, data
-    and weights, in eval mode, with the trainer collecting per-user target ranks."""
-    checkpoint = ckpt.load_checkpoint(path, map_location="cpu")
-    config, model_class, added_keys = rebuild_config(checkpoint, path)
+    and weights, in eval mode, with the trainer collecting per-user target ranks. ``trust_pickled`` also reads
+    RecBole's own pickled format (checkpoints this package wrote before its safe format; only files you made)."""
+    checkpoint = ckpt.load_checkpoint(path, map_location="cpu", trust_pickled=trust_pickled)
+    config, model_class, added_keys = rebuild_config(checkpoint, path, trust_pickled)
     data = prepare_data(config)
     ckpt.check_dataset_fingerprint(checkpoint, data.dataset, path)
     trainer = build_trainer(config, model_class, data.train)
@@ -167,7 +169,7 @@ def evaluate_setting(trainer, test_data, sampler=None, steps=None):
             "metrics": metrics, "recbole": recbole}, users[order], ranks[order]
 
 
-def evaluate_run(record, output, diffusion=True):
+def evaluate_run(record, output, diffusion=True, trust_pickled=False):
     """Evaluate one run's checkpoint with every setting (or once, as it is, for the reference model), or read
     the evaluation a previous invocation wrote. Returns ``(evaluation dict, {setting: ranks}, users)``."""
     name = run_name(record["model"], record["seed"])
@@ -179,7 +181,7 @@ def evaluate_run(record, output, diffusion=True):
             arrays = np.load(npz_path)
             ranks = {s["name"]: arrays[f"ranks/{s['name']}"] for s in evaluation["settings"] if "failed" not in s}
             return evaluation, ranks, arrays["users"]
-    config, trainer, test_data, added_keys = load_checkpoint_run(record["checkpoint"])
+    config, trainer, test_data, added_keys = load_checkpoint_run(record["checkpoint"], trust_pickled=trust_pickled)
     model = trainer.model
     if diffusion and not isinstance(model, DiffusionRecommender):
         raise ValueError(f"{record['checkpoint']}: {record['model']} is not a diffusion model; pass it as "
@@ -319,13 +321,13 @@ def cheapest_without_loss(rows):
     return min(kept, key=lambda row: (row["calls_per_user"], row["seconds_per_1000_users"]))
 
 
-def reference_point(records, output):
+def reference_point(records, output, trust_pickled=False):
     """NDCG@10 (mean, std over seeds) and seconds per 1,000 users of the reference model's runs: re-evaluated here
     when they kept a checkpoint (timed like the samplers), else as their run records say."""
     ndcg, seconds, timed_here = [], [], True
     for record in records:
         if record.get("checkpoint"):
-            evaluation, _, _ = evaluate_run(record, output, diffusion=False)
+            evaluation, _, _ = evaluate_run(record, output, diffusion=False, trust_pickled=trust_pickled)
             result = evaluation["settings"][0]
             ndcg.append(result["metrics"][MAIN_METRIC])
             seconds.append(result["seconds_per_1000_users"])
@@ -439,7 +441,8 @@ def plot_frontier(rows_by_model, reference, path):
     plt.close(fig)
 
 
-def run_frontier(run_folders, output, models=None, reference="SASRec", margin_share=DEFAULT_MARGIN):
+def run_frontier(run_folders, output, models=None, reference="SASRec", margin_share=DEFAULT_MARGIN,
+                 trust_pickled=False):
     """Evaluate every kept checkpoint of ``run_folders`` and write the reports; returns the rows per model."""
     records = [r for folder in run_folders for r in load_runs(folder) if r["status"] == "ok"]
     reference_records = [r for r in records if r["model"] == reference]
@@ -456,8 +459,9 @@ def run_frontier(run_folders, output, models=None, reference="SASRec", margin_sh
     try:
         runs_by_model = {}
         for record in sorted(candidates, key=lambda r: (r["model"], r["seed"])):
-            runs_by_model.setdefault(record["model"], []).append(evaluate_run(record, output))
-        reference_row = reference_point(reference_records, output) if reference_records else None
+            runs_by_model.setdefault(record["model"], []).append(evaluate_run(record, output,
+                                                                              trust_pickled=trust_pickled))
+        reference_row = reference_point(reference_records, output, trust_pickled) if reference_records else None
     finally:
         os.chdir(cwd)
     rows_by_model = {model: analyse_model(model, runs, margin_share) for model, runs in runs_by_model.items()}
@@ -478,6 +482,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                         help="equivalence margin as a share of the default sampler's NDCG@10 (default 0.02)")
+    parser.add_argument("--trust_pickled_checkpoint", action="store_true",
+                        help="also read RecBole's pickled checkpoints (files you wrote yourself: unpickling runs code)")
     args = parser.parse_args(argv)
     if not args.margin > 0:
         parser.error("--margin must be > 0")
@@ -485,7 +491,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m] if args.models else None
     output = args.output or os.path.join(args.runs[0], "frontier")
-    run_frontier(args.runs, output, models, args.reference, args.margin)
+    run_frontier(args.runs, output, models, args.reference, args.margin, args.trust_pickled_checkpoint)
     print(f"frontier: {os.path.join(output, 'frontier.md')}")
     return 0
 

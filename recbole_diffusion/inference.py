@@ -15,9 +15,12 @@ import warnings
 from recbole_diffusion import checkpoint as ckpt
 from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
 
-# Keys a loaded model may be given other values for: where the data lies, where the model runs, how it logs and
-# how many users one evaluation batch holds. Any other key would change the model or what it is measured on.
-LOAD_OVERRIDES = ("data_path", "gpu_id", "use_gpu", "eval_batch_size", "show_progress", "state")
+# Keys a loaded model may be given other values for: where the data lies, where the model runs, how it logs, how
+# many users one evaluation batch holds, and a diffusion model's reverse process (SAMPLER_KEYS: what inference
+# costs, not what was trained, so a checkpoint trained with the default can be served with a -fast variant's
+# sampler). Any other key would change the model or what it is measured on.
+SAMPLER_KEYS = ("sampler", "ddim_steps", "ddpm_steps")
+LOAD_OVERRIDES = ("data_path", "gpu_id", "use_gpu", "eval_batch_size", "show_progress", "state", *SAMPLER_KEYS)
 # Keys RecBole's Config computes from ``eval_args``; passing them back would be ignored or refused.
 REBUILT_KEYS = frozenset({"valid_neg_sample_args", "test_neg_sample_args"})
 
@@ -51,6 +54,10 @@ def config_from_checkpoint(checkpoint, source="checkpoint", **overrides):
     """
     _check_overrides(overrides)
     saved = checkpoint["config"]
+    sampler_keys = sorted(set(overrides) & set(SAMPLER_KEYS))
+    if sampler_keys and "sampler" not in saved:
+        raise ValueError(f"{source}: {saved.get('model')} has no reverse process, so {', '.join(sampler_keys)} "
+                         "cannot be set (they apply to this package's diffusion models)")
     dataset_folder = saved["data_path"]
     if "data_path" not in overrides and not os.path.isdir(dataset_folder):
         raise FileNotFoundError(
@@ -90,7 +97,9 @@ def load_data_and_model(model_file, trust_pickled=False, **overrides):
     Returns ``(config, model, dataset, train_data, valid_data, test_data)``: the model holds the checkpoint's
     weights, in eval mode on ``config['device']``; the data is filtered and split exactly as for training.
     ``overrides``: ``data_path`` (the folder holding ``<dataset>/``, when the data moved), ``gpu_id``, ``use_gpu``,
-    ``eval_batch_size``, ``show_progress``, ``state``. ``trust_pickled=True`` also reads RecBole's own
+    ``eval_batch_size``, ``show_progress``, ``state``, and for a diffusion model ``sampler``, ``ddim_steps``,
+    ``ddpm_steps`` (score with another reverse process than the one trained with, e.g. a ``-fast`` variant's:
+    the weights are the same). ``trust_pickled=True`` also reads RecBole's own
     (pickled) checkpoint format: only for files you wrote yourself, as unpickling can run code.
     Refuses data whose item or user tokens differ from the training data's.
     """

@@ -192,6 +192,10 @@ def parse_args(argv=None):
     parser.add_argument("--gpu_id", help="GPU to run on (default: the checkpoint's)")
     parser.add_argument("--use_gpu", type=_flag, help="True or False (default: the checkpoint's)")
     parser.add_argument("--eval_batch_size", type=int, help="users scored at once (default: the checkpoint's)")
+    parser.add_argument("--sampler", help="a diffusion model's reverse process for scoring: ddpm, ddim or one_step "
+                                          "(default: the checkpoint's; e.g. a -fast variant's, see the README)")
+    parser.add_argument("--ddim_steps", type=int, help="DDIM strides with --sampler ddim (default: the checkpoint's)")
+    parser.add_argument("--ddpm_steps", type=int, help="DDPM strides with --sampler ddpm (default: the checkpoint's)")
     parser.add_argument("--state", default="WARNING", help="console log level (default WARNING)")
     parser.add_argument("--trust_pickled_checkpoint", type=_flag, nargs="?", const=True, default=False,
                         help="also read RecBole's pickled format: only for files you wrote (unpickling runs code)")
@@ -215,7 +219,8 @@ def main(argv=None):
     """Run the command; returns the exit status (2: a refused request, with one message on stderr)."""
     args = parse_args(argv)
     user_tokens = list(dict.fromkeys(token.strip() for token in args.users.split(",") if token.strip()))
-    overrides = {key: getattr(args, key) for key in ("data_path", "gpu_id", "use_gpu", "eval_batch_size", "state")
+    overrides = {key: getattr(args, key) for key in ("data_path", "gpu_id", "use_gpu", "eval_batch_size", "state",
+                                                     "sampler", "ddim_steps", "ddpm_steps")
                  if getattr(args, key) is not None}
     try:
         _check_request(args, user_tokens)

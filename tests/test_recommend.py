@@ -218,6 +218,27 @@ def test_only_keys_that_keep_the_model_may_be_overridden(trained, in_tmp_cwd):
         recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), hidden_size=16)
 
 
+def test_a_diffusion_checkpoint_can_be_scored_with_another_sampler(trained, in_tmp_cwd, capsys):
+    """The -fast variants' samplers on a checkpoint trained with the default: same weights, fewer reverse calls."""
+    path = model_file(trained, "DiffuRec")
+    config, model, *_, test_data = recbole_diffusion.load_data_and_model(path)
+    fast_config, fast, *_ = recbole_diffusion.load_data_and_model(path, sampler="ddim", ddim_steps=1)
+    assert (model.sampler, model.sampler_steps) == ("ddpm", None) and (fast.sampler, fast.sampler_steps) == ("ddim", 1)
+    assert fast_config["sampler"] == "ddim" and fast_config["ddim_steps"] == 1
+    assert all(torch.equal(value, fast.state_dict()[key]) for key, value in model.state_dict().items())
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        assert not torch.equal(model.full_sort_predict(batch), fast.full_sort_predict(batch))
+    assert recommend.main(["--model_file", path, "--users", "7", "--sampler", "ddim", "--ddim_steps", "2"]) == 0
+    with pytest.raises(ValueError, match="ddim_steps"):
+        recbole_diffusion.load_data_and_model(path, sampler="ddim", ddim_steps=0)
+    with pytest.raises(ValueError, match="SASRec has no reverse process, so sampler cannot be set"):
+        recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), sampler="ddim")
+    capsys.readouterr()
+    assert recommend.main(["--model_file", model_file(trained, "SASRec"), "--users", "7", "--sampler", "ddim"]) == 2
+    assert "has no reverse process" in capsys.readouterr().err
+
+
 def test_a_checkpoint_from_before_a_new_key_loads_with_the_keys_default(trained, tmp_path, in_tmp_cwd):
     """A key the package gained since training (here eval_history_mask) takes its default, with a warning;
     a configuration that does not hash as written is still refused."""

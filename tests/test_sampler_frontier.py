@@ -129,7 +129,7 @@ def test_markdown_names_the_cheapest_setting_and_a_rerun_evaluates_nothing(swept
     assert "## DiffuRec" in text and "## PreferDiff" in text and text.count("Cheapest setting") == 2
     assert "Reference: SASRec" in text and "DDPM-10*" in text and "DDIM-5*" in text and "margin" in text
 
-    def refuse(path):
+    def refuse(path, **options):
         raise AssertionError(f"{path} evaluated again")
 
     monkeypatch.setattr(frontier, "load_checkpoint_run", refuse)
@@ -152,7 +152,8 @@ def test_an_evaluation_taken_with_another_sweep_is_taken_again(swept, monkeypatc
         json.dump(older, handle)
     assert not frontier.swept_with_current_sweep(older)
     loaded, original = [], frontier.load_checkpoint_run
-    monkeypatch.setattr(frontier, "load_checkpoint_run", lambda path: loaded.append(path) or original(path))
+    monkeypatch.setattr(frontier, "load_checkpoint_run",
+                        lambda path, **options: loaded.append(path) or original(path, **options))
     assert frontier.main(["--runs", runs, reference, "--output", output, "--models", "DiffuRec"]) == 0
     assert len(loaded) == 1
     again, arrays = _evaluation(output, "DiffuRec", 2020)
