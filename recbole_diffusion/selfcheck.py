@@ -43,9 +43,11 @@ SAMPLERS = {"ddpm, all steps": {"sampler": "ddpm", "ddpm_steps": None},
 RECBOLE_BASELINE = "SASRec"
 # T = 200 instead of 2000 (1000 for SeqDiffRec) keeps the all-step DDPM evaluations short; every code path
 # (DDPM over all steps, strided DDPM, DDIM with 20 strides, one step) is the same at any T. SeqDiffRec's one-step
-# start needs x_{T-1} to be noise, which the linear schedule does not give at T = 200; cosine does.
+# start needs x_{T-1} to be noise, which the linear schedule does not give at T = 200; cosine does, so it is used
+# for every model or variant whose sampler is one step. Looked up by model or variant name, then by base model.
+ONE_STEP_AT_200 = {"diffusion_steps": 200, "beta_schedule": "cosine"}
 TINY_PER_MODEL = {"DreamRec": {"diffusion_steps": 200}, "PreferDiff": {"diffusion_steps": 200},
-                  "SeqDiffRec": {"diffusion_steps": 200, "beta_schedule": "cosine"}}
+                  "SeqDiffRec": ONE_STEP_AT_200, "PreferDiff-fast": ONE_STEP_AT_200}
 
 
 class Report:
@@ -72,8 +74,8 @@ class Report:
 
 
 def _config(model, data_path, device_settings, extra=None):
-    base = resolve_model(model)[1]
-    return build_config(model, DATASET, config_dict={**TINY, **TINY_PER_MODEL.get(base, {}), **device_settings,
+    per_model = TINY_PER_MODEL.get(model, TINY_PER_MODEL.get(resolve_model(model)[1], {}))
+    return build_config(model, DATASET, config_dict={**TINY, **per_model, **device_settings,
                                                       "data_path": data_path, **(extra or {})})
 
 
