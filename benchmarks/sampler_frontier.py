@@ -192,12 +192,12 @@ def evaluate_run(record, output, diffusion=True, trust_pickled=False):
         raise ValueError(f"{record['checkpoint']}: {record['model']} is not a diffusion model; pass it as "
                          "--reference, or leave it out with --models")
     settings = sampler_settings(model) if diffusion else [("as trained", None, None)]
+    sweep = sweep_name(model) if diffusion else None
     warm_up(trainer, test_data, config["device"])
     evaluation = {"model": record["model"], "seed": record["seed"], "checkpoint": record["checkpoint"],
                   "eval_seed": getattr(model, "eval_seed", None), "eval_batch_size": config["eval_batch_size"],
                   "diffusion_steps": model.diffusion.num_steps if diffusion else None,
-                  "sweep": sweep_name(model) if diffusion else None,
-                  "sweep_settings": [list(s) for s in SWEEPS[sweep_name(model)]] if diffusion else None,
+                  "sweep": sweep, "sweep_settings": [list(s) for s in SWEEPS[sweep]] if sweep else None,
                   "config_keys_added_since_training": added_keys,
                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                   "machine": platform.processor() or platform.machine(), "settings": []}
