@@ -1,0 +1,85 @@
+"""Does diffusion pay? The tuned study of BENCHMARKS.md run 19: every model tuned with one budget on Beauty.
+
+    python benchmarks/study_beauty.py tune                      # every model, in the study's order
+    python benchmarks/study_beauty.py tune --models SASRec,GRU4Rec
+
+Stage ``tune``: each model gets the same search (``python -m recbole_diffusion.tune``): :data:`TUNING`'s trials,
+epoch cap, early stopping and pruning, on the first :data:`TUNING_USERS` users of Amazon Beauty (the same
+validation data for every model), over its space in ``benchmarks/spaces/study/<model>.hyper`` (sources in each
+file), at the CPU protocol's sizes of ``benchmarks/beauty.py`` (d 64; L 20 for the DiffuRec family, SeqDiffRec and
+the RecBole baselines, L 10 for DreamRec and PreferDiff). Trial 0 of every search is the model's defaults.
+
+Everything is resumable: a finished search is skipped, an interrupted one continues (``tune``'s own resume). The
+records (each search's ``study.db``, ``best.yaml``, ``trials.csv``, ``summary.md``) are written under ``--root``
+(default ``benchmarks/study-beauty``, committed); trial logs and checkpoints go to its git-ignored ``work/``
+folders, the data slice to ``data-<N>-users/``.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+from beauty import DATASET, FAMILIES
+
+from recbole_diffusion.datasets import write_user_slice
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The study's order: the RecBole baselines first (nothing of this package's models touches them), then the
+# diffusion models.
+STUDY_MODELS = ["SASRec", "GRU4Rec", "BERT4Rec", "DiffuRec", "DiffuRecSys-V2", "DreamRec", "PreferDiff",
+                "SeqDiffRec"]
+GUIDED = ("DreamRec", "PreferDiff")
+TUNING_USERS = 5000
+# The one search budget every model gets (stated in BENCHMARKS.md before the runs).
+TUNING = {"trials": 8, "sampler": "tpe", "pruner": "median", "prune_startup_trials": 3, "prune_warmup_epochs": 3}
+TUNING_TRAINING = {"epochs": 20, "eval_step": 1, "stopping_step": 4, "eval_batch_size": 1024,
+                   "show_progress": False}
+
+
+def sizes(model):
+    """The CPU protocol's sizes of the model's family (``benchmarks/beauty.py``)."""
+    return FAMILIES["guided" if model in GUIDED else "diffurec"]["cpu"]
+
+
+def tune_command(model, data_path, study_dir):
+    """The ``recbole_diffusion.tune`` command line of one model's search."""
+    command = [sys.executable, "-m", "recbole_diffusion.tune", "--model", model, "--dataset", DATASET,
+               "--space", os.path.join(HERE, "spaces", "study", f"{model}.hyper"), "--study", study_dir,
+               "--start_from_defaults", "--threads", "1"]
+    for key, value in TUNING.items():
+        command += [f"--{key}", str(value)]
+    for key, value in {"data_path": data_path, **sizes(model), **TUNING_TRAINING}.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
+def tune(models, root, data_root):
+    """Run (or continue) every model's search, one after another; returns the first failing exit status."""
+    data_path = write_user_slice(os.path.join(data_root, DATASET, f"{DATASET}.inter"), DATASET, TUNING_USERS,
+                                 os.path.join(root, f"data-{TUNING_USERS}-users"))
+    for model in models:
+        command = tune_command(model, data_path, os.path.join(root, "tune", model))
+        print("$ " + " ".join(command), flush=True)
+        code = subprocess.call(command)
+        if code:
+            return code
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("tune",))
+    parser.add_argument("--models", default=",".join(STUDY_MODELS), help="comma-separated (default: all, in order)")
+    parser.add_argument("--root", default=os.path.join(HERE, "study-beauty"))
+    parser.add_argument("--data_path", default=os.path.join(HERE, "..", "..", "shared", "data"))
+    args = parser.parse_args(argv)
+    models = [model for model in args.models.split(",") if model]
+    unknown = sorted(set(models) - set(STUDY_MODELS))
+    if unknown:
+        parser.error(f"not a model of the study: {', '.join(unknown)} (the study's: {', '.join(STUDY_MODELS)})")
+    return tune(models, os.path.abspath(args.root), os.path.abspath(args.data_path))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
