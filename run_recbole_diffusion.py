@@ -7,7 +7,7 @@
 
 import sys
 
-from recbole_diffusion.quick_start import main
+from recbole_diffusion.runner import main
 
 if __name__ == "__main__":
     sys.exit(main())

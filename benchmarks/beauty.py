@@ -18,7 +18,7 @@ import os
 import sys
 
 from recbole_diffusion import compare
-from recbole_diffusion.datasets import write_user_slice
+from recbole_diffusion.data.slices import write_user_slice
 
 DATASET = "amazon-beauty"
 FAMILIES = {

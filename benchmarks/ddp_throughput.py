@@ -14,8 +14,9 @@ import platform
 import torch
 
 from common import apply_threads_and_overrides, single_model_parser
-from recbole_diffusion import distributed
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data, rank_config, spawn_settings
+from recbole_diffusion.quick_start import launcher
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, rank_config, spawn_settings
 
 
 def train_epochs(config, model_class):
@@ -32,11 +33,11 @@ def _rank(local_rank, model, dataset, config_dict):
 
 def measure(model, dataset, nproc, config_dict):
     config, model_class = build_config(model, dataset, config_dict={**config_dict, "nproc": nproc})
-    launch = distributed.plan_launch(config, given_keys=set(config_dict))
+    launch = launcher.plan_launch(config, given_keys=set(config_dict))
     if launch is None:
         timing = train_epochs(config, model_class)
     else:
-        timing = distributed.spawn(_rank, nproc, (model, dataset, spawn_settings(config, config_dict, launch)))
+        timing = launcher.spawn(_rank, nproc, (model, dataset, spawn_settings(config, config_dict, launch)))
     return {"model": model, "dataset": dataset, "nproc": nproc, "backend": launch.backend if launch else None,
             "device": str(config["device"]), "threads_per_process": torch.get_num_threads(),
             "sizes": {key: config[key] for key in ("hidden_size", "n_layers", "MAX_ITEM_LIST_LENGTH",

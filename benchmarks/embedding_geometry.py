@@ -22,7 +22,8 @@ import json
 import torch
 
 from common import apply_threads_and_overrides, single_model_parser
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
 
 PAIRS = 20000
 

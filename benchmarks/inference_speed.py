@@ -28,8 +28,9 @@ import torch
 
 from beauty import CPU_TRAINING, DATASET, FAMILIES
 import recbole_diffusion
-from recbole_diffusion.datasets import write_user_slice
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
+from recbole_diffusion.data.slices import write_user_slice
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
 
 GUIDED = ("DreamRec", "PreferDiff")
 

@@ -56,16 +56,17 @@ import time
 import numpy as np
 import torch
 
-from recbole_diffusion import checkpoint as ckpt
+import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.compare import load_runs, run_name
 from recbole_diffusion.diffusion import denoiser_calls
-from recbole_diffusion.evaluation import MAIN_METRIC, METRICS, per_user_metrics
-from recbole_diffusion.inference import config_from_checkpoint
+from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, per_user_metrics
+from recbole_diffusion.evaluation.statistics import direction, holm_adjust, paired_t_test, tost_paired, wilcoxon_signed_rank
 from recbole_diffusion.model.base import DiffusionRecommender
+from recbole_diffusion.model.checks import ONE_STEP_MAX_ALPHA_BAR
 from recbole_diffusion.model.diffurec import DiffuRec
-from recbole_diffusion.quick_start import build_trainer, prepare_data
-from recbole_diffusion.statistics import direction, holm_adjust, paired_t_test, tost_paired, wilcoxon_signed_rank
-from recbole_diffusion.validation import ONE_STEP_MAX_ALPHA_BAR
+from recbole_diffusion.quick_start.inference import config_from_checkpoint
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
+from recbole_diffusion.utils.files import write_json
 
 ALPHA = 0.05
 DEFAULT_MARGIN = 0.02
@@ -133,7 +134,8 @@ def load_checkpoint_run(path, trust_pickled=False):
     checkpoint = ckpt.load_checkpoint(path, map_location="cpu", trust_pickled=trust_pickled)
     config, model_class, added_keys = rebuild_config(checkpoint, path, trust_pickled)
     data = prepare_data(config)
-    ckpt.check_dataset_fingerprint(checkpoint, data.dataset, path)
+    ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.dataset), data.dataset.dataset_name,
+                                   path)
     trainer = build_trainer(config, model_class, data.train)
     trainer.load_model_file(path)
     trainer.model.eval()
@@ -231,7 +233,7 @@ def evaluate_run(record, output, diffusion=True, trust_pickled=False):
                 print(f"warning: {message}", file=sys.stderr)
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     np.savez_compressed(npz_path, users=users, **{f"ranks/{s}": r for s, r in ranks_by_setting.items()})
-    ckpt.write_json(json_path, evaluation)
+    write_json(json_path, evaluation)
     return evaluation, ranks_by_setting, users
 
 

@@ -22,7 +22,7 @@ import sys
 
 from beauty import DATASET, FAMILIES
 
-from recbole_diffusion.datasets import write_user_slice
+from recbole_diffusion.data.slices import write_user_slice
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The study's order: the RecBole baselines first (nothing of this package's models touches them), then the

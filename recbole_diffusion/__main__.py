@@ -2,6 +2,6 @@
 
 import sys
 
-from recbole_diffusion.quick_start import main
+from recbole_diffusion.runner import main
 
 sys.exit(main())

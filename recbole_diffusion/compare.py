@@ -10,16 +10,12 @@ seeds), ``quality_vs_cost.png`` and ``validation_curves.png``. A finished run is
 same command resumes a killed comparison, and a run killed mid-training continues from its last checkpoint
 (every ``checkpoint_every`` epochs) instead of from scratch; a failed run records its error, is retried on the next start, and
 the summary lists it. Each run trains in its own process, so its peak memory is its own. With ``--nproc N``
-each run trains on N processes (RecBole's distributed mode, :mod:`recbole_diffusion.distributed`; peak memory
+each run trains on N processes (RecBole's distributed mode, :mod:`recbole_diffusion.quick_start.launcher`; peak memory
 is rank 0's) and its record says so.
 """
 
-import argparse
 import csv
-import json
-import multiprocessing
 import os
-import resource
 import sys
 import time
 import traceback
@@ -27,11 +23,17 @@ from datetime import datetime
 
 import numpy as np
 import torch
+from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from recbole_diffusion import distributed
-from recbole_diffusion.checkpoint import write_json
-from recbole_diffusion.evaluation import MAIN_METRIC, METRICS, group_metrics
-from recbole_diffusion.statistics import paired_t_test
+from recbole_diffusion.config.configurator import resolve_model
+from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics
+from recbole_diffusion.evaluation.statistics import paired_t_test
+from recbole_diffusion.quick_start.child_process import run_in_child
+from recbole_diffusion.quick_start.quick_start import run
+from recbole_diffusion.utils import collectives
+from recbole_diffusion.utils.command_line import add_config_files, entry_parser, parse_entry
+from recbole_diffusion.utils.files import read_json, write_json
 
 DEFAULT_SEED = 2020
 
@@ -40,53 +42,44 @@ def run_name(model, seed):
     return f"{model}-seed{seed}"
 
 
-def train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint=False):
-    """One run through the runner's pipeline (``quick_start``): returns the record written as the run's JSON.
-
-    A run killed before its record was written continues from its last checkpoint (``resume: True``). In a
-    distributed run every process calls it; rank 0's record counts (its peak memory is rank 0's).
-    """
-    from recbole_diffusion.quick_start import build_trainer, fit_and_test, prepare_data, resume_file
-
-    resume_from = distributed.broadcast_object(resume_file(config) if distributed.is_rank_zero() else None)
-    data = prepare_data(config)
-    trainer = build_trainer(config, model_class, data.train)
-    device = torch.device(config["device"])
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    result = fit_and_test(trainer, data, saved=True, resume_from=resume_from)
+def run_record(config, trainer, data, result, keep_checkpoint=False):
+    """What a comparison records of one run (the JSON of ``runs/<model>-seed<seed>.json``), computed where the
+    trainer lives (:func:`recbole_diffusion.quick_start.quick_start.run`'s ``report``; rank 0's counts in a
+    distributed run, its peak memory is rank 0's). Deletes the run's checkpoints unless ``keep_checkpoint``."""
     ranks, targets, users = trainer.collected_target_ranks()
     groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
     checkpoint = trainer.saved_model_file
-    if not keep_checkpoint and distributed.is_rank_zero():
+    if not keep_checkpoint and collectives.is_rank_zero():
         for path in (checkpoint, result["last_checkpoint_file"]):
             if path and os.path.isfile(path):
                 os.remove(path)
-    peak = (torch.cuda.max_memory_allocated(device) if on_cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     epoch_seconds = trainer.epoch_seconds
     return {
-        "model": model, "dataset": dataset, "seed": seed, "status": "ok", "nproc": int(config["nproc"] or 1),
+        "model": config["model"], "dataset": config["dataset"], "seed": config["seed"], "status": "ok",
+        "nproc": int(config["nproc"] or 1),
         "test": {m: float(result["test_result"][m]) for m in METRICS},
         "best_valid": {m: float(result["best_valid_result"][m]) for m in METRICS},
         "best_valid_score": float(result["best_valid_score"]),
         "validation_curve": trainer.validation_curve,
         "learning_rates": trainer.learning_rates,
         "epochs": len(epoch_seconds),
-        "resumed_from": resume_from,
+        "resumed_from": result["resumed_from"],
         "train_seconds": float(sum(epoch_seconds)),
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
         "inference_seconds": result["test_seconds"],
         "test_users": len(ranks),
         "seconds_per_1000_users": result["test_seconds"] / len(ranks) * 1000,
-        "peak_memory_mb": peak / 2 ** 20,
-        "peak_memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
+        "peak_memory_mb": result["peak_memory_mb"],
+        "peak_memory_kind": result["peak_memory_kind"],
         "checkpoint": os.path.abspath(checkpoint) if keep_checkpoint else None,
         "groups": groups,
         "config": {key: repr(value) if not isinstance(value, (int, float, str, bool, type(None), list, dict)) else value
                    for key, value in config.final_config_dict.items()},
     }
+
+
+def _keep_checkpoints(config, trainer, data, result):
+    return run_record(config, trainer, data, result, keep_checkpoint=True)
 
 
 def run_settings(dataset, config_files, overrides):
@@ -95,56 +88,24 @@ def run_settings(dataset, config_files, overrides):
             "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
 
 
-def _trial(model, dataset, seed, config_files, overrides, output, threads=None, keep_checkpoint=False,
-           parent_pid=None):
-    """Child-process entry: run, then write the record (or the error) as the run's JSON."""
-    if parent_pid is not None:
-        distributed.end_with_parent(parent_pid)
-    if threads:
-        torch.set_num_threads(threads)
-    from recbole_diffusion.quick_start import build_config, spawn_settings
-
-    path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
-    run_dir = os.path.join(output, "work", run_name(model, seed))
-    os.makedirs(run_dir, exist_ok=True)
-    start = time.perf_counter()
+def _trial(model, dataset, seed, config_files, overrides, keep_checkpoint, run_dir):
+    """One run through the runner's pipeline (a killed run continues from its last checkpoint, ``resume: True``),
+    its record or its error; each run's checkpoints live in its own folder."""
+    config_dict = {**overrides, "seed": seed, "resume": True,
+                   "checkpoint_dir": os.path.abspath(os.path.join(run_dir, "checkpoints"))}
     try:
-        config_dict = {**overrides, "seed": seed, "resume": True,
-                       "checkpoint_dir": os.path.abspath(os.path.join(run_dir, "checkpoints"))}
-        config, model_class = build_config(model, dataset, config_files, config_dict)
-        launch = distributed.plan_launch(config, given_keys=set(config_dict))
-        os.chdir(run_dir)  # RecBole writes ./log here; the config's paths are absolute by now
-        if launch is None:
-            record = train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
-        else:
-            worker_dict = spawn_settings(config, config_dict, launch)
-            record = distributed.spawn(_trial_rank, launch.nproc, (model, dataset, config_files, worker_dict, seed,
-                                                                    keep_checkpoint), offset=launch.offset)
+        record = run(model, dataset, config_files, config_dict,
+                     report=_keep_checkpoints if keep_checkpoint else run_record)
     except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)
         record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                   "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    record["settings"] = run_settings(dataset, config_files, overrides)
-    record["wall_seconds"] = time.perf_counter() - start
-    record["torch_threads"] = torch.get_num_threads()
-    write_json(path, record)
-
-
-def _trial_rank(local_rank, model, dataset, config_files, config_dict, seed, keep_checkpoint):
-    """One process of a distributed run of the comparison."""
-    from recbole_diffusion.quick_start import rank_config
-
-    config, model_class = rank_config(local_rank, model, dataset, config_files, config_dict)
-    return train_and_evaluate(config, model_class, model, dataset, seed, keep_checkpoint)
+    return {**record, "torch_threads": torch.get_num_threads()}
 
 
 def load_runs(output):
     runs_dir = os.path.join(output, "runs")
-    records = []
-    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        if name.endswith(".json"):
-            with open(os.path.join(runs_dir, name), encoding="utf-8") as handle:
-                records.append(json.load(handle))
-    return records
+    names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+    return [read_json(os.path.join(runs_dir, name)) for name in names if name.endswith(".json")]
 
 
 def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
@@ -171,31 +132,17 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     todo = [(model, seed) for model in models for seed in seeds if (model, seed) not in done]
     if done:
         print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
-    context = multiprocessing.get_context("spawn")
     for index, (model, seed) in enumerate(todo, 1):
-        args = (model, dataset, seed, config_files, overrides, output, threads, keep_checkpoints,
-                os.getpid() if isolate else None)
+        run_dir = os.path.join(output, "work", run_name(model, seed))
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
-        if os.path.isfile(path):
-            os.remove(path)  # a failed attempt's record must not stand in for this one
-        exit_code = None
-        if isolate:
-            process = context.Process(target=_trial, args=args)
-            process.start()
-            process.join()
-            exit_code = process.exitcode
-        else:
-            cwd = os.getcwd()
-            try:
-                _trial(*args)
-            finally:
-                os.chdir(cwd)
-        if not os.path.isfile(path):
-            write_json(path, {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
-                               "settings": settings,
-                               "error": f"the run ended without a record (exit code {exit_code})"})
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
+        start = time.perf_counter()
+        record, exit_code = run_in_child(_trial, (model, dataset, seed, config_files, overrides, keep_checkpoints,
+                                                  run_dir), path, run_dir, threads=threads, isolate=isolate)
+        if record is None:
+            record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
+                      "error": f"the run ended without a record (exit code {exit_code})"}
+        record.update(settings=settings, wall_seconds=time.perf_counter() - start)
+        write_json(path, record)
         if record["status"] == "ok":
             line = f"{MAIN_METRIC} {record['test'][MAIN_METRIC]:.4f}, {record['epochs']} epochs"
         else:
@@ -288,12 +235,7 @@ def write_reports(records, output, models, reference=None):
 
 def plot_figures(records, models, output):
     """NDCG@10 against inference cost per model, and per-epoch validation curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator, NullFormatter
-
+    plt.switch_backend("Agg")
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for model in models:
         runs = [r for r in records if r["model"] == model]
@@ -315,9 +257,9 @@ def plot_figures(records, models, output):
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for index, model in enumerate(models):
-        for run_index, run in enumerate(r for r in records if r["model"] == model):
-            if run["validation_curve"]:
-                epochs, scores = zip(*run["validation_curve"])
+        for run_index, record in enumerate(r for r in records if r["model"] == model):
+            if record["validation_curve"]:
+                epochs, scores = zip(*record["validation_curve"])
                 ax.plot(epochs, scores, "o-", markersize=3, color=f"C{index}", alpha=0.8,
                         label=model if run_index == 0 else None)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -331,16 +273,16 @@ def plot_figures(records, models, output):
 
 
 def parse_args(argv=None):
-    from recbole_diffusion.quick_start import key_value_overrides
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Any other --key value (or --key=value) overrides that RecBole key in every run.")
+    """``(models, dataset, seeds, output, config files, overrides, reference, isolate, threads, keep checkpoints)``."""
+    parser = entry_parser(__doc__.split("\n\n")[0],
+                          epilog="Any other --key value (or --key=value) overrides that RecBole key in every run.")
     parser.add_argument("--models", required=True, help="comma-separated model names")
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--seeds", default="1", help=f"a count N (seeds {DEFAULT_SEED}, {DEFAULT_SEED + 1}, ...) "
-                        "or a comma-separated list of seeds")
+    parser.add_argument("--seeds", default=None, help=f"a count N (seeds {DEFAULT_SEED}, {DEFAULT_SEED + 1}, ...) "
+                        "or a comma-separated list of seeds (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="one run per model with this seed (--seeds N,)")
     parser.add_argument("--output", default=None, help="results folder (default: comparison-<timestamp>)")
-    parser.add_argument("--config_files", nargs="*", default=[])
+    add_config_files(parser)
     parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
     parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
@@ -350,10 +292,15 @@ def parse_args(argv=None):
     parser.add_argument("--keep_checkpoints", action="store_true",
                         help="keep each run's best checkpoint under <output>/work/<run>/checkpoints (its path is in "
                              "the run's JSON); by default they are deleted once the run is measured")
-    args, rest = parser.parse_known_args(argv)
-    overrides = key_value_overrides(parser, rest)
-    seeds = ([int(s) for s in args.seeds.split(",") if s] if "," in args.seeds
-             else [DEFAULT_SEED + i for i in range(int(args.seeds))])
+    args, overrides = parse_entry(parser, argv)
+    if args.seed is not None and args.seeds is not None:
+        parser.error("--seed and --seeds both set the seeds: give one of them")
+    if args.seed is not None:
+        seeds = [args.seed]
+    elif args.seeds and "," in args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    else:
+        seeds = [DEFAULT_SEED + i for i in range(int(args.seeds or 1))]
     models = [m for m in args.models.split(",") if m]
     output = args.output or f"comparison-{datetime.now():%Y%m%d-%H%M%S}"
     if args.threads is not None and args.threads < 1:
@@ -368,8 +315,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     models, dataset, seeds, output, files, overrides, reference, isolate, threads, keep = parse_args(argv)
-    from recbole_diffusion.quick_start import resolve_model
-
     try:
         for model in models:
             resolve_model(model)

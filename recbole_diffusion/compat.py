@@ -8,7 +8,7 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
   when it is imported (importing any RecBole sequential model imports it), which slows training 3 to 5 times;
   it is turned off again (:func:`keep_autograd_anomaly_detection_off`).
 * Checkpoints need no fix: this package's trainer writes and reads them in a tensors-and-plain-data format
-  (:mod:`recbole_diffusion.checkpoint`) under PyTorch's ``weights_only=True``, and RecBole's own pickled files
+  (:mod:`recbole_diffusion.trainer.checkpoint`) under PyTorch's ``weights_only=True``, and RecBole's own pickled files
   are refused, so nothing here makes ``torch.load`` unpickle code.
 * ``Dataset._fill_nan`` fills missing values with ``feat[field].fillna(..., inplace=True)``: pandas 2.2 warns
   about that chained assignment and under pandas 3's copy-on-write it fills nothing. It is replaced by the
@@ -20,10 +20,10 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
 * RecBole's trainer module creates its scaler through ``torch.cuda.amp``, deprecated since PyTorch 2.4 (a
   FutureWarning in every run); it gets an ``amp`` namespace that calls ``torch.amp`` with ``"cuda"`` instead.
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
-  package never imports it: ``recbole_diffusion.quick_start`` builds the pipeline from RecBole's parts.
+  package never imports it: :mod:`recbole_diffusion.quick_start` builds the pipeline from RecBole's parts.
 * RecBole's distributed mode asserts a GPU per process and joins with NCCL in ``Config``, and wraps CPU modules
-  with ``device_ids`` in its trainer: ``recbole_diffusion.quick_start.PluginConfig`` and the trainer layer set
-  the processes up instead (:mod:`recbole_diffusion.distributed`). Every process would also open its own
+  with ``device_ids`` in its trainer: ``recbole_diffusion.config.configurator.PluginConfig`` and the trainer layer
+  set the processes up instead (:mod:`recbole_diffusion.utils.collectives`). Every process would also open its own
   TensorBoard folder: ranks other than 0 get a writer that writes nothing (:func:`tensorboard_on_rank_zero`).
 """
 

@@ -19,7 +19,9 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType, init_seed
 
-from recbole_diffusion.inference import load_data_and_model
+from recbole_diffusion.quick_start.inference import load_data_and_model
+from recbole_diffusion.utils.command_line import entry_parser, parse_entry
+from recbole_diffusion.utils.files import atomic_write
 
 SUPPORTED_MODEL_TYPES = (ModelType.SEQUENTIAL, ModelType.GENERAL)
 
@@ -161,13 +163,11 @@ def format_table(rows):
 
 
 def write_csv(rows, path):
-    """Write the rows as CSV (``user_id,rank,item_id,score``), atomically: a temporary file, then a rename."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+    """Write the rows as CSV (``user_id,rank,item_id,score``), atomically."""
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("user_id", "rank", "item_id", "score"))
         writer.writerows(rows)
-    os.replace(temporary, path)
 
 
 def _flag(value):
@@ -179,10 +179,10 @@ def _flag(value):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m recbole_diffusion.recommend",
-        description="Each user's next-item top-k from a trained model, continuing the user's whole history in "
-                    "the dataset (all splits); items the user already saw are left out unless --include_seen.")
+    parser = entry_parser(
+        "Each user's next-item top-k from a trained model, continuing the user's whole history in the dataset (all "
+        "splits); items the user already saw are left out unless --include_seen.")
+    parser.prog = "python -m recbole_diffusion.recommend"
     parser.add_argument("--model_file", required=True, help="a checkpoint written by recbole_diffusion")
     parser.add_argument("--users", required=True, help="user tokens as in the dataset, comma-separated")
     parser.add_argument("--k", type=int, default=10, help="items per user (default 10)")
@@ -199,7 +199,7 @@ def parse_args(argv=None):
     parser.add_argument("--state", default="WARNING", help="console log level (default WARNING)")
     parser.add_argument("--trust_pickled_checkpoint", type=_flag, nargs="?", const=True, default=False,
                         help="also read RecBole's pickled format: only for files you wrote (unpickling runs code)")
-    return parser.parse_args(argv)
+    return parse_entry(parser, argv, overrides=False)[0]
 
 
 def _check_request(args, user_tokens):

@@ -15,7 +15,6 @@ status is 1 if any check failed.
 The sizes are not the presets' (``-paper`` variants included): this checks code paths and devices, not quality.
 """
 
-import argparse
 import math
 import os
 import sys
@@ -26,12 +25,12 @@ import warnings
 
 import torch
 
-from recbole_diffusion.datasets import ML100K_INTER, write_user_slice
-from recbole_diffusion.evaluation import METRICS, group_metrics
+from recbole_diffusion.config.configurator import build_config, model_variants, resolve_model
+from recbole_diffusion.data.slices import ML100K_INTER, write_user_slice
+from recbole_diffusion.evaluation.metrics import METRICS, group_metrics
 from recbole_diffusion.model import MODELS
-from recbole_diffusion.quick_start import (
-    build_config, build_trainer, fit_and_test, model_variants, prepare_data, resolve_model,
-)
+from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data
+from recbole_diffusion.utils.command_line import entry_parser, parse_entry
 
 DATASET = "ml-100k-selfcheck"
 TINY = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 10,
@@ -182,13 +181,13 @@ def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = entry_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
                         help="where to run (default: cuda when available, else cpu)")
     parser.add_argument("--gpu_id", type=int, default=0, help="CUDA device index (RecBole's gpu_id)")
     parser.add_argument("--users", type=int, default=300, help="users of ml-100k to train on (default 300)")
     parser.add_argument("--models", default=None, help="comma-separated subset of models (default: all)")
-    args = parser.parse_args(argv)
+    args, _ = parse_entry(parser, argv, overrides=False)
     models = [m for m in args.models.split(",") if m] if args.models else None
     report = run_selfcheck(args.device, args.gpu_id, args.users, models)
     return 1 if report.failures else 0

@@ -82,7 +82,7 @@ def assert_full_ranking_result(result):
 
 def assert_checkpoint_reload_reproduces(model, config_files, settings, checkpoint, dataset="ml-100k-small"):
     """Fresh models loaded from ``checkpoint`` hold its weights and give identical test metrics."""
-    from recbole_diffusion.quick_start import build_config
+    from recbole_diffusion.config.configurator import build_config
 
     config, model_class = build_config(model, dataset, config_file_list=config_files, config_dict=settings)
     init_seed(config["seed"], True)

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from recbole_diffusion.quick_start import main, run
+from recbole_diffusion.quick_start.quick_start import run
+from recbole_diffusion.runner import main
 
 NAME = "tiny"
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
@@ -148,8 +149,8 @@ def test_an_unreadable_interaction_file_is_refused(workdir, capsys):
 
 @pytest.mark.parametrize("last_line", ['9\t"item 9"\t1', "9\t5\t1"], ids=["quoted token", "plain"])
 def test_crlf_blank_lines_and_quoted_tokens_pass_the_checks(last_line, workdir):
-    from recbole_diffusion.data_checks import check_interaction_files
-    from recbole_diffusion.quick_start import build_config
+    from recbole_diffusion.data.checks import check_interaction_files
+    from recbole_diffusion.config.configurator import build_config
 
     content = lines(HEADER, *rows(), "", last_line).replace("\n", "\r\n")
     config, _ = build_config("SASRec", NAME, config_dict={"data_path": write_inter(workdir, content)})
@@ -157,18 +158,18 @@ def test_crlf_blank_lines_and_quoted_tokens_pass_the_checks(last_line, workdir):
 
 
 def test_a_read_that_permissions_deny_is_refused_also_as_root(workdir, capsys, monkeypatch):
-    from recbole_diffusion import data_checks, validation
+    from recbole_diffusion.utils import files
 
     def denied(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
     data_path = write_inter(workdir, lines(HEADER, *rows()))
-    monkeypatch.setattr(data_checks, "open", denied, raising=False)
+    monkeypatch.setattr(files, "open", denied, raising=False)
     assert_mentions(refused(workdir, capsys, arguments(data_path)), "tiny.inter cannot be read (permission denied)")
     monkeypatch.undo()
     config = workdir / "settings.yaml"
     config.write_text("epochs: 1\n", encoding="utf-8")
-    monkeypatch.setattr(validation, "open", denied, raising=False)
+    monkeypatch.setattr(files, "open", denied, raising=False)
     message = refused(workdir, capsys, arguments(data_path, f"--config_files={config}"))
     assert_mentions(message, "settings.yaml", "permission denied")
 

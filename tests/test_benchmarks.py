@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recbole_diffusion.compare import parse_args
-from recbole_diffusion.datasets import write_user_slice
+from recbole_diffusion.data.slices import write_user_slice
 
 SPEC = importlib.util.spec_from_file_location(
     "beauty_benchmark", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "beauty.py"))
@@ -75,7 +75,7 @@ def test_forward_snr_matches_the_closed_form_of_the_issue():
 def test_geometry_script_measures_a_checkpoint(data_root, tmp_path, monkeypatch, capsys):
     import json
 
-    from recbole_diffusion.quick_start import run
+    from recbole_diffusion.quick_start.quick_start import run
     from conftest import TINY
 
     monkeypatch.chdir(tmp_path)

@@ -6,8 +6,9 @@ import pickle
 import pytest
 import torch
 
-from recbole_diffusion import checkpoint as ckpt
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data, run
+import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, run
 
 SETTINGS = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 8,
             "train_batch_size": 64, "eval_batch_size": 128, "show_progress": False, "state": "WARNING",

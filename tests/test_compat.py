@@ -22,7 +22,8 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureType, get_trainer, init_seed
 
 from recbole_diffusion import compat
-from recbole_diffusion.quick_start import build_config, run
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import run
 from conftest import TINY
 
 
@@ -144,7 +145,7 @@ def test_running_a_model_never_imports_ray_nor_warns(data_root, tmp_path):
     none of RecBole's deprecation noise (pandas, torch.cuda.amp) on the console (Python's default filters)."""
     script = textwrap.dedent(f"""
         import sys
-        from recbole_diffusion.quick_start import run
+        from recbole_diffusion.quick_start.quick_start import run
         run("DiffuRec", "ml-100k-tiny", config_dict={dict(TINY, data_path=data_root, epochs=1)!r}, saved=False)
         assert "ray" not in sys.modules, "ray was imported"
         assert "recbole.quick_start" not in sys.modules

@@ -9,7 +9,8 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
 from recbole_diffusion.model import DiffuRec, DiffuRecSys
-from recbole_diffusion.quick_start import build_config, run
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import run
 from conftest import FAST, TINY, assert_checkpoint_reload_reproduces, assert_full_ranking_result
 
 VARIANTS = os.path.join(os.path.dirname(__file__), "..", "properties", "model", "variants")

@@ -15,9 +15,12 @@ import pytest
 import torch
 
 import recbole_diffusion
-from recbole_diffusion import distributed
-from recbole_diffusion.datasets import ML100K_INTER, write_user_slice
-from recbole_diffusion.quick_start import build_config, build_trainer, main, prepare_data, run_rank
+from recbole_diffusion.quick_start import launcher
+from recbole_diffusion.utils import collectives
+from recbole_diffusion.data.slices import ML100K_INTER, write_user_slice
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, run_rank
+from recbole_diffusion.runner import main
 
 DATASET = "ml41"
 USERS = 41
@@ -33,7 +36,7 @@ def slice_root(tmp_path_factory):
 
 
 def _launch_keys():
-    return {"nproc": 2, "world_size": 2, "offset": 0, "ip": "localhost", "port": distributed.free_port()}
+    return {"nproc": 2, "world_size": 2, "offset": 0, "ip": "localhost", "port": launcher.free_port()}
 
 
 def _train_and_report(local_rank, models, settings):
@@ -42,19 +45,19 @@ def _train_and_report(local_rank, models, settings):
     for model in models:
         trainer, result = run_rank(local_rank, model, DATASET, None, settings)
         parameters = torch.cat([p.detach().flatten() for p in trainer.model.parameters()]).numpy()
-        every_rank = distributed.all_gather_object(parameters)
+        every_rank = collectives.all_gather_object(parameters)
         ranks, _, users = trainer.collected_target_ranks()
         reports[model] = {
             "result": result, "parameters_equal": all(np.array_equal(every_rank[0], p) for p in every_rank),
             "users": users.tolist(), "ranks": ranks.tolist(), "train_loss": trainer.train_loss_dict[0],
-            "local_samples": distributed.all_gather_object(len(trainer.eval_sample_indices))}
+            "local_samples": collectives.all_gather_object(len(trainer.eval_sample_indices))}
     return reports
 
 
 def test_models_on_two_processes_count_every_user_once_and_match_one_process(slice_root, in_tmp_cwd):
     settings = {**TINY, "data_path": slice_root, **_launch_keys()}
     models = ("DiffuRec", "PreferDiff", "SASRec")
-    reports = distributed.spawn(_train_and_report, 2, (models, settings))
+    reports = launcher.spawn(_train_and_report, 2, (models, settings))
     for model in models:
         report, result = reports[model], reports[model]["result"]
         assert report["parameters_equal"], model
@@ -151,20 +154,20 @@ def test_more_processes_than_listed_gpus_are_refused(slice_root, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     config["gpu_id"] = "0"
     with pytest.raises(ValueError, match="nproc=2 processes but gpu_id='0' lists 1 GPU"):
-        distributed.plan_launch(config)
+        launcher.plan_launch(config)
     config["gpu_id"] = "0,1"
-    monkeypatch.setattr(distributed, "check_backend", lambda backend, on_cuda: None)  # no NCCL in a CPU build
-    assert distributed.plan_launch(config).backend == "nccl"
+    monkeypatch.setattr(launcher, "check_backend", lambda backend, on_cuda: None)  # no NCCL in a CPU build
+    assert launcher.plan_launch(config).backend == "nccl"
 
 
 def test_an_external_launchers_environment_gives_recboles_keys(monkeypatch):
     for name, value in {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
                         "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}.items():
         monkeypatch.setenv(name, value)
-    assert distributed.launcher_keys() == {"local_rank": 1, "world_size": 8, "offset": 4, "nproc": 4,
+    assert launcher.launcher_keys() == {"local_rank": 1, "world_size": 8, "offset": 4, "nproc": 4,
                                            "ip": "10.0.0.1", "port": 29500}
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert distributed.launcher_keys() == {}
+    assert launcher.launcher_keys() == {}
 
 
 def test_compare_trains_a_run_on_two_processes_and_records_it(slice_root, tmp_path):

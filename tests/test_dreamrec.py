@@ -10,9 +10,10 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_diffusion.diffusion import KeyedNoise
-from recbole_diffusion.losses import batch_negative_centroids, cosine_error, preference_loss
+from recbole_diffusion.model.loss import batch_negative_centroids, cosine_error, preference_loss
 from recbole_diffusion.model import DreamRec, PreferDiff
-from recbole_diffusion.quick_start import build_config, run
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import run
 from conftest import FAST, TINY, assert_checkpoint_reload_reproduces, assert_full_ranking_result
 
 SMALL_T = {"diffusion_steps": 200}

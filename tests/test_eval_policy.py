@@ -6,8 +6,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.dataloader import FullSortEvalDataLoader
 
 from conftest import TINY, write_inter
-from recbole_diffusion.eval_policy import apply_eval_history_mask
-from recbole_diffusion.quick_start import build_config, build_trainer, fit_and_test, prepare_data, resolve_model, run
+from recbole_diffusion.evaluation.history_mask import apply_eval_history_mask
+from recbole_diffusion.config.configurator import build_config, resolve_model
+from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data, run
 
 # RecBole's general diffusion models at tiny sizes; a large eval_batch_size puts every user in one batch (RecBole
 # counts a general model's evaluation batch in users x items).

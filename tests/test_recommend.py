@@ -10,9 +10,9 @@ from recbole.data.interaction import Interaction
 
 import recbole_diffusion
 from conftest import successor_rows, write_inter
-from recbole_diffusion import checkpoint as ckpt
+import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion import recommend
-from recbole_diffusion.quick_start import run
+from recbole_diffusion.quick_start.quick_start import run
 from recbole_diffusion.trainer import get_trainer
 
 TINY = {"epochs": 1, "train_batch_size": 256, "show_progress": False, "state": "WARNING"}

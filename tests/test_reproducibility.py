@@ -11,12 +11,14 @@ import torch
 from scipy import stats
 
 from recbole_diffusion.diffusion import KeyedNoise, keyed_normal
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data, run
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, run
 from conftest import FAST, TINY
 
 EVALUATE_IN_A_NEW_PROCESS = """
 import json, sys
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
 config, model_class = build_config(sys.argv[1], sys.argv[4], config_dict=json.loads(sys.argv[2]))
 data = prepare_data(config)
 trainer = build_trainer(config, model_class, data.train)

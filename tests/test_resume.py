@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
-from recbole_diffusion import checkpoint as ckpt
-from recbole_diffusion.quick_start import build_config, build_trainer, fit_and_test, prepare_data, resume_file, run
+import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data, resume_file, run
 from recbole_diffusion.trainer import PluginTrainerMixin, TrainingPreempted
 
 # Tiny sizes; the learning rate is high enough that the validation curve moves from epoch to epoch.
@@ -22,7 +23,7 @@ SETTINGS = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1, "MA
 KILLED_RUN = """
 import json, os, signal, sys, torch
 torch.set_num_threads(1)
-from recbole_diffusion.quick_start import run
+from recbole_diffusion.quick_start.quick_start import run
 from recbole_diffusion.trainer import PluginTrainerMixin
 kill_before = int(sys.argv[3])
 write_last = PluginTrainerMixin._write_last

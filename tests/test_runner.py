@@ -8,9 +8,11 @@ import time
 import pytest
 from recbole.data import create_dataset, data_preparation
 
-from recbole_diffusion import quick_start
+from recbole_diffusion import runner
 from recbole_diffusion.diffusion import denoiser_calls
-from recbole_diffusion.quick_start import build_config, get_model_class, main, parse_args, run
+from recbole_diffusion.config.configurator import build_config, get_model_class
+from recbole_diffusion.quick_start.quick_start import run
+from recbole_diffusion.runner import main, parse_args
 from conftest import TINY, write_inter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,12 +67,12 @@ def test_merge_order_overall_model_user_file_then_overrides(data_root, tmp_path)
 
 
 def test_dataset_yaml_wins_over_model_yaml(data_root, tmp_path, monkeypatch):
-    import recbole_diffusion.quick_start as quick_start
+    import recbole_diffusion.config.configurator as configurator
 
-    shipped = quick_start.properties_file
+    shipped = configurator.properties_file
     (tmp_path / "dataset").mkdir()
     (tmp_path / "dataset" / "ml-100k-small.yaml").write_text("MAX_ITEM_LIST_LENGTH: 7\n")
-    monkeypatch.setattr(quick_start, "properties_file", lambda *parts: (
+    monkeypatch.setattr(configurator, "properties_file", lambda *parts: (
         str(tmp_path.joinpath(*parts)) if parts[0] == "dataset" else shipped(*parts)))
     config, _ = build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root})
     assert config["MAX_ITEM_LIST_LENGTH"] == 7  # the model YAML says 50
@@ -146,7 +148,7 @@ def test_a_regular_install_carries_every_yaml_file(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(site), checkout], check=True, timeout=300, cwd=tmp_path)
-    probe = ("import os, recbole_diffusion.quick_start as q; "
+    probe = ("import os, recbole_diffusion.config.configurator as q; "
              "print(q.properties_file('overall.yaml')); print(q.resolve_model('DiffuRecSys-V2')[2]); "
              "print(os.path.isfile(q.properties_file('model', 'PreferDiff.yaml')))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -160,10 +162,10 @@ def test_a_regular_install_carries_every_yaml_file(tmp_path):
 def test_only_a_bare_command_runs_the_demo(monkeypatch, capsys):
     """No arguments: the small demo; the same model and dataset named explicitly: the YAML defaults."""
     calls = []
-    monkeypatch.setattr(quick_start, "run", lambda *args: calls.append(args) or {"test_result": {}})
-    assert quick_start.main([]) == 0
-    assert calls[-1] == ("DiffuRec", "ml-100k", [], quick_start.DEMO_OVERRIDES) and "demo" in capsys.readouterr().out
-    assert quick_start.main(["--model=DiffuRec", "--dataset=ml-100k"]) == 0
+    monkeypatch.setattr(runner, "run", lambda *args: calls.append(args) or {"test_result": {}})
+    assert runner.main([]) == 0
+    assert calls[-1] == ("DiffuRec", "ml-100k", [], runner.DEMO_OVERRIDES) and "demo" in capsys.readouterr().out
+    assert runner.main(["--model=DiffuRec", "--dataset=ml-100k"]) == 0
     assert calls[-1] == ("DiffuRec", "ml-100k", [], {}) and "demo" not in capsys.readouterr().out
 
 

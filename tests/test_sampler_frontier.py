@@ -11,8 +11,8 @@ import torch
 
 from recbole_diffusion.compare import load_runs, run_comparison
 from recbole_diffusion.diffusion import denoiser_calls
-from recbole_diffusion.evaluation import METRICS, per_user_metrics
-from recbole_diffusion.statistics import holm_adjust, tost_paired, wilcoxon_signed_rank
+from recbole_diffusion.evaluation.metrics import METRICS, per_user_metrics
+from recbole_diffusion.evaluation.statistics import holm_adjust, tost_paired, wilcoxon_signed_rank
 from conftest import TINY
 
 BENCHMARKS_DIR = os.path.join(os.path.dirname(__file__), "..", "benchmarks")

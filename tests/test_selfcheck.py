@@ -7,7 +7,7 @@ import torch
 
 from recbole_diffusion import selfcheck
 from recbole_diffusion.model import MODELS
-from recbole_diffusion.quick_start import model_variants
+from recbole_diffusion.config.configurator import model_variants
 
 
 # Every model and variant, on a slice small enough for the suite (the command's default is 300 users): the checks

@@ -10,7 +10,8 @@ from recbole.utils import init_seed
 
 from recbole_diffusion.diffusion import KeyedNoise, LossAwareTimestepSampler, UniformTimestepSampler
 from recbole_diffusion.model import SeqDiffRec
-from recbole_diffusion.quick_start import build_config, get_model_class, run
+from recbole_diffusion.config.configurator import build_config, get_model_class
+from recbole_diffusion.quick_start.quick_start import run
 from conftest import FAST, TINY, assert_checkpoint_reload_reproduces, assert_full_ranking_result
 
 

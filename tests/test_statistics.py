@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from recbole_diffusion import compare
-from recbole_diffusion.statistics import direction, holm_adjust, paired_t_test, tost_paired, wilcoxon_signed_rank
+from recbole_diffusion.evaluation.statistics import direction, holm_adjust, paired_t_test, tost_paired, wilcoxon_signed_rank
 
 
 def test_paired_t_test_is_scipys_and_compare_uses_it():

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from recbole_diffusion.evaluation import format_run_summary
+from recbole_diffusion.runner import format_run_summary
 
 RESULT = {
     "best_valid_score": np.float64(0.0131),

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recbole_diffusion import distributed
+from recbole_diffusion.quick_start import launcher
 from recbole_diffusion.diffusion import (
     LossAwareTimestepSampler, UniformTimestepSampler, make_timestep_sampler,
 )
@@ -154,7 +154,7 @@ def _update_in_rank(rank, port, folder):
 def test_two_processes_keep_the_same_state_as_one_fed_every_rows(tmp_path):
     """Each process updates with its own rows; the all-gather makes both equal one process fed both, in rank
     order (forked processes with gloo, so no import is paid again)."""
-    port = distributed.free_port("127.0.0.1")
+    port = launcher.free_port("127.0.0.1")
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_update_in_rank, args=(rank, port, str(tmp_path))) for rank in range(2)]
     for process in processes:

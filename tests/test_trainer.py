@@ -4,8 +4,10 @@ import pytest
 import torch
 from recbole.trainer import Trainer
 
-from recbole_diffusion.quick_start import build_config, build_trainer, fit_and_test, prepare_data
-from recbole_diffusion.trainer import PluginTrainerMixin, lr_factor, target_ranks
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data
+from recbole_diffusion.evaluation.metrics import target_ranks
+from recbole_diffusion.trainer.trainer import PluginTrainerMixin, lr_factor
 from conftest import TINY, TINY_USERS
 
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from recbole_diffusion import tune
-from recbole_diffusion.quick_start import known_config_keys, properties_file, run
+from recbole_diffusion.config.configurator import known_config_keys, properties_file
+from recbole_diffusion.quick_start.quick_start import run
 
 from conftest import TINY
 

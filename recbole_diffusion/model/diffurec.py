@@ -35,8 +35,8 @@ from torch.nn import functional as F
 
 from recbole_diffusion.diffusion import GaussianDiffusion, TimestepEmbedding
 from recbole_diffusion.model.base import DiffusionRecommender
+from recbole_diffusion.model.checks import check_diffurec
 from recbole_diffusion.model.layers import TransformerStack, embedding_table, positions_from_end
-from recbole_diffusion.validation import check_diffurec
 
 
 class DiffuRec(DiffusionRecommender):

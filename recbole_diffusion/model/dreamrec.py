@@ -4,7 +4,7 @@ A causal SASRec-style encoder turns the history into a guidance vector ``h``; an
 from ``[x_t, h, t_emb]``. Training replaces ``h`` by a learned null vector with probability
 ``cfg_dropout_prob``; sampling combines both with classifier-free guidance, ``(1 + w) f(x_t, h) - w f(x_t,
 null)``, and ranks all items by ``x0 @ E.T``. DreamRec trains on the x0-MSE; PreferDiff on the preference
-loss of ``recbole_diffusion.losses``.
+loss of :mod:`recbole_diffusion.model.loss`.
 
 Choices where the papers leave room: positions count back from the newest item, whereas the authors
 right-pad and count from the oldest (:func:`~recbole_diffusion.model.layers.positions_from_end` says why and
@@ -18,12 +18,10 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_diffusion.diffusion import GaussianDiffusion, TimestepEmbedding, guided_prediction
-from recbole_diffusion.losses import (
-    batch_negative_centroids, cosine_error, preference_loss, x0_mse_loss,
-)
 from recbole_diffusion.model.base import DiffusionRecommender
+from recbole_diffusion.model.checks import check_guided
 from recbole_diffusion.model.layers import TransformerStack, embedding_table, positions_from_end
-from recbole_diffusion.validation import check_guided
+from recbole_diffusion.model.loss import batch_negative_centroids, cosine_error, preference_loss, x0_mse_loss
 
 
 class DreamRec(DiffusionRecommender):

@@ -55,8 +55,8 @@ from torch.nn import functional as F
 
 from recbole_diffusion.diffusion import GaussianDiffusion, TimestepEmbedding, make_timestep_sampler
 from recbole_diffusion.model.base import DiffusionRecommender
+from recbole_diffusion.model.checks import check_seqdiffrec
 from recbole_diffusion.model.layers import TransformerStack, embedding_table, positions_from_end
-from recbole_diffusion.validation import check_seqdiffrec
 
 
 class SeqDiffRec(DiffusionRecommender):

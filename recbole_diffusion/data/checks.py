@@ -6,7 +6,8 @@ test target), an infinite one sorts last, an exact duplicate of a user's last ro
 equal the test target, users too short for leave-one-out leave the evaluation without a word. Malformed files
 end in a pandas traceback. These checks refuse such input with one message that names the file and line (or
 the configuration key) and says what to do, or let the run go on with a counted warning; the runner calls them
-before any log file or checkpoint is written (``quick_start.build_config`` and ``quick_start.prepare_data``).
+before any log file or checkpoint is written (:func:`recbole_diffusion.config.configurator.build_config` and
+:func:`recbole_diffusion.quick_start.quick_start.prepare_data`).
 """
 
 import codecs
@@ -23,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from recbole_diffusion.validation import inter_file_path
+from recbole_diffusion.utils.files import read_file_bytes
 
 # Strings pandas reads as missing by default (read_csv's na_values): RecBole drops such ids and fills such floats.
 PANDAS_MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
@@ -62,6 +63,11 @@ def _value_text(value):
     return repr(value) if isinstance(value, str) else f"{float(value):g}"
 
 
+def inter_file_path(config):
+    """The ``.inter`` file RecBole will read for this configuration (``data_path`` is already joined)."""
+    return os.path.join(config["data_path"], f"{config['dataset']}.inter")
+
+
 def inter_file_paths(config):
     """Every interaction file RecBole reads: ``<name>.inter``, or one per ``benchmark_filename`` suffix."""
     if config["benchmark_filename"]:
@@ -76,22 +82,6 @@ def check_inter_path_is_file(config):
         if os.path.isdir(path):
             raise FileNotFoundError(f"{path} is a directory; the interaction file must be a file at that path "
                                     f"(<data_path>/{config['dataset']}/{config['dataset']}.inter).")
-
-
-def read_file_bytes(path, what):
-    """The file's bytes, or a FileNotFoundError that says why it cannot be read (missing, directory, permissions)."""
-    if os.path.isdir(path):
-        raise FileNotFoundError(f"{what} {path} is a directory, not a file.")
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist.") from None
-    except PermissionError:
-        raise FileNotFoundError(f"{what} {path} cannot be read (permission denied); make it readable "
-                                f"(chmod u+r {path}) or run as its owner.") from None
-    except OSError as error:
-        raise FileNotFoundError(f"{what} {path} cannot be read: {error.strerror or error}.") from None
 
 
 def decode_text(raw, path, encoding):
@@ -420,7 +410,7 @@ def check_interaction_files(config):
                                                    "eval_args", "MODEL_TYPE"))
     paths = inter_file_paths(config)
     if not config["benchmark_filename"] and not os.path.exists(paths[0]):
-        return None  # a dataset RecBole downloads into data_path (quick_start.resolve_data_path allowed it)
+        return None  # a dataset RecBole downloads into data_path (configurator.resolve_data_path allowed it)
     summaries = []
     for path in paths:
         if not os.path.isfile(path):

@@ -9,17 +9,17 @@ RecBole model keeps its trainer's behaviour and every run of the runner, ``compa
 * what a report needs: training seconds and learning rate per epoch, the validation curve;
 * evaluation that refuses NaN scores (a silent NaN would rank items arbitrarily and still print metrics);
 * optionally, the rank of each evaluated user's target (``collect_target_ranks``), for per-user statistics;
-* checkpoints of tensors and plain data only (:mod:`recbole_diffusion.checkpoint`): the best epoch's model, and
+* checkpoints of tensors and plain data only (:mod:`recbole_diffusion.trainer.checkpoint`): the best epoch's model, and
   every ``checkpoint_every`` epochs a resumable "last" checkpoint with everything the next epoch depends on
   (model, optimiser, schedule, early-stopping state, records, every RNG state); on SIGTERM the step in progress
   finishes, the state of the last completed epoch is written, and :class:`TrainingPreempted` is raised;
-* in a distributed run (:mod:`recbole_diffusion.distributed`): the DDP wrap for CPU and CUDA processes with
+* in a distributed run (:mod:`recbole_diffusion.utils.collectives`): the DDP wrap for CPU and CUDA processes with
   RecBole's ``sync_grad_loss`` trick (parameters unused in a step get a zero gradient, so no process waits for
   them), rank 0 alone writing checkpoints, evaluation metrics computed from every process's per-user rows with
   each user counted once, one SIGTERM decision for all processes, and every process's RNG state in the "last"
   checkpoint.
 
-Evaluation draws its noise from keys (seed, user, step; :class:`recbole_diffusion.diffusion.KeyedNoise`), not
+Evaluation draws its noise from keys (seed, user, step; :class:`recbole_diffusion.diffusion.keyed_noise.KeyedNoise`), not
 from a generator, so it has no state to save: a resumed run evaluates exactly like an uninterrupted one.
 """
 
@@ -33,10 +33,9 @@ import numpy as np
 import torch
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_diffusion import checkpoint as ckpt
-from recbole_diffusion import distributed
-
-LR_SCHEDULERS = ("none", "step")
+from recbole_diffusion.evaluation.metrics import target_ranks
+import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.utils import collectives
 
 
 class TrainingPreempted(Exception):
@@ -59,24 +58,12 @@ def lr_factor(epoch, step_size, gamma, warmup_epochs):
 
 
 def build_lr_scheduler(optimizer, config):
-    """A ``LambdaLR`` following :func:`lr_factor`, or ``None`` when ``lr_scheduler`` is ``none``."""
+    """A ``LambdaLR`` following :func:`lr_factor`, or ``None`` when ``lr_scheduler`` is ``none`` (the schedules are
+    ``none`` and ``step``, checked by :mod:`recbole_diffusion.config.checks`)."""
     if (config["lr_scheduler"] or "none") == "none":
         return None
     step_size, gamma, warmup = config["lr_step_size"], config["lr_gamma"], config["lr_warmup_epochs"] or 0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, step_size, gamma, warmup))
-
-
-def target_ranks(scores, positive_u, positive_i, max_k):
-    """0-based rank of each target item among its user's scores, ``max_k`` when outside the top ``max_k``.
-
-    RecBole's evaluator hands ``positive_u`` / ``positive_i`` over on the CPU while ``scores`` live on the
-    model's device; everything is moved to the scores' device first.
-    """
-    positive_u, positive_i = positive_u.to(scores.device), positive_i.to(scores.device)
-    topk = torch.topk(scores, max_k, dim=-1).indices
-    hits = topk[positive_u] == positive_i[:, None]
-    outside = torch.full_like(positive_u, max_k)
-    return torch.where(hits.any(dim=1), hits.long().argmax(dim=1), outside)
 
 
 class _GatheringEvaluator:
@@ -94,7 +81,7 @@ class _GatheringEvaluator:
 
     def evaluate(self, struct):
         rows = {key: struct[key] for key in self.ROW_KEYS if key in struct}
-        gathered = distributed.gather_unique_rows(rows, self.trainer.eval_sample_indices)
+        gathered = collectives.gather_unique_rows(rows, self.trainer.eval_sample_indices)
         for key, value in gathered.items():
             struct.set(key, value)
         return self.evaluator.evaluate(struct)
@@ -120,9 +107,9 @@ class PluginTrainerMixin:
         self.eval_sample_indices, self._eval_row = [], 0
         self._target_rank_samples = []
         if self.distributed:
-            self.model, self.distributed_model = distributed.wrap_model(self.model, self.device)
+            self.model, self.distributed_model = collectives.wrap_model(self.model, self.device)
             self.evaluator = _GatheringEvaluator(self.evaluator, self)
-            self.saved_model_file = distributed.broadcast_object(self.saved_model_file)  # named by rank 0's clock
+            self.saved_model_file = collectives.broadcast_object(self.saved_model_file)  # named by rank 0's clock
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config)
         self.epoch_seconds, self.learning_rates, self.validation_curve = [], [], []
         self.target_rank_batches = []
@@ -185,7 +172,7 @@ class PluginTrainerMixin:
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=self._stoppable(loss_func),
                                     show_progress=show_progress)
         if self.distributed and loss is not None:
-            loss = distributed.mean_over_ranks(loss, self.device)  # the epoch's loss over the global batches
+            loss = collectives.mean_over_ranks(loss, self.device)  # the epoch's loss over the global batches
         self.epoch_seconds.append(time.perf_counter() - start)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
@@ -212,7 +199,7 @@ class PluginTrainerMixin:
     def _should_stop(self):
         """Whether SIGTERM asked to stop, in any process of a distributed run (all stop at the same step)."""
         if self.distributed:
-            return distributed.any_rank(self._stop_requested, self.device)
+            return collectives.any_rank(self._stop_requested, self.device)
         return self._stop_requested
 
     def _catch_sigterm(self):
@@ -244,8 +231,8 @@ class PluginTrainerMixin:
         """Everything epoch ``next_epoch`` depends on, copied, as tensors and plain data (``None`` on ranks other
         than 0, which only hand their RNG states over)."""
         rng = ckpt.rng_states(self._train_generator)
-        rng_by_rank = distributed.all_gather_object(rng) if self.distributed else None
-        if not distributed.is_rank_zero():
+        rng_by_rank = collectives.all_gather_object(rng) if self.distributed else None
+        if not collectives.is_rank_zero():
             return None
         return copy.deepcopy({
             **self._common_payload(),
@@ -268,14 +255,14 @@ class PluginTrainerMixin:
         })
 
     def _write_last(self, state):
-        if state is None or not self._saving or not distributed.is_rank_zero():
+        if state is None or not self._saving or not collectives.is_rank_zero():
             return
         ckpt.save_checkpoint(state, self.last_checkpoint_file)
         self.logger.info(f"last checkpoint (resumes at epoch {state['next_epoch']}): {self.last_checkpoint_file}")
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """The best epoch's model, in the safe format (replaces RecBole's pickled ``Config``)."""
-        if not distributed.is_rank_zero():
+        if not collectives.is_rank_zero():
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         ckpt.save_checkpoint({**self._common_payload(), "kind": "best", "epoch": epoch, "cur_step": self.cur_step,
@@ -292,12 +279,8 @@ class PluginTrainerMixin:
         saved_model = checkpoint["config"].get("model")
         if saved_model and saved_model != self.config["model"]:
             raise ValueError(f"checkpoint {path!r} holds a {saved_model} model, not {self.config['model']}")
-        if self.dataset_fingerprint is not None and checkpoint.get("dataset_fingerprint"):
-            saved = checkpoint["dataset_fingerprint"]
-            changed = [key for key in saved if saved[key] != self.dataset_fingerprint[key]]
-            if changed:
-                raise ValueError(f"checkpoint {path!r} was trained on other data ({', '.join(changed)} differ): "
-                                 "its item ids would map to other items")
+        if self.dataset_fingerprint is not None:
+            ckpt.check_dataset_fingerprint(checkpoint, self.dataset_fingerprint, self.config["dataset"], path)
         return checkpoint
 
     def load_model_file(self, path):
@@ -306,12 +289,12 @@ class PluginTrainerMixin:
         In a distributed run rank 0 reads the file (the one it wrote) and the others wait for its weights, so
         the other machines need no copy of it; they return ``None``.
         """
-        checkpoint = self._load_checkpoint_file(path) if distributed.is_rank_zero() else None
+        checkpoint = self._load_checkpoint_file(path) if collectives.is_rank_zero() else None
         if checkpoint is not None:
             self._load_weights(checkpoint)
         if self.distributed:
-            distributed.broadcast_module_state(self.model)
-            extra = distributed.broadcast_object(ckpt.model_extra_state(self.model) if checkpoint else None)
+            collectives.broadcast_module_state(self.model)
+            extra = collectives.broadcast_object(ckpt.model_extra_state(self.model) if checkpoint else None)
             if checkpoint is None:
                 ckpt.load_model_extra_state(self.model, extra, self.device)
         self.logger.info(f"Loading model structure and parameters from {path}")
@@ -359,7 +342,7 @@ class PluginTrainerMixin:
             if len(by_rank) != self.config["world_size"]:
                 raise ValueError(f"cannot resume from {resume_file!r} with world_size={self.config['world_size']}: "
                                  f"it holds the random states of {len(by_rank) or 1} process(es)")
-            self._pending_rng = by_rank[distributed.rank()]
+            self._pending_rng = by_rank[collectives.rank()]
         self.last_checkpoint_file = os.path.abspath(resume_file)
         self.logger.info(f"resumed from {resume_file}: training continues at epoch {self.start_epoch}")
         return checkpoint
@@ -422,8 +405,8 @@ class PluginTrainerMixin:
         """Every process's target ranks, each sample once (from the lowest rank holding it), in sample order."""
         local = self.collected_target_ranks()
         samples = np.concatenate(self._target_rank_samples) if self._target_rank_samples else np.zeros(0, np.int64)
-        parts = distributed.all_gather_object((local, samples))
-        masks = distributed.owned_by_lowest_rank([part[1] for part in parts])
+        parts = collectives.all_gather_object((local, samples))
+        masks = collectives.owned_by_lowest_rank([part[1] for part in parts])
         kept = [np.concatenate([part[0][column][mask] for part, mask in zip(parts, masks)]) for column in range(3)]
         kept_samples = np.concatenate([part[1][mask] for part, mask in zip(parts, masks)])
         order = np.argsort(kept_samples, kind="stable")

@@ -1,14 +1,15 @@
-"""The shared diffusion core: beta schedules, forward noising, DDPM / DDIM reverse steps, guidance, sampling.
+"""The Gaussian diffusion of every model: beta schedules, forward noising, DDPM / DDIM reverse steps, guidance,
+sampling (improved-diffusion's ``gaussian_diffusion.py``, for an x0-predicting network).
 
 Every model of this package diffuses one ``B x d`` target embedding and predicts ``x0`` directly; this module
-holds all of the diffusion arithmetic of ``MODELS.md`` ("Shared diffusion core") so no model re-implements it.
+holds the diffusion arithmetic of ``MODELS.md`` ("Shared diffusion core") so no model re-implements it. The
+training-step samplers are :mod:`~recbole_diffusion.diffusion.resample`, the evaluation noise
+:mod:`~recbole_diffusion.diffusion.keyed_noise`, the step embedding
+:mod:`~recbole_diffusion.diffusion.timestep_embedding`.
 
 Conventions: timesteps are 0-based, ``t`` in ``0 .. T-1``; ``abar[t] = prod_{s <= t} (1 - beta_s)``, and the
 step "before" ``t = 0`` has ``abar = 1`` (clean data). A reverse step goes from ``t`` to an earlier ``s < t``
 (``s = t - 1`` for plain DDPM, a stride for DDIM or respaced DDPM; ``s = -1`` means "to x0").
-
-Training draws its steps from a timestep sampler: uniform, or loss-aware importance sampling
-(:class:`LossAwareTimestepSampler`) for models that report per-example losses.
 """
 
 import math
@@ -16,12 +17,12 @@ import math
 import torch
 from torch import nn
 
-from recbole_diffusion import distributed
+from recbole_diffusion.diffusion.keyed_noise import KeyedNoise
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "trunc_lin", "cosine", "sqrt")
 DDPM_VARIANCES = ("fixed_large", "posterior")
 SAMPLERS = ("ddpm", "ddim", "one_step")
-TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
+
 
 
 def _betas_from_alpha_bar(alpha_bar, num_steps, max_beta=0.999):
@@ -138,124 +139,6 @@ def denoiser_calls(sampler, sampler_steps, num_steps):
         return num_steps
     last_stride = num_steps - 1 - (sampler_steps - 1) * (num_steps // sampler_steps)
     return sampler_steps + (1 if last_stride > 0 else 0)
-
-
-_MASK32 = 0xFFFFFFFF
-# Rows of a draw hashed at a time on a CPU: about 2**16 int64 elements (512 KiB), so that the in-place passes of
-# the hash stay in the core's cache instead of streaming through memory (measured on a 2-core EPYC: 2**15 to
-# 2**16 fastest, 2**13 slower from Python's per-block cost); a GPU takes every row at once.
-_CPU_CHUNK_ELEMENTS = 1 << 16
-_UNIFORM_SALTS = (0x68E31DA4, 0x1B56C4E9)
-
-
-def _mul32(x, constant):
-    """``x * constant mod 2**32`` for int64 tensors of 32-bit values, split so no product leaves int64."""
-    low, high = constant & 0xFFFF, constant >> 16
-    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
-
-
-def _hash32(x):
-    """A 32-bit integer mixer (xor-shift / multiply, "lowbias32" constants): every input bit flips about half
-    of the output bits. Exact integer arithmetic, so CPU and CUDA give the same bits. Works on int64 tensors
-    of 32-bit values and on Python ints alike (same bits)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _hash32_(x, scratch):
-    """:func:`_hash32` in place on the int64 tensor ``x`` (``scratch``: a tensor of its shape), same bits."""
-    for shift, constant in ((16, 0x7FEB352D), (15, 0x846CA68B), (16, None)):
-        x.bitwise_xor_(torch.bitwise_right_shift(x, shift, out=scratch))
-        if constant is not None:  # x * constant mod 2**32, split as in _mul32
-            torch.mul(x, constant >> 16, out=scratch).bitwise_and_(0xFFFF).bitwise_left_shift_(16)
-            x.mul_(constant & 0xFFFF).add_(scratch).bitwise_and_(_MASK32)
-    return x
-
-
-def _row_states(state, keys):
-    """Hash each row's key columns into the running ``state`` (a ``B`` tensor), one column at a time."""
-    for column in keys.long().unbind(dim=1):
-        state = _hash32(state ^ (column & _MASK32))
-    return state
-
-
-def _element_hashes(numel, device):
-    """The hash of each element index of a draw: it depends on the draw's size only."""
-    return _hash32(torch.arange(numel, dtype=torch.int64, device=device))
-
-
-def _normal_from_states(states, elements, shape):
-    """Box-Muller normals ``B x *shape`` from row states (``B``) and element hashes (``numel``).
-
-    Two hashed 24-bit uniforms per element; computed in place, a block of rows at a time (see
-    ``_CPU_CHUNK_ELEMENTS``), with exactly the operations of the plain formula, so the bits do not depend on
-    the blocks.
-    """
-    rows, numel = states.size(0), elements.numel()
-    out = torch.empty(rows, numel, dtype=torch.float32, device=states.device)
-    block = rows if states.is_cuda else max(1, _CPU_CHUNK_ELEMENTS // max(numel, 1))
-    for begin in range(0, rows, block):
-        bits = states[begin:begin + block, None] ^ elements[None, :]
-        scratch = torch.empty_like(bits)
-        _hash32_(bits, scratch)
-        first = _hash32_(bits ^ _UNIFORM_SALTS[0], scratch)
-        second = _hash32_(bits.bitwise_xor_(_UNIFORM_SALTS[1]), scratch)
-        u1 = first.bitwise_right_shift_(8).float().add_(0.5).div_(2.0 ** 24)
-        u2 = second.bitwise_right_shift_(8).float().add_(0.5).div_(2.0 ** 24)
-        # sqrt(-2 log u1) * cos(2 pi u2)
-        target = out[begin:begin + block]
-        torch.log(u1, out=target).mul_(-2.0).sqrt_().mul_(u2.mul_(2.0 * math.pi).cos_())
-    return out.view(rows, *shape)
-
-
-def keyed_normal(seed, keys, shape):
-    """Standard normal draws that are a pure function of ``(seed, keys[b], element index)``.
-
-    ``keys`` is a ``B x K`` integer tensor (one row of K counters per draw, values below 2**32); the result is
-    ``B x *shape`` on ``keys``' device. Two hashed 24-bit uniforms per element go through Box-Muller, so no
-    random generator state is read or advanced: the same key gives the same noise in any batch, any process
-    and any order (up to float rounding of ``log`` / ``cos`` between devices).
-    """
-    state = torch.full((keys.size(0),), int(seed) & _MASK32, dtype=torch.int64, device=keys.device)
-    states = _row_states(_hash32(state), keys)
-    return _normal_from_states(states, _element_hashes(math.prod(shape), keys.device), shape)
-
-
-class KeyedNoise:
-    """The noise of one evaluation batch, keyed by ``(eval_seed, stream, step, row key)`` (see :func:`keyed_normal`).
-
-    ``row_keys`` (``B x K``) names each row: a user id and an ensemble member, say. Each use of noise is a
-    ``stream``; a draw at reverse step ``t`` is keyed by it too, so every user gets the same noise for the same
-    step whatever the batch size, the batch it falls in or the number of processes. Equal to
-    ``keyed_normal(seed, [stream, step, row_keys])``; a draw at an integer step hashes the part of the key that
-    all rows share once, and the element hashes of a draw size are kept for the batch's later draws.
-    """
-
-    START, DDPM, LAMBDA = 1, 2, 3  # streams: x_T, the DDPM step noise, DiffuRec's lambda
-
-    def __init__(self, seed, row_keys):
-        self.seed, self.row_keys = int(seed), row_keys
-        self._elements = {}
-
-    def normal(self, stream, step, shape):
-        """``B x *shape`` standard normal draws for ``stream`` at reverse step ``step`` (an int or a ``B`` tensor)."""
-        rows = self.row_keys.size(0)
-        numel = math.prod(shape)
-        if numel not in self._elements:
-            self._elements[numel] = _element_hashes(numel, self.row_keys.device)
-        if isinstance(step, int):  # the key's shared part (seed, stream, step) hashed once, as a Python int
-            shared = _hash32(_hash32(_hash32(self.seed & _MASK32) ^ (stream & _MASK32)) ^ (step & _MASK32))
-            states = _row_states(torch.full((rows,), shared, dtype=torch.int64, device=self.row_keys.device),
-                                 self.row_keys)
-        else:
-            step = torch.as_tensor(step, device=self.row_keys.device).expand(rows)
-            state = torch.full((rows,), self.seed & _MASK32, dtype=torch.int64, device=self.row_keys.device)
-            keys = torch.cat([torch.full_like(step, stream)[:, None], step[:, None], self.row_keys], dim=1)
-            states = _row_states(_hash32(state), keys)
-        return _normal_from_states(states, self._elements[numel], shape)
 
 
 class GaussianDiffusion(nn.Module):
@@ -395,115 +278,3 @@ class GaussianDiffusion(nn.Module):
             if sampler == "ddpm" and index < len(timesteps) - 1:  # no noise is added on the step to x0
                 x_t = x_t + sigma[index] * draw(KeyedNoise.DDPM, step)
         return x_t
-
-
-class UniformTimestepSampler(nn.Module):
-    """``t ~ Uniform{0 .. T-1}`` with unit weights; keeps no state."""
-
-    def __init__(self, num_steps):
-        super().__init__()
-        self.num_steps = int(num_steps)
-
-    def sample(self, batch_size, device):
-        """``(t, weights)``: ``B`` steps and the weight of each example's loss (all 1)."""
-        t = torch.randint(0, self.num_steps, (batch_size,), device=device)
-        return t, torch.ones(batch_size, device=device)
-
-    def update(self, t, losses):
-        """Uniform sampling does not depend on the losses."""
-
-
-class LossAwareTimestepSampler(nn.Module):
-    """Importance sampling of the diffusion steps by their recent losses (improved-diffusion's
-    loss-second-moment resampler, Nichol & Dhariwal 2021), for models that report a loss per example.
-
-    Each step keeps a ring buffer of its last ``history`` losses. Until every step has ``history`` of them the
-    steps are drawn uniformly; then ``p_t`` is proportional to ``sqrt(mean(loss_t^2))``, mixed with a uniform
-    share ``u``: ``p = (1 - u) p + u / T`` (every step stays reachable, so its history keeps moving, and no
-    weight exceeds ``1 / u``). Each example's loss is weighted by ``1 / (T p_t)``, which keeps the objective
-    unbiased: ``E_{t ~ p}[L_t / (T p_t)] = (1/T) sum_t L_t``, the uniform-step objective, with less variance.
-
-    The history and the counts are registered buffers, so they are part of the model's ``state_dict``: they
-    are checkpointed and a resumed run continues with the same distribution. Under ``torch.distributed``
-    every process's steps and losses are gathered (in rank order) before each update, so every process keeps
-    the same state.
-    """
-
-    def __init__(self, num_steps, history=10, uniform_share=0.001):
-        super().__init__()
-        if int(history) != history or history < 1:
-            raise ValueError(f"loss_aware_history={history!r}: must be an integer >= 1")
-        if not 0 < uniform_share <= 1:
-            raise ValueError(f"loss_aware_uniform_share={uniform_share!r}: must lie in (0, 1]")
-        self.num_steps, self.history, self.uniform_share = int(num_steps), int(history), float(uniform_share)
-        self.register_buffer("loss_history", torch.zeros(self.num_steps, self.history, dtype=torch.float64))
-        self.register_buffer("loss_counts", torch.zeros(self.num_steps, dtype=torch.long))
-
-    def probabilities(self):
-        """``p_t`` (float64, length T): uniform until every step holds ``history`` losses (or all are 0)."""
-        uniform = torch.full_like(self.loss_history[:, 0], 1.0 / self.num_steps)
-        scale = self.loss_history.pow(2).mean(dim=1).sqrt()
-        total = scale.sum()
-        mixed = (1.0 - self.uniform_share) * scale / total.clamp(min=torch.finfo(total.dtype).tiny) \
-            + self.uniform_share * uniform
-        warmed_up = (self.loss_counts >= self.history).all() & (total > 0)
-        return torch.where(warmed_up, mixed, uniform)
-
-    def sample(self, batch_size, device):
-        """``(t, weights)``: ``B`` steps drawn from :meth:`probabilities` and the weights ``1 / (T p_t)``."""
-        p = self.probabilities().to(device)
-        t = torch.multinomial(p, batch_size, replacement=True)
-        return t, (1.0 / (self.num_steps * p[t])).float()
-
-    @torch.no_grad()
-    def update(self, t, losses):
-        """Append each example's loss (``B``, detached) to its step's history, all processes' examples alike.
-
-        Vectorised over the batch: the examples are grouped by step in arrival order; the j-th new loss of a
-        step goes to slot ``(count + j) mod history`` and only the last ``history`` of a step's new losses are
-        written, so the slots written are distinct and the buffer ends as a sequential ring buffer would.
-        """
-        t, losses = distributed.all_gather_rows(t.long(), losses.detach().to(self.loss_history.dtype))
-        t, order = torch.sort(t, stable=True)
-        losses = losses[order]
-        per_step = torch.bincount(t, minlength=self.num_steps)
-        first = torch.cumsum(per_step, dim=0) - per_step
-        rank = torch.arange(t.numel(), device=t.device) - first[t]
-        keep = rank >= per_step[t] - self.history
-        slot = (self.loss_counts[t] + rank) % self.history
-        self.loss_history[t[keep], slot[keep]] = losses[keep]
-        self.loss_counts += per_step
-
-
-def make_timestep_sampler(name, num_steps, history=10, uniform_share=0.001):
-    """The training-step sampler of config key ``timestep_sampler`` (``uniform`` or ``loss_aware``)."""
-    if name not in TIMESTEP_SAMPLERS:
-        raise ValueError(f"timestep_sampler={name!r}: expected one of {TIMESTEP_SAMPLERS}")
-    if name == "uniform":
-        return UniformTimestepSampler(num_steps)
-    return LossAwareTimestepSampler(num_steps, history, uniform_share)
-
-
-class TimestepEmbedding(nn.Module):
-    """Sinusoidal embedding of the step ``t`` followed by a 2-layer MLP (``d -> mult*d -> d``).
-
-    ``t_scale`` multiplies ``t`` before the sinusoid (DiffuRec rescales to 0..1000 with ``1000 / T``).
-    """
-
-    def __init__(self, dim, t_scale=1.0, hidden_mult=4, activation="silu", max_period=10000):
-        super().__init__()
-        self.dim, self.t_scale, self.max_period = dim, t_scale, max_period
-        act = {"silu": nn.SiLU, "gelu": nn.GELU}[activation]
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden_mult * dim), act(), nn.Linear(hidden_mult * dim, dim))
-
-    def sinusoid(self, t):
-        half = self.dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = (t.float() * self.t_scale)[:, None] * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        if self.dim % 2:
-            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
-
-    def forward(self, t):
-        return self.mlp(self.sinusoid(t))

@@ -14,6 +14,7 @@ checkpoint against its default one: across seeds, across users, and equivalence 
 """
 
 import numpy as np
+from scipy import stats
 
 
 def _differences(values, reference):
@@ -25,8 +26,6 @@ def _differences(values, reference):
 
 def paired_t_test(values, reference):
     """Two-sided paired t-test p-value (scipy); ``None`` with fewer than two pairs or constant differences."""
-    from scipy import stats
-
     differences = _differences(values, reference)
     if len(differences) < 2 or np.allclose(differences, differences[0]):
         return None
@@ -39,8 +38,6 @@ def wilcoxon_signed_rank(values, reference):
     Zero differences are dropped before ranking (``zero_method="wilcox"``); scipy chooses the exact
     distribution or the normal approximation (with its tie correction) by the number of pairs left.
     """
-    from scipy import stats
-
     differences = _differences(values, reference)
     if not np.any(differences != 0):
         return None
@@ -57,8 +54,6 @@ def tost_paired(values, reference, margin):
     With identical differences (no spread) ``p`` is 0 when they lie inside the margin and 1 otherwise.
     Returns ``{"mean", "se", "df", "p_lower", "p_upper", "p"}``.
     """
-    from scipy import stats
-
     if not margin > 0:
         raise ValueError(f"margin={margin!r}: an equivalence margin must be > 0")
     differences = _differences(values, reference)

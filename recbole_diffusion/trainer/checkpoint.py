@@ -19,7 +19,10 @@ import pickle
 import random
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+
+from recbole_diffusion.utils.files import atomic_write
 
 FORMAT = "recbole_diffusion.checkpoint/1"
 # Keys that Config derives from the others (and rebuilds when a configuration is read back).
@@ -85,19 +88,20 @@ def dataset_fingerprint(dataset):
             "item_tokens_sha256": _tokens_hash(items), "user_tokens_sha256": _tokens_hash(users)}
 
 
-def check_dataset_fingerprint(checkpoint, dataset, path="checkpoint"):
-    """Refuse a dataset whose item or user ids would not map to the checkpoint's embedding rows."""
+def check_dataset_fingerprint(checkpoint, fingerprint, dataset_name, path):
+    """Refuse data whose item or user ids would not map to the checkpoint's embedding rows: ``fingerprint`` is
+    :func:`dataset_fingerprint` of the data read now (a checkpoint without one is not checked)."""
     saved = checkpoint.get("dataset_fingerprint")
-    if saved is None:
+    if not saved:
         return
-    current = dataset_fingerprint(dataset)
     changed = [key for key in ("n_items", "item_tokens_sha256", "n_users", "user_tokens_sha256")
-               if saved[key] != current[key]]
+               if saved[key] != fingerprint[key]]
     if changed:
         raise ValueError(
-            f"{path}: the dataset {dataset.dataset_name!r} read now is not the one this model was trained on "
-            f"({', '.join(changed)} differ: {saved['n_items']} -> {current['n_items']} items, {saved['n_users']} -> "
-            f"{current['n_users']} users); its item ids would map to other items. Use the training data.")
+            f"checkpoint {path!r} was trained on other data: the dataset {dataset_name!r} read now is not the one "
+            f"this model was trained on ({', '.join(changed)} differ: {saved['n_items']} -> {fingerprint['n_items']} "
+            f"items, {saved['n_users']} -> {fingerprint['n_users']} users); its item ids would map to other items. "
+            "Use the training data.")
 
 
 def rng_states(train_generator=None):
@@ -134,8 +138,6 @@ def encode_state(value):
     numpy arrays become tensors and scipy sparse matrices their CSR parts, each tagged so that
     :func:`decode_state` rebuilds the original type; anything else that is not plain data is refused.
     """
-    import scipy.sparse as sp
-
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
@@ -157,8 +159,6 @@ def encode_state(value):
 
 def decode_state(value, device):
     """Inverse of :func:`encode_state`; tensors go to ``device``."""
-    import scipy.sparse as sp
-
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
@@ -188,29 +188,10 @@ def load_model_extra_state(model, extra, device):
 
 
 def save_checkpoint(payload, path):
-    """Write ``payload`` (tensors and plain data) to ``path`` atomically: a temporary file, then a rename.
-
-    A process killed during the write leaves the previous file intact (and at most a stray ``.tmp`` file).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
+    """Write ``payload`` (tensors and plain data) to ``path`` atomically: a process killed during the write leaves
+    the previous file intact (:func:`recbole_diffusion.utils.files.atomic_write`)."""
+    with atomic_write(path) as handle:
         torch.save(dict(payload, format=FORMAT), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def write_json(path, record):
-    """Write ``record`` as JSON atomically, like :func:`save_checkpoint`: a killed writer never leaves a
-    half-written record behind (the comparison's and the tuner's per-run records)."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def load_checkpoint(path, map_location="cpu", trust_pickled=False):

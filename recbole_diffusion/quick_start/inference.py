@@ -2,7 +2,7 @@
 
 RecBole's own ``recbole.quick_start.load_data_and_model`` unpickles the file, looks the model up among RecBole's
 models only and imports ray. :func:`load_data_and_model` reads the checkpoint without running code from it
-(:func:`recbole_diffusion.checkpoint.load_checkpoint`), rebuilds the run's configuration from the plain data the
+(:func:`recbole_diffusion.trainer.checkpoint.load_checkpoint`), rebuilds the run's configuration from the plain data the
 checkpoint stores (:func:`config_from_checkpoint`), loads the data through the training pipeline (same filtering,
 same split) and refuses data whose item or user tokens changed since training.
 """
@@ -12,8 +12,9 @@ import io
 import os
 import warnings
 
-from recbole_diffusion import checkpoint as ckpt
-from recbole_diffusion.quick_start import build_config, build_trainer, prepare_data
+import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
 
 # Keys a loaded model may be given other values for: where the data lies, where the model runs, how it logs, how
 # many users one evaluation batch holds, and a diffusion model's reverse process (SAMPLER_KEYS: what inference
@@ -108,7 +109,8 @@ def load_data_and_model(model_file, trust_pickled=False, **overrides):
         overrides["trust_pickled_checkpoint"] = True
     config, model_class = config_from_checkpoint(checkpoint, source=model_file, **overrides)
     data = prepare_data(config)
-    ckpt.check_dataset_fingerprint(checkpoint, data.dataset, model_file)
+    ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.dataset), data.dataset.dataset_name,
+                                   model_file)
     trainer = build_trainer(config, model_class, data.train)
     trainer.load_model_file(model_file)
     model = trainer.model.eval()

@@ -1,0 +1,150 @@
+"""Checks of a merged configuration and of the user's config files, run before any data is loaded or file is
+written.
+
+Each check raises ``ValueError`` naming the offending key, its value and what is allowed. The runner calls
+:func:`check_config_file` on each of the user's YAML files before merging them and :func:`check_model_config` right
+after, so a bad value never leaves a half-written log or checkpoint. The checks of this package's models' own keys
+are :mod:`recbole_diffusion.model.checks` (the models run them again when they are built); the data files are
+checked in :mod:`recbole_diffusion.data.checks`.
+"""
+
+import math
+
+import yaml
+
+from recbole_diffusion.evaluation.history_mask import EVAL_HISTORY_MASKS
+from recbole_diffusion.model.checks import MODEL_CHECKS
+from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
+from recbole_diffusion.utils.files import read_file_bytes
+
+# The trainer layer's learning-rate schedules (recbole_diffusion.trainer.trainer.build_lr_scheduler).
+LR_SCHEDULERS = ("none", "step")
+
+
+def _numbers_in(key, value):
+    """``(name, number)`` for every float in ``value``, descending into dicts and lists."""
+    if isinstance(value, dict):
+        for inner_key, inner in value.items():
+            yield from _numbers_in(f"{key}[{inner_key!r}]", inner)
+    elif isinstance(value, (list, tuple)):
+        for index, inner in enumerate(value):
+            yield from _numbers_in(f"{key}[{index}]", inner)
+    elif isinstance(value, float):
+        yield key, value
+
+
+def check_finite_numbers(config):
+    """No NaN or infinity in any key (``guidance_weight: .inf`` gives NaN scores and plausible-looking metrics)."""
+    for key, value in config.final_config_dict.items():
+        for name, number in _numbers_in(key, value):
+            if not math.isfinite(number):
+                fail(name, number, "must be a finite number")
+
+
+def check_recbole_types(config):
+    """Every key that RecBole's defaults (and its model's YAML) give a number or a boolean keeps that type:
+    ``--epochs=abc`` arrives as the string 'abc', which RecBole would compare or multiply much later."""
+    for key, default in config.internal_config_dict.items():
+        value = config[key]
+        if isinstance(default, bool):
+            require_bool(config, key)
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            fail(key, value, "must be an integer")
+        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            fail(key, value, "must be a number")
+
+
+def check_training_values(config):
+    """RecBole's training keys, for every model: values that would train nothing or never step."""
+    check_finite_numbers(config)
+    check_recbole_types(config)
+    require_int(config, "epochs", 1)
+    require_int(config, "train_batch_size", 1)
+    require_int(config, "eval_batch_size", 1)
+    learning_rate = config["learning_rate"]
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+        fail("learning_rate", learning_rate, "must be a number > 0 (e.g. 0.001)")
+    require_range(config, "weight_decay", 0, float("inf"), high_open=True)
+    if config["MODEL_TYPE"].name == "SEQUENTIAL":
+        require_int(config, "MAX_ITEM_LIST_LENGTH", 1)
+    if config["rm_dup_inter"] is not None:
+        require_in(config, "rm_dup_inter", ("first", "last"))
+
+
+def check_config_file(path):
+    """A user's YAML file: readable, UTF-8, valid YAML, and a mapping of key: value lines with text keys.
+
+    Raises ``FileNotFoundError`` (missing, directory, unreadable) or ``ValueError`` naming the line.
+    """
+    raw = read_file_bytes(path, "config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        byte = raw[error.start:error.start + 1].hex()
+        raise ValueError(f"config file {path}:{line}: byte 0x{byte} at byte offset {error.start} is not valid "
+                         "UTF-8 (RecBole reads YAML as UTF-8); save it as UTF-8") from None
+    try:
+        settings = yaml.safe_load(text)  # what the runner's own reading of the keys uses
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"config file {where}: not valid YAML ({problem}); write one key: value per line, "
+                         "e.g. epochs: 50") from None
+    if settings is None:
+        raise ValueError(f"config file {path}: has no settings (empty or only comments); write one key: value "
+                         "per line, e.g. epochs: 50, or leave the file out")
+    if not isinstance(settings, dict):
+        raise ValueError(f"config file {path}: must be a mapping of key: value lines, but holds a "
+                         f"{type(settings).__name__}; write one key: value per line, e.g. epochs: 50")
+    for key in settings:
+        if not isinstance(key, str):
+            raise ValueError(f"config file {path}: key {key!r} is not a name; keys are configuration names such "
+                             "as epochs or learning_rate")
+
+
+def check_trainer(config):
+    """Keys of the trainer layer, for every model: the learning-rate schedule and the evaluation seed."""
+    require_in(config, "lr_scheduler", LR_SCHEDULERS)
+    if config["lr_scheduler"] == "step":
+        for key in ("lr_step_size", "lr_gamma"):
+            if config[key] is None:
+                fail(key, None, "must be set when lr_scheduler is step")
+        require_int(config, "lr_step_size", 1)
+        require_range(config, "lr_gamma", 0, 1, low_open=True)
+    require_int(config, "lr_warmup_epochs", 0)
+    if config["eval_seed"] is not None:
+        require_int(config, "eval_seed", 0)
+    if config["item_init_std"] is not None:
+        fail("item_init_std", config["item_init_std"],
+             "was renamed embedding_init_std (it now sets every embedding table: items and positions)")
+
+
+def check_eval_history_mask(config):
+    """``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`): a known policy; other than ``auto`` only
+    for a full ranking (a sampled ranking has no history to mask) and, for a sequential model masked with
+    ``all``, on a split RecBole made itself (its prefix rows are where the earlier items are read from)."""
+    policy = config["eval_history_mask"]
+    if policy is None:
+        return
+    require_in(config, "eval_history_mask", EVAL_HISTORY_MASKS)
+    if policy == "auto":
+        return
+    modes = config["eval_args"]["mode"]
+    if any(mode != "full" for mode in modes.values()):
+        fail("eval_history_mask", policy, f"needs a full ranking (eval_args mode full, not {modes}); use auto")
+    if policy == "all" and config["MODEL_TYPE"].name == "SEQUENTIAL" and config["benchmark_filename"]:
+        fail("eval_history_mask", policy, "cannot mask a sequential model's history on pre-split benchmark files "
+             "(benchmark_filename); use auto or none")
+
+
+def check_model_config(model_name, config):
+    """RecBole's training keys and the trainer keys for every model, then the checks registered for
+    ``model_name``."""
+    check_training_values(config)
+    check_trainer(config)
+    check_eval_history_mask(config)
+    check = MODEL_CHECKS.get(model_name)
+    if check is not None:
+        check(config)

@@ -1,0 +1,233 @@
+"""The configuration of a run: RecBole's ``Config`` merged in this package's order, then checked.
+
+Merged lowest first: RecBole's defaults, this package's ``properties/overall.yaml`` (the shared evaluation protocol),
+``properties/model/<Model>.yaml`` (and a variant's YAML), ``properties/dataset/<dataset>.yaml``, the user's config
+files, then ``config_dict`` / ``--key=value``. :func:`build_config` checks the merged keys
+(:mod:`recbole_diffusion.config.checks`) and the interaction file line by line (:mod:`recbole_diffusion.data.checks`)
+before a log file or checkpoint is written, and finds the data folder.
+"""
+
+import difflib
+import importlib
+import os
+import socket
+import sys
+from importlib import resources
+from urllib.parse import urlparse
+
+import recbole
+import yaml
+from recbole.config import Config
+from recbole.utils import argument_list, get_model
+
+from recbole_diffusion.config.checks import check_config_file, check_model_config
+from recbole_diffusion.data import checks as data_checks
+from recbole_diffusion.model import MODELS
+from recbole_diffusion.utils.collectives import join_group
+
+DEFAULT_MODEL = "DiffuRec"
+DEFAULT_DATASET = "ml-100k"
+DATA_ENV_VAR = "RECBOLE_DIFFUSION_DATA"
+RECBOLE_SUBPACKAGES = ("general_recommender", "sequential_recommender", "context_aware_recommender",
+                       "knowledge_aware_recommender")
+# Keys RecBole reads without declaring them in a YAML file.
+RECBOLE_RUNTIME_KEYS = {"model", "dataset", "config_files", "nproc", "world_size", "offset", "ip", "port",
+                        "local_rank", "gpu_id", "use_gpu", "benchmark_filename", "wandb_project", "log_wandb",
+                        "enable_amp", "enable_scaler", "transform", "numerical_features", "discretization",
+                        "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args", "ddp_backend"}
+
+
+def properties_file(*parts):
+    """Path of a YAML file shipped in ``properties/`` (works for editable and regular installs)."""
+    return str(resources.files("recbole_diffusion.properties").joinpath(*parts))
+
+
+def _recbole_properties(*parts):
+    return os.path.join(os.path.dirname(recbole.__file__), "properties", *parts)
+
+
+def recbole_model_names():
+    """Class names of RecBole's built-in models, read from its model subpackages."""
+    names = []
+    for subpackage in RECBOLE_SUBPACKAGES:
+        module = importlib.import_module(f"recbole.model.{subpackage}")
+        names += [name for name in dir(module) if isinstance(getattr(module, name), type)]
+    return sorted(set(names))
+
+
+def model_variants():
+    """Variant names, from ``properties/model/variants/<Model>-<variant>.yaml`` (e.g. ``DiffuRecSys-V1``)."""
+    folder = resources.files("recbole_diffusion.properties").joinpath("model", "variants")
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def get_model_class(name):
+    """Look ``name`` up among this package's models first, then RecBole's; list both when it is unknown."""
+    if name in MODELS:
+        return MODELS[name]
+    try:
+        return get_model(name)
+    except (ValueError, AttributeError, ImportError):  # exlib models import xgboost and lightgbm
+        pass
+    raise ValueError(
+        f"model={name!r} is not a model of recbole_diffusion ({', '.join(sorted(MODELS))}; variants: "
+        f"{', '.join(model_variants())}) nor of RecBole ({', '.join(recbole_model_names())})."
+    )
+
+
+def resolve_model(name):
+    """``(model class, model name, variant YAML or None)`` for a model name or a variant name."""
+    if name in model_variants():
+        base = name.split("-")[0]
+        return get_model_class(base), base, properties_file("model", "variants", f"{name}.yaml")
+    return get_model_class(name), name, None
+
+
+class PluginConfig(Config):
+    """RecBole's ``Config`` without its own reading of ``sys.argv`` (overrides arrive as ``config_dict``), and
+    with this package's process-group set-up where RecBole's asserts a GPU per process and joins with NCCL."""
+
+    def _load_cmd_line(self):
+        return dict()
+
+    def _init_device(self):
+        if "local_rank" in self.final_config_dict:
+            join_group(self.final_config_dict)
+        else:
+            super()._init_device()
+
+
+def _read_yaml_keys(path):
+    if not os.path.isfile(path):
+        return set()
+    with open(path, encoding="utf-8") as handle:
+        return set((yaml.safe_load(handle) or {}).keys())
+
+
+def config_file_keys(paths):
+    """Every key the YAML files ``paths`` set."""
+    return set().union(*(_read_yaml_keys(path) for path in paths or []))
+
+
+def config_file_values(path):
+    """A user's YAML file as RecBole's ``Config`` reads it (its loader makes ``1e-3`` a float, not a string).
+
+    RecBole's loader builder and converter below use nothing of the instance they are methods of."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.load(handle.read(), Loader=Config._build_yaml_loader(None)) or {}
+
+
+def override_values(config_dict):
+    """``--key=value`` strings as RecBole's ``Config`` converts them (numbers, lists, dicts, booleans)."""
+    return Config._convert_config_dict(None, dict(config_dict))
+
+
+def known_config_keys(model_name, dataset):
+    """Every key that RecBole's defaults, RecBole's or this package's model and dataset YAMLs define."""
+    keys = set(RECBOLE_RUNTIME_KEYS)
+    for names in (argument_list.general_arguments, argument_list.training_arguments,
+                  argument_list.evaluation_arguments, argument_list.dataset_arguments):
+        keys |= set(names)
+    for path in (_recbole_properties("overall.yaml"), _recbole_properties("dataset", "sample.yaml"),
+                 _recbole_properties("dataset", f"{dataset}.yaml"), _recbole_properties("model", f"{model_name}.yaml"),
+                 properties_file("overall.yaml"), properties_file("model", f"{model_name}.yaml"),
+                 properties_file("dataset", f"{dataset}.yaml")):
+        keys |= _read_yaml_keys(path)
+    return keys
+
+
+def warn_unknown_keys(user_keys, model_name, dataset):
+    """Warn about keys no YAML or RecBole default defines: a typo would otherwise be ignored silently."""
+    known = known_config_keys(model_name, dataset)
+    messages = []
+    for key in sorted(set(user_keys) - known):
+        close = difflib.get_close_matches(key, known, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        messages.append(f"config key {key!r} is not used by {model_name} or RecBole{hint}")
+    for message in messages:
+        print(f"WARNING: {message}", file=sys.stderr)
+    return messages
+
+
+def _url_reachable(url, timeout=3.0):
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_data_path(config, data_path_given):
+    """Point ``config['data_path']`` at the dataset's folder, or fail fast with where it was looked for.
+
+    Without an explicit ``data_path`` the folders tried are RecBole's default (``dataset/<name>``),
+    ``$RECBOLE_DIFFUSION_DATA/<name>``, ``../shared/data/<name>`` beside this checkout (the project's
+    benchmark data), and for ml-100k the copy inside the installed ``recbole`` package.
+    """
+    dataset = config["dataset"]
+    if os.path.isfile(data_checks.inter_file_path(config)) or config["benchmark_filename"]:
+        return
+    tried = [config["data_path"]]
+    if not data_path_given:
+        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        candidates = [os.path.join(os.environ[DATA_ENV_VAR], dataset)] if os.environ.get(DATA_ENV_VAR) else []
+        candidates.append(os.path.join(checkout, "..", "shared", "data", dataset))
+        candidates.append(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset))
+        for folder in candidates:
+            if os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+                config["data_path"] = os.path.normpath(folder)
+                return
+            tried.append(os.path.normpath(folder))
+    with open(_recbole_properties("dataset", "url.yaml"), encoding="utf-8") as handle:
+        url = (yaml.safe_load(handle) or {}).get(dataset)
+    ours = os.path.isfile(properties_file("dataset", f"{dataset}.yaml"))
+    if url and not ours and _url_reachable(url):
+        return  # RecBole downloads it into data_path
+    reason = ("RecBole's copy under that name is a different preprocessing, so it is not downloaded" if ours
+              else f"RecBole's download address {url} cannot be reached" if url
+              else "RecBole knows no download for that name")
+    raise FileNotFoundError(
+        f"dataset {dataset!r} not found: looked for {dataset}.inter in {', '.join(tried)}; {reason}. "
+        f"Pass --data_path=<folder that holds {dataset}/{dataset}.inter> (for this project's benchmark sets: "
+        f"--data_path=../shared/data) or set {DATA_ENV_VAR}."
+    )
+
+
+def merge_config(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """The configuration merged in this package's order, unchecked: ``(config, model_class, model name, keys the
+    user set)``. With ``local_rank`` in ``config_dict`` this process joins the distributed run's process group."""
+    dataset = dataset or DEFAULT_DATASET
+    model_class, model, variant = resolve_model(model or DEFAULT_MODEL)
+    user_files = list(config_file_list or [])
+    config_dict = dict(config_dict or {})
+    for path in user_files:
+        check_config_file(path)
+    user_keys = set(config_dict) | config_file_keys(user_files)
+    files = [properties_file("overall.yaml")]
+    files += [path for path in (properties_file("model", f"{model}.yaml"), variant,
+                                properties_file("dataset", f"{dataset}.yaml")) if path and os.path.isfile(path)]
+    try:
+        config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
+                              config_dict=config_dict)
+    except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
+        raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
+    return config, model_class, model, user_keys
+
+
+def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Merge the configuration, then check it and the interaction file before anything is written.
+
+    ``model`` may name a variant (``DiffuRecSys-V1``): its YAML applies right after the model's. A refusal
+    raises ``ValueError`` or ``FileNotFoundError`` naming the file and line or the key, and what to do.
+
+    Returns ``(config, model_class)``.
+    """
+    config, model_class, model, user_keys = merge_config(model, dataset, config_file_list, config_dict)
+    warn_unknown_keys(user_keys, model, config["dataset"])
+    check_model_config(model, config)
+    data_checks.check_inter_path_is_file(config)
+    resolve_data_path(config, data_path_given="data_path" in user_keys)
+    config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory
+    data_checks.check_interaction_files(config)
+    return config, model_class

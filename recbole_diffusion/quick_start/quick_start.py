@@ -1,0 +1,252 @@
+"""Train and evaluate any model of this package or of RecBole, like RecBole's ``run_recbole``: the one pipeline
+that the runner, ``compare``, ``tune``, ``recommend`` and the self-check go through.
+
+:func:`run` builds the checked configuration (:mod:`recbole_diffusion.config.configurator`), then in each process
+:func:`prepare_data` (load, check, split, start the log), :func:`build_trainer` (the model in this package's trainer
+layer) and :func:`fit_and_test` (early stopping on validation, the best checkpoint on the test split).
+
+RecBole's distributed keys work as in RecBole (``nproc`` processes on this machine, ``world_size``, ``offset``,
+``ip``, ``port``; ``train_batch_size`` is the global batch); :func:`run` spawns the processes
+(:mod:`recbole_diffusion.quick_start.launcher`), or joins the process group of an external launcher (torchrun).
+Rank 0 alone writes the log and the checkpoints; :func:`run` returns rank 0's result.
+"""
+
+import logging
+import os
+import resource
+import time
+from logging import getLogger
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed
+
+import recbole_diffusion.data.checks as data_checks
+import recbole_diffusion.quick_start.launcher as launcher
+import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.config.configurator import build_config, config_file_keys, merge_config
+from recbole_diffusion.evaluation.history_mask import apply_eval_history_mask
+from recbole_diffusion.trainer import get_trainer
+from recbole_diffusion.utils import collectives
+
+
+class RunData(NamedTuple):
+    """A dataset split for one run, with the counts that group metrics need (read before the split)."""
+
+    dataset: object
+    train: object
+    valid: object
+    test: object
+    item_counts: np.ndarray   # interactions per item id over the whole file
+    user_lengths: np.ndarray  # interactions per user id over the whole file
+
+
+def prepare_data(config, summary=None):
+    """Seed, load and check the dataset, split it as the configuration says, then start the log.
+
+    The checks (:mod:`recbole_diffusion.data.checks`) run before the log file exists, so refused data leaves
+    nothing behind; RecBole's messages of the loading reach the log afterwards, with the checks' counted notes.
+    ``summary``: what ``check_interaction_files`` found, when it already ran (before processes were spawned).
+    The evaluation loaders follow ``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`).
+    """
+    init_seed(config["seed"], config["reproducibility"])
+    if summary is None:
+        summary = data_checks.check_interaction_files(config)
+    with data_checks.held_log_records() as held_records:
+        dataset = create_dataset(config)
+        messages = data_checks.check_loaded_dataset(config, dataset, summary)
+        # Described and counted before data_preparation, which turns a sequential dataset's table into prefixes.
+        dataset_description = str(dataset)
+        item_counts = np.bincount(np.asarray(dataset.inter_feat[dataset.iid_field]), minlength=dataset.item_num)
+        user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
+        valid_data, test_data, note = apply_eval_history_mask(config, train_data, valid_data, test_data)
+        if note:
+            messages.append((logging.INFO, note))
+    init_log(config)
+    logger = getLogger()
+    logger.info(config)
+    logger.info(dataset_description)
+    for record in held_records:
+        logger.handle(record)
+    for level, message in messages:
+        logger.log(level, message)
+    return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths)
+
+
+def init_log(config):
+    """RecBole's log (file and console) in a single process and on rank 0; other ranks print errors only."""
+    if collectives.is_rank_zero():
+        init_logger(config)
+        return
+    console = logging.StreamHandler()
+    console.setLevel(logging.ERROR)
+    console.setFormatter(logging.Formatter(f"rank {collectives.rank()}: %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.ERROR, handlers=[console])
+
+
+def build_trainer(config, model_class, train_data):
+    """The model, seeded and on ``config['device']``, inside this package's trainer layer.
+
+    The trainer records the training data's fingerprint in every checkpoint it writes. In a distributed run
+    each process has its own seed (training noise differs by rank); the model starts from rank 0's weights.
+    """
+    init_seed(config["seed"] + collectives.rank(), config["reproducibility"])
+    recommender = model_class(config, train_data._dataset).to(config["device"])
+    getLogger().info(recommender)
+    trainer = get_trainer(config, recommender)
+    trainer.dataset_fingerprint = ckpt.dataset_fingerprint(train_data._dataset)
+    return trainer
+
+
+def resume_file(config):
+    """The "last" checkpoint a ``resume: True`` run continues from (``None``: start anew); see
+    :func:`recbole_diffusion.trainer.checkpoint.resumable_checkpoint`. Checked before anything is written."""
+    if not config["resume"]:
+        return None
+    return ckpt.resumable_checkpoint(ckpt.plain_config(config), config["checkpoint_dir"])
+
+
+def _log_file():
+    for handler in getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def best_epoch(trainer):
+    """The epoch whose validation score is the best one (the first, as RecBole keeps the first best)."""
+    for epoch, score in trainer.validation_curve:
+        if score == trainer.best_valid_score:
+            return epoch
+    return None
+
+
+def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=None):
+    """Train with early stopping on validation, then evaluate the best checkpoint on the test split.
+
+    ``resume_from``: a "last" checkpoint to continue (exactly: same batches, same noise, same metrics).
+    ``epoch_callback(epoch, valid_score)``: called after each validation (RecBole's ``callback_fn``); an exception
+    it raises ends training and propagates (the tuner's pruning).
+    Returns RecBole's result dict (metrics as plain floats) plus ``saved_model_file``, ``last_checkpoint_file``,
+    ``best_epoch``, ``epochs_trained`` (in this process), ``resumed_from``, ``log_file``, ``test_seconds`` and the
+    peak memory (``peak_memory_mb``: the CUDA allocator's peak since training began on a GPU, the process's peak
+    RSS on a CPU, as ``peak_memory_kind`` says); the trainer keeps the per-epoch records and the test users' target
+    ranks (:class:`recbole_diffusion.trainer.trainer.PluginTrainerMixin`).
+    """
+    config, logger = trainer.config, getLogger()
+    device = torch.device(config["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if resume_from:
+        trainer.resume_checkpoint(resume_from)
+    elif config["resume"]:
+        logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
+    best_valid_score, best_valid_result = trainer.fit(
+        data.train, data.valid, saved=saved, show_progress=config["show_progress"], callback_fn=epoch_callback
+    )
+    trainer.collect_target_ranks = True
+    start = time.perf_counter()
+    test_result = trainer.evaluate(data.test, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - start
+    trainer.collect_target_ranks = False
+    logger.info(f"best valid : {ckpt.plain(best_valid_result)}")
+    logger.info(f"test result: {ckpt.plain(test_result)}")
+    on_cuda = device.type == "cuda"
+    peak = (torch.cuda.max_memory_allocated(device) if on_cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "best_valid_score": float(best_valid_score),
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": ckpt.plain(best_valid_result),
+        "test_result": ckpt.plain(test_result),
+        "best_epoch": best_epoch(trainer),
+        "epochs_trained": len(trainer.epoch_seconds),
+        "resumed_from": resume_from,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+        "last_checkpoint_file": trainer.last_checkpoint_file if saved and trainer.checkpoint_every else None,
+        "log_file": _log_file(),
+        "test_seconds": test_seconds,
+        "peak_memory_mb": peak / 2 ** 20,
+        "peak_memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
+    }
+
+
+def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, epoch_callback=None,
+        report=None):
+    """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
+
+    Keys: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` (plain floats),
+    ``best_epoch``, ``epochs_trained``, ``saved_model_file`` (the checkpoint of the best epoch, when ``saved``),
+    ``last_checkpoint_file`` (what ``resume: True`` continues from), ``log_file``, ``test_seconds`` and the peak
+    memory (see :func:`fit_and_test`). With ``resume: True`` in the configuration a killed run continues where its
+    last checkpoint stopped. ``epoch_callback(epoch, valid_score)`` runs after each validation (single-process runs
+    only). ``report(config, trainer, data, result)``, a module-level function, replaces the result by what it
+    returns (JSON-plain in a distributed run): what ``compare`` records of a run, computed where the trainer lives.
+
+    ``nproc`` > 1 (or ``world_size`` > 1) spawns the processes after every check passed and returns rank 0's
+    result here. Started by torchrun or a scheduler (``RANK`` / ``WORLD_SIZE`` set), this process is one rank
+    and every rank returns rank 0's result.
+    """
+    external = launcher.launcher_keys()
+    if external:
+        config, model_class = build_config(model, dataset, config_file_list, {**(config_dict or {}), **external})
+        try:
+            return train_in_process(config, model_class, saved, report=report)[1]
+        finally:
+            collectives.leave_group()
+    config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    launch = launcher.plan_launch(config, given_keys=set(config_dict or {}) | config_file_keys(config_file_list))
+    if launch is None:
+        return train_in_process(config, model_class, saved, epoch_callback, report)[1]
+    if epoch_callback is not None:
+        raise ValueError("an epoch callback (the tuner's pruning) needs a single-process run: nproc / world_size 1")
+    worker_dict = spawn_settings(config, config_dict, launch)
+    resume_file(config)
+    summary = data_checks.check_interaction_files(config)
+    return launcher.spawn(_spawned_rank, launch.nproc, (model, dataset, config_file_list, worker_dict, saved,
+                                                         summary, report), offset=launch.offset)
+
+
+def spawn_settings(config, config_dict, launch):
+    """The ``config_dict`` each spawned process merges: the user's keys, the launch's and the data folder found
+    here. ``config`` gets the launch's keys too, so that it hashes like the processes' configuration."""
+    for key, value in launch.config_keys().items():
+        config[key] = value
+    data_folder = os.path.dirname(os.path.normpath(config["data_path"]))  # Config appends the dataset's name
+    return {**(config_dict or {}), **launch.config_keys(), "data_path": data_folder}
+
+
+def rank_config(local_rank, model, dataset, config_file_list, config_dict):
+    """``(config, model_class)`` of one spawned process, checked already by the launching process; building it
+    joins the process group."""
+    config, model_class, _, _ = merge_config(model, dataset, config_file_list,
+                                             {**config_dict, "local_rank": local_rank})
+    config["data_path"] = os.path.abspath(config["data_path"])  # as build_config leaves it: the same hash
+    return config, model_class
+
+
+def run_rank(local_rank, model, dataset, config_file_list, config_dict, saved=True, summary=None, report=None):
+    """One spawned process of a distributed run (see :func:`rank_config`): trains its share and evaluates;
+    returns ``(trainer, rank 0's result)``."""
+    config, model_class = rank_config(local_rank, model, dataset, config_file_list, config_dict)
+    return train_in_process(config, model_class, saved, summary=summary, report=report)
+
+
+def _spawned_rank(local_rank, *args):
+    return run_rank(local_rank, *args)[1]
+
+
+def train_in_process(config, model_class, saved, epoch_callback=None, report=None, summary=None):
+    """This process's part of a run, alone or as one rank: rank 0 decides what to resume from, every process
+    trains and tests; returns ``(trainer, rank 0's result or report)``."""
+    resume_from = collectives.broadcast_object(resume_file(config) if collectives.is_rank_zero() else None)
+    data = prepare_data(config, summary)
+    trainer = build_trainer(config, model_class, data.train)
+    result = fit_and_test(trainer, data, saved=saved, resume_from=resume_from, epoch_callback=epoch_callback)
+    if report is not None:
+        result = report(config, trainer, data, result)
+    return trainer, collectives.broadcast_object(result)

@@ -1,0 +1,55 @@
+"""Reading a user's file with one clear error, and writing results atomically.
+
+Every file a user hands over (a config file, an interaction file) is read through :func:`read_file_bytes`, so a
+missing file, a directory or a file without read permission gets the same message everywhere. Checkpoints and the
+per-run JSON records of ``compare`` and ``tune`` are written through :func:`atomic_write`: a process killed while
+writing leaves the previous file intact (and at most a stray ``.tmp-<pid>`` file).
+"""
+
+import contextlib
+import json
+import os
+
+
+def read_file_bytes(path, what):
+    """The file's bytes, or a ``FileNotFoundError`` that says why it cannot be read (missing, a directory,
+    permissions); ``what`` names the file's role, e.g. "interaction file"."""
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"{what} {path} is a directory, not a file.")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist.") from None
+    except PermissionError:
+        raise FileNotFoundError(f"{what} {path} cannot be read (permission denied); make it readable "
+                                f"(chmod u+r {path}) or run as its owner.") from None
+    except OSError as error:
+        raise FileNotFoundError(f"{what} {path} cannot be read: {error.strerror or error}.") from None
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", newline=None):
+    """A handle on a temporary file that replaces ``path`` once the block ends without an error (flushed and
+    synced first); the folder is created if needed. Text modes write UTF-8 with ``newline`` as ``open``'s."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json(path, record):
+    """Write ``record`` as JSON atomically (the comparison's and the tuner's per-run records)."""
+    with atomic_write(path, "w") as handle:
+        json.dump(record, handle, indent=1, default=str)
+
+
+def read_json(path):
+    """A JSON file's value, ``None`` when the file does not exist."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
