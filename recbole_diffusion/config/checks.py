@@ -114,6 +114,7 @@ def check_trainer(config):
         require_int(config, "lr_step_size", 1)
         require_range(config, "lr_gamma", 0, 1, low_open=True)
     require_int(config, "lr_warmup_epochs", 0)
+    require_bool(config, "batch_by_length")
     if config["eval_seed"] is not None:
         require_int(config, "eval_seed", 0)
     if config["item_init_std"] is not None:

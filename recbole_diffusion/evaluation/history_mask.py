@@ -22,6 +22,8 @@ import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.utils import ModelType
 
+from recbole_diffusion.data.dataloader import FullSortEvalLoader
+
 EVAL_HISTORY_MASKS = ("auto", "all", "none")
 
 
@@ -77,39 +79,33 @@ def sequential_history(config, earlier, current):
     return UserItemIndex(keys[~np.isin(keys, targets)], current.user_num, item_num)
 
 
-class PolicyEvalDataLoader(FullSortEvalDataLoader):
-    """RecBole's full-ranking loader with the history mask chosen by the policy: the items of ``history`` (a
-    :class:`UserItemIndex`) for each row's user, or nothing when ``history`` is ``None``."""
-
-    def __init__(self, config, dataset, sampler, history):
-        self.history = history
-        super().__init__(config, dataset, sampler, shuffle=False)
-
-    def collate_fn(self, index):
-        interaction, _, positive_u, positive_i = super().collate_fn(index)
-        if self.history is None:
-            return interaction, None, positive_u, positive_i
-        return interaction, self.history.batch_index(interaction[self.uid_field].numpy()), positive_u, positive_i
-
-
-def apply_eval_history_mask(config, train_data, valid_data, test_data):
+def apply_eval_history_mask(config, train_data, valid_data, test_data, real_tokens=False):
     """``(valid_data, test_data, note)``: the evaluation loaders under ``config['eval_history_mask']`` and a
     line for the log (``None`` when nothing changed).
 
-    ``auto``, ``all`` for a non-sequential model and ``none`` for a sequential one return RecBole's loaders
-    themselves (RecBole already masks that way). The others are rebuilt from the same datasets and samplers.
+    ``auto``, ``all`` for a non-sequential model and ``none`` for a sequential one keep RecBole's masking; RecBole's
+    loaders themselves are returned unless ``real_tokens`` (this package's models) asks for full-ranking loaders
+    that visit users by history length and cut padding
+    (:class:`~recbole_diffusion.data.dataloader.FullSortEvalLoader`). The others are rebuilt from the same datasets
+    and samplers. A sampled-ranking loader is kept as it is.
     """
     policy = history_mask_policy(config)
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
-    if policy == "auto" or (policy == "all") != sequential:
+    as_recbole = policy == "auto" or (policy == "all") != sequential
+    if as_recbole and not real_tokens:
         return valid_data, test_data, None
     loaders = []
     for earlier, loader in (((train_data,), valid_data), ((train_data, valid_data), test_data)):
+        if not isinstance(loader, FullSortEvalDataLoader):
+            loaders.append(loader)
+            continue
         history = None
-        if policy == "all":
+        if policy == "all" and sequential:
             history = sequential_history(config, [data._dataset for data in earlier], loader._dataset)
-        loaders.append(PolicyEvalDataLoader(config, loader._dataset, loader._sampler, history))
-    if policy == "none":
+        loaders.append(FullSortEvalLoader(config, loader._dataset, loader._sampler, history, real_tokens and sequential))
+    if as_recbole:
+        note = None
+    elif policy == "none":
         note = "eval_history_mask=none: the history items of this general model are not masked at evaluation"
     else:
         users = np.unique(test_data._dataset.inter_feat[config["USER_ID_FIELD"]].numpy())

@@ -27,7 +27,9 @@ import recbole_diffusion.data.checks as data_checks
 import recbole_diffusion.quick_start.launcher as launcher
 import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.config.configurator import build_config, config_file_keys, merge_config
+from recbole_diffusion.data.dataloader import LengthBatchedTrainLoader
 from recbole_diffusion.evaluation.history_mask import apply_eval_history_mask
+from recbole_diffusion.model import MODELS
 from recbole_diffusion.trainer import get_trainer
 from recbole_diffusion.utils import collectives
 
@@ -49,7 +51,9 @@ def prepare_data(config, summary=None):
     The checks (:mod:`recbole_diffusion.data.checks`) run before the log file exists, so refused data leaves
     nothing behind; RecBole's messages of the loading reach the log afterwards, with the checks' counted notes.
     ``summary``: what ``check_interaction_files`` found, when it already ran (before processes were spawned).
-    The evaluation loaders follow ``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`).
+    The evaluation loaders follow ``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`); for this
+    package's models they visit users by history length and cut padding, and ``batch_by_length`` forms the training
+    batches by length (:mod:`recbole_diffusion.data.dataloader`).
     """
     init_seed(config["seed"], config["reproducibility"])
     if summary is None:
@@ -63,7 +67,12 @@ def prepare_data(config, summary=None):
         user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
         train_data, valid_data, test_data = data_preparation(config, dataset)
         messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
-        valid_data, test_data, note = apply_eval_history_mask(config, train_data, valid_data, test_data)
+        ours = config["model"] in MODELS  # this package's models train and evaluate over real tokens
+        if ours and config["batch_by_length"]:
+            train_data = LengthBatchedTrainLoader(config, train_data._dataset, train_data._sampler,
+                                                  shuffle=train_data.shuffle)
+        valid_data, test_data, note = apply_eval_history_mask(config, train_data, valid_data, test_data,
+                                                              real_tokens=ours)
         if note:
             messages.append((logging.INFO, note))
     init_log(config)

@@ -11,6 +11,7 @@ and the dataset's fingerprint (:func:`dataset_fingerprint`), so that resuming wi
 recommending against changed data is refused instead of silently mixing them.
 """
 
+import copy
 import enum
 import hashlib
 import json
@@ -58,6 +59,18 @@ def plain(value):
 def plain_config(config):
     """Every key of a RecBole ``Config`` as plain data (what a checkpoint stores)."""
     return {key: plain(value) for key, value in config.final_config_dict.items()}
+
+
+def host_copy(value):
+    """A deep copy of ``value`` with every tensor copied to host memory (a training state kept for a pre-emption
+    must not occupy the accelerator)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(host_copy(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def config_hash(config_dict):

@@ -23,7 +23,6 @@ Evaluation draws its noise from keys (seed, user, step; :class:`recbole_diffusio
 from a generator, so it has no state to save: a resumed run evaluates exactly like an uninterrupted one.
 """
 
-import copy
 import os
 import signal
 import threading
@@ -39,12 +38,15 @@ from recbole_diffusion.utils import collectives
 
 
 class TrainingPreempted(Exception):
-    """SIGTERM stopped training; the last completed epoch's state is in :attr:`checkpoint_file`."""
+    """SIGTERM stopped training; the last completed epoch's state is in :attr:`checkpoint_file` (``None``: nothing
+    to resume, the run starts anew)."""
 
     def __init__(self, checkpoint_file, epoch):
         self.checkpoint_file, self.epoch = checkpoint_file, epoch
-        where = f"resumable from {checkpoint_file}" if checkpoint_file else "no checkpoint written (saved=False)"
-        super().__init__(f"training stopped by SIGTERM during epoch {epoch}; {where} (run again with --resume)")
+        where = (f"resumable from {checkpoint_file} (run again with --resume)" if checkpoint_file else
+                 "nothing to resume (no epoch of this run had completed, or saved=False): running it again starts "
+                 "anew")
+        super().__init__(f"training stopped by SIGTERM during epoch {epoch}; {where}")
 
 
 def lr_factor(epoch, step_size, gamma, warmup_epochs):
@@ -125,6 +127,7 @@ class PluginTrainerMixin:
         self._pending_rng = None
         self._train_generator = None
         self._epoch_start_state = None
+        self._resumed = False
         self._stop_requested = False
 
     # ----- training -------------------------------------------------------------------------------------------
@@ -154,19 +157,30 @@ class PluginTrainerMixin:
             raise
         finally:
             restore_handler()
+            self._epoch_start_state = None  # the epoch's copy is released whatever ended training
         self.finished = True
         if self._writes_last_checkpoints():
             self._write_last(self._training_state(next_epoch=self._epoch + 1 if self._epoch is not None else 0))
         return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's epoch, after securing the state it starts from for a pre-emption.
+
+        Every ``checkpoint_every`` epochs that state is written as the "last" checkpoint. Otherwise SIGTERM during
+        the epoch must write it, so a copy is kept, in host memory (never on the accelerator), until the epoch
+        ends. The first epoch of a run needs neither: a fresh run that is stopped starts anew (it is seeded), and a
+        resumed one starts from the file it resumed.
+        """
         self._epoch = epoch_idx
-        self._epoch_start_state = self._training_state(next_epoch=epoch_idx)
+        self._epoch_start_state = None
+        if self._saving and epoch_idx > self.start_epoch:
+            state = self._training_state(next_epoch=epoch_idx)
+            if self.checkpoint_every > 0 and epoch_idx % self.checkpoint_every == 0:
+                self._write_last(state)
+            else:
+                self._epoch_start_state = state
         if self._should_stop():
             raise TrainingPreempted(self._preempted_file(), epoch_idx)
-        if (self._writes_last_checkpoints() and epoch_idx > self.start_epoch
-                and epoch_idx % self.checkpoint_every == 0):
-            self._write_last(self._epoch_start_state)
         self.learning_rates.append(self.optimizer.param_groups[0]["lr"])
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=self._stoppable(loss_func),
@@ -221,20 +235,24 @@ class PluginTrainerMixin:
         return self._saving and self.checkpoint_every > 0
 
     def _preempted_file(self):
-        return self.last_checkpoint_file if self._saving else None
+        """The "last" checkpoint a pre-empted epoch resumes from: ``None`` without saving, and in a fresh run's
+        first epoch (nothing is written: running the command again starts it anew, exactly)."""
+        if not self._saving or (self._epoch == self.start_epoch and not self._resumed):
+            return None
+        return self.last_checkpoint_file
 
     def _common_payload(self):
         return {"model": self.config["model"], "dataset": self.config["dataset"], "config": self.config_plain,
                 "config_hash": self.config_hash, "dataset_fingerprint": self.dataset_fingerprint}
 
     def _training_state(self, next_epoch):
-        """Everything epoch ``next_epoch`` depends on, copied, as tensors and plain data (``None`` on ranks other
-        than 0, which only hand their RNG states over)."""
+        """Everything epoch ``next_epoch`` depends on, copied to host memory as tensors and plain data (``None``
+        on ranks other than 0, which only hand their RNG states over)."""
         rng = ckpt.rng_states(self._train_generator)
         rng_by_rank = collectives.all_gather_object(rng) if self.distributed else None
         if not collectives.is_rank_zero():
             return None
-        return copy.deepcopy({
+        return ckpt.host_copy({
             **self._common_payload(),
             "kind": "last",
             "next_epoch": next_epoch,
@@ -344,6 +362,7 @@ class PluginTrainerMixin:
                                  f"it holds the random states of {len(by_rank) or 1} process(es)")
             self._pending_rng = by_rank[collectives.rank()]
         self.last_checkpoint_file = os.path.abspath(resume_file)
+        self._resumed = True
         self.logger.info(f"resumed from {resume_file}: training continues at epoch {self.start_epoch}")
         return checkpoint
 
