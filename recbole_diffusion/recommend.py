@@ -19,6 +19,8 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType, init_seed
 
+from recbole_diffusion.data.dataloader import cut_to_longest
+from recbole_diffusion.model import MODELS
 from recbole_diffusion.quick_start.inference import load_data_and_model
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
 from recbole_diffusion.utils.files import atomic_write
@@ -102,12 +104,16 @@ def seen_items(dataset, user_ids):
 
 
 def model_input(config, dataset, test_data, user_ids):
-    """What ``full_sort_predict`` reads for these users, on ``config['device']``."""
+    """What ``full_sort_predict`` reads for these users, on ``config['device']``; this package's models read each
+    batch cut after its longest history, as in evaluation (the same scores)."""
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         interaction = next_item_input(dataset, user_ids)
     else:
         interaction = dataset.join(Interaction({dataset.uid_field: user_ids}))
-    return test_data.transform(dataset, interaction).to(config["device"])
+    interaction = test_data.transform(dataset, interaction)
+    if config["model"] in MODELS:
+        cut_to_longest(interaction, config)
+    return interaction.to(config["device"])
 
 
 @torch.no_grad()
