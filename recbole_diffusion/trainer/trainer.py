@@ -174,11 +174,10 @@ class PluginTrainerMixin:
         self._epoch = epoch_idx
         self._epoch_start_state = None
         if self._saving and epoch_idx > self.start_epoch:
-            state = self._training_state(next_epoch=epoch_idx)
             if self.checkpoint_every > 0 and epoch_idx % self.checkpoint_every == 0:
-                self._write_last(state)
+                self._write_last(self._training_state(next_epoch=epoch_idx))
             else:
-                self._epoch_start_state = state
+                self._epoch_start_state = self._training_state(next_epoch=epoch_idx, keep=True)
         if self._should_stop():
             raise TrainingPreempted(self._preempted_file(), epoch_idx)
         self.learning_rates.append(self.optimizer.param_groups[0]["lr"])
@@ -245,14 +244,15 @@ class PluginTrainerMixin:
         return {"model": self.config["model"], "dataset": self.config["dataset"], "config": self.config_plain,
                 "config_hash": self.config_hash, "dataset_fingerprint": self.dataset_fingerprint}
 
-    def _training_state(self, next_epoch):
-        """Everything epoch ``next_epoch`` depends on, copied to host memory as tensors and plain data (``None``
-        on ranks other than 0, which only hand their RNG states over)."""
+    def _training_state(self, next_epoch, keep=False):
+        """Everything epoch ``next_epoch`` depends on, as tensors and plain data (``None`` on ranks other than 0,
+        which only hand their RNG states over). ``keep``: copied to host memory, to be written later; otherwise the
+        live tensors, to be written at once (no copy is made)."""
         rng = ckpt.rng_states(self._train_generator)
         rng_by_rank = collectives.all_gather_object(rng) if self.distributed else None
         if not collectives.is_rank_zero():
             return None
-        return ckpt.host_copy({
+        state = {
             **self._common_payload(),
             "kind": "last",
             "next_epoch": next_epoch,
@@ -270,7 +270,8 @@ class PluginTrainerMixin:
                         "train_loss": [[epoch, ckpt.plain(loss)] for epoch, loss in self.train_loss_dict.items()]},
             "rng": rng,
             "rng_by_rank": rng_by_rank,
-        })
+        }
+        return ckpt.host_copy(state) if keep else state
 
     def _write_last(self, state):
         if state is None or not self._saving or not collectives.is_rank_zero():
