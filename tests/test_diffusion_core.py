@@ -144,10 +144,19 @@ def test_sampling_with_an_oracle_returns_x0(sampler, steps):
     torch.testing.assert_close(x0, target)
 
 
+@pytest.mark.parametrize("steps, k", [(32, 5), (100, 30), (1000, 7), (2000, 20), (10, 9), (7, 2)])
+def test_strided_jumps_differ_by_at_most_one_step(steps, k):
+    """ddim_steps / ddpm_steps that do not divide T spread the remainder instead of one long jump at the end."""
+    visited = sampling_timesteps(steps, k)
+    jumps = [a - b for a, b in zip(visited, visited[1:])]
+    assert visited[0] == steps - 1 and visited[-1] == 0 and len(jumps) == k
+    assert max(jumps) - min(jumps) <= 1
+
+
 def test_sampling_timesteps_start_at_the_noisiest_step_and_end_at_zero():
     assert sampling_timesteps(5, None) == sampling_timesteps(5, 5) == [4, 3, 2, 1, 0]
     assert sampling_timesteps(2000, 20) == [1999 - 100 * i for i in range(20)] + [0]  # the authors' 21 calls
-    assert sampling_timesteps(32, 7) == [31, 27, 23, 19, 15, 11, 7, 0]
+    assert sampling_timesteps(32, 7) == [31, 26, 21, 16, 12, 8, 4, 0]  # 31 = 3 x 5 + 4 x 4: no long last jump
     assert sampling_timesteps(32, 1) == [31, 0]
     with pytest.raises(ValueError, match="sampler='euler'"):
         GaussianDiffusion(5).sample(lambda x, t: x, (1, 2), "cpu", sampler="euler")

@@ -254,3 +254,24 @@ def test_a_checkpoint_from_before_a_new_key_loads_with_the_keys_default(trained,
     ckpt.save_checkpoint(saved, older)
     with pytest.raises(ValueError, match="cannot be rebuilt as it was trained"):
         recbole_diffusion.load_data_and_model(older)
+
+
+def test_a_checkpoint_never_decides_by_itself_to_be_read_unsafely(trained, tmp_path, in_tmp_cwd, monkeypatch):
+    """A checkpoint whose stored configuration says trust_pickled_checkpoint is read once, safely: only the
+    caller's own setting may unpickle a file."""
+    saved = ckpt.load_checkpoint(model_file(trained, "SASRec"))
+    saved["config"]["trust_pickled_checkpoint"] = True
+    saved["config_hash"] = ckpt.config_hash(saved["config"])
+    claims_trust = str(tmp_path / "claims-trust.pth")
+    ckpt.save_checkpoint(saved, claims_trust)
+    reads = []
+    original_load = torch.load
+
+    def recorded(path, *args, **kwargs):
+        if str(path) == claims_trust:
+            reads.append(kwargs.get("weights_only"))
+        return original_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recorded)
+    config, model, *_ = recbole_diffusion.load_data_and_model(claims_trust)
+    assert reads == [True] and config["trust_pickled_checkpoint"] is False

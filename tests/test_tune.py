@@ -63,6 +63,16 @@ def test_hyper_kinds_spaces_in_values_and_comments(tmp_path):
     assert tune.decoded_params({"mlp": "[64, 64]", "dropout": 0.2}, space) == {"mlp": [64, 64], "dropout": 0.2}
 
 
+def test_quniform_takes_the_multiples_of_q_as_hyperopt_does(tmp_path):
+    """hyperopt's quniform(a, b, q) is round(uniform(a, b) / q) * q: multiples of q, not a + k q."""
+    space = tune.read_space(write_space(tmp_path / "q.hyper", "n quniform 1,10,4\nx quniform 0.05,0.42,0.1\n"))
+    n, x = space["n"].distribution, space["x"].distribution
+    assert (n.low, n.high, n.step) == (0, 8, 4)
+    assert (x.low, x.high, x.step) == (0.0, 0.4, 0.1)
+    trial = optuna.trial.FixedTrial({"n": 8, "x": 0.3})
+    assert tune.suggest(trial, space) == {"n": 8, "x": 0.3}
+
+
 @pytest.mark.parametrize("line, message", [
     ("lr normal 0,1", "unknown kind 'normal'"),
     ("lr uniform 1,0", "low < high"),
@@ -219,6 +229,23 @@ def test_pruning_stops_a_trial_that_is_forced_to_be_bad(data_root, tmp_path):
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
     bad = optuna.load_study(study_name=tune.STUDY_NAME, storage=search.storage_url).trials[2]
     assert bad.user_attrs["epochs"] < 3 and len(bad.intermediate_values) == bad.user_attrs["epochs"]
+
+
+def test_a_resumed_search_draws_new_configurations(data_root, tmp_path):
+    """The sampler's random stream is not stored in the study: a resumed search moves it on instead of drawing
+    the first part's configurations again (RandomSampler repeated trials 0-2 exactly)."""
+    space = write_space(tmp_path / "s.hyper", "learning_rate loguniform -7,-3\nemb_dropout_prob uniform 0.1,0.5\n")
+    search = tune.prepare_search("DiffuRec", "ml-100k-tiny", [], {**FIXED, "data_path": data_root}, space_file=space,
+                                 directory=str(tmp_path / "study"), sampler="random")
+    os.makedirs(search.directory)
+    drawn = []
+    for _ in range(2):  # the search, then the same search resumed
+        study = tune.open_study(search)
+        for _ in range(3):
+            trial = study.ask()
+            drawn.append(tuple(tune.suggest(trial, search.space).values()))
+            study.tell(trial, 0.0)
+    assert len(set(drawn)) == 6
 
 
 # ----- a killed search ---------------------------------------------------------------------------------------

@@ -98,9 +98,11 @@ def guided_prediction(conditional, unconditional, guidance_weight):
 def sampling_timesteps(num_steps, sampler_steps):
     """The decreasing timesteps a reverse run visits: all of ``T-1 .. 0``, or a strided subset.
 
-    With ``k = sampler_steps < T``: ``k`` strides of ``T // k`` counted down from the noisiest step ``T - 1``,
-    then a last call at ``t = 0``. For T = 2000 and k = 20 that is 1999, 1899, ..., 99, 0: the 21 denoiser
-    calls of the authors' DDIM. The run always starts from the noisiest step, whatever T and k.
+    With ``k = sampler_steps < T``: ``k`` jumps from the noisiest step ``T - 1`` down to ``t = 0``, of
+    ``(T - 1) // k`` steps each and one more for the first ``(T - 1) % k`` of them, so no jump is more than one step
+    longer than another, and ``k + 1`` denoiser calls. When ``k`` divides ``T`` these are strides of ``T / k`` and a
+    last jump one step shorter: for T = 2000 and k = 20, 1999, 1899, ..., 99, 0, the 21 denoiser calls of the
+    authors' DDIM. The run always starts from the noisiest step, whatever T and k.
 
     One difference from the authors' DDIM (PreferDiff): they read the schedule at these steps but feed the
     network ``t + 1`` (2000, 1900, ..., 100) except at the last call (0). We feed the network the same ``t``
@@ -109,9 +111,11 @@ def sampling_timesteps(num_steps, sampler_steps):
     """
     if sampler_steps is None or sampler_steps >= num_steps:
         return list(range(num_steps - 1, -1, -1))
-    stride = num_steps // sampler_steps
-    steps = [num_steps - 1 - i * stride for i in range(sampler_steps)]
-    return steps + [0] if steps[-1] > 0 else steps
+    jump, longer = divmod(num_steps - 1, sampler_steps)
+    steps = [num_steps - 1]
+    for index in range(sampler_steps):
+        steps.append(steps[-1] - jump - (1 if index < longer else 0))
+    return steps
 
 
 def reverse_timesteps(num_steps, sampler, sampler_steps):
@@ -128,8 +132,8 @@ def denoiser_calls(sampler, sampler_steps, num_steps):
     """Network calls of one reverse run (per user and ensemble member) of a ``(sampler, steps, T)`` setting.
 
     The cost unit of a sampler: ``one_step`` makes 1 call; all T steps make T; ``k < T`` strided steps make
-    ``k + 1`` (the k strides from ``T - 1`` and a last call at ``t = 0``), or ``k`` when the last stride lands
-    on 0. A call of a guided model evaluates its conditional and unconditional branches as one batch.
+    ``k + 1`` (:func:`sampling_timesteps`). A call of a guided model evaluates its conditional and unconditional
+    branches as one batch.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
@@ -137,8 +141,7 @@ def denoiser_calls(sampler, sampler_steps, num_steps):
         return 1
     if sampler_steps is None or sampler_steps >= num_steps:
         return num_steps
-    last_stride = num_steps - 1 - (sampler_steps - 1) * (num_steps // sampler_steps)
-    return sampler_steps + (1 if last_stride > 0 else 0)
+    return sampler_steps + 1
 
 
 class GaussianDiffusion(nn.Module):

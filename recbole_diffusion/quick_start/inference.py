@@ -105,13 +105,13 @@ def load_data_and_model(model_file, trust_pickled=False, **overrides):
     Refuses data whose item or user tokens differ from the training data's.
     """
     checkpoint = ckpt.load_checkpoint(model_file, map_location="cpu", trust_pickled=trust_pickled)
-    if trust_pickled:
-        overrides["trust_pickled_checkpoint"] = True
+    # Only the caller decides whether a file may be unpickled: a checkpoint's own configuration never does.
+    overrides["trust_pickled_checkpoint"] = bool(trust_pickled)
     config, model_class = config_from_checkpoint(checkpoint, source=model_file, **overrides)
     data = prepare_data(config)
     ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.dataset), data.dataset.dataset_name,
                                    model_file)
     trainer = build_trainer(config, model_class, data.train)
-    trainer.load_model_file(model_file)
+    trainer.load_model_file(model_file, checkpoint=checkpoint)  # the file is read once
     model = trainer.model.eval()
     return config, model, data.dataset, data.train, data.valid, data.test

@@ -295,6 +295,10 @@ class PluginTrainerMixin:
         """Read ``path`` safely and check it belongs to this model and data."""
         checkpoint = ckpt.load_checkpoint(path, map_location=self.device,
                                           trust_pickled=bool(self.config["trust_pickled_checkpoint"]))
+        return self._checked(checkpoint, path)
+
+    def _checked(self, checkpoint, path):
+        """``checkpoint`` (read from ``path``) after checking it belongs to this model and data."""
         saved_model = checkpoint["config"].get("model")
         if saved_model and saved_model != self.config["model"]:
             raise ValueError(f"checkpoint {path!r} holds a {saved_model} model, not {self.config['model']}")
@@ -302,13 +306,15 @@ class PluginTrainerMixin:
             ckpt.check_dataset_fingerprint(checkpoint, self.dataset_fingerprint, self.config["dataset"], path)
         return checkpoint
 
-    def load_model_file(self, path):
-        """Load a checkpoint's model weights (and state kept outside ``state_dict``) into :attr:`model`.
+    def load_model_file(self, path, checkpoint=None):
+        """Load a checkpoint's model weights (and state kept outside ``state_dict``) into :attr:`model`;
+        ``checkpoint``: the file's content when the caller has read it already (it is not read again).
 
         In a distributed run rank 0 reads the file (the one it wrote) and the others wait for its weights, so
         the other machines need no copy of it; they return ``None``.
         """
-        checkpoint = self._load_checkpoint_file(path) if collectives.is_rank_zero() else None
+        if collectives.is_rank_zero():
+            checkpoint = self._load_checkpoint_file(path) if checkpoint is None else self._checked(checkpoint, path)
         if checkpoint is not None:
             self._load_weights(checkpoint)
         if self.distributed:

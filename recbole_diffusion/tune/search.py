@@ -143,11 +143,14 @@ def make_pruner(search):
                                        n_warmup_steps=search.prune_warmup_epochs)
 
 
-def make_sampler(search):
-    """Optuna's sampler of ``--sampler``, seeded with the search's seed."""
+def make_sampler(search, trials_so_far=0):
+    """Optuna's sampler of ``--sampler`` for a study that holds ``trials_so_far`` trials: seeded with the search's
+    seed, moved on by the trials so far, so that a resumed search draws new configurations instead of the ones its
+    first part drew (a sampler's random stream is not stored in the study). A new study draws as before."""
+    seed = search.seed + trials_so_far
     if search.sampler == "grid":
         grid = {name: list(param.distribution.choices) for name, param in search.space.items()}
-        return optuna.samplers.GridSampler(grid, seed=search.seed)
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=TPE_STARTUP_TRIALS)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)

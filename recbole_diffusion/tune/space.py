@@ -3,8 +3,9 @@ distributions.
 
 ``key choice [...]``, ``key uniform a,b``, ``key quniform a,b,q``, ``key loguniform a,b`` with natural-log bounds
 (``loguniform -8,0`` is e^-8 .. 1). Values are parsed with ``ast.literal_eval``, never ``eval``; full-line ``#``
-comments are allowed (RecBole's reader refuses them). ``quniform`` with integer bounds and step searches integers
-(hyperopt gives floats such as 64.0). List and dict choices, which Optuna cannot store, travel as labels.
+comments are allowed (RecBole's reader refuses them). ``quniform a,b,q`` takes the multiples of ``q`` that hyperopt
+takes (``round(uniform(a, b) / q) * q``, so ``quniform 1,10,4`` is 0, 4 or 8), integers when ``q`` is whole (hyperopt
+gives floats such as 64.0). List and dict choices, which Optuna cannot store, travel as labels.
 """
 
 import ast
@@ -75,9 +76,17 @@ def parse_param(line, where):
         return Param(name, kind, text, FloatDistribution(low, high), labels)
     if kind == "loguniform":
         return Param(name, kind, text, FloatDistribution(math.exp(low), math.exp(high), log=True), labels)
-    if all(float(value).is_integer() for value in (low, high, step)):
-        return Param(name, kind, text, IntDistribution(int(low), int(high), step=int(step)), labels)
-    return Param(name, kind, text, FloatDistribution(low, high, step=step), labels)
+    # hyperopt's quniform is round(uniform(low, high) / q) * q: multiples of q, from round(low / q) * q to
+    # round(high / q) * q (RecBole's meaning); Optuna's step counts from low instead.
+    first, last = round(low / step), round(high / step)
+    if first == last:
+        raise ValueError(f"{where}: {name} has a single multiple of {step:g} between {low:g} and {high:g}; write it "
+                         "as a fixed key")
+    if float(step).is_integer():
+        return Param(name, kind, text, IntDistribution(first * int(step), last * int(step), step=int(step)), labels)
+    decimals = max(0, -math.floor(math.log10(step)) + 6)  # multiples of 0.1 without float noise (0.30000000000000004)
+    return Param(name, kind, text, FloatDistribution(round(first * step, decimals), round(last * step, decimals),
+                                                     step=step), labels)
 
 
 def read_space(path):

@@ -51,6 +51,8 @@ def open_study(search):
     study = optuna.create_study(study_name=STUDY_NAME, storage=search.storage_url, load_if_exists=True,
                                 direction="maximize" if search.maximize else "minimize",
                                 sampler=make_sampler(search), pruner=make_pruner(search))
+    if study.trials:
+        study.sampler = make_sampler(search, trials_so_far=len(study.trials))
     before = study.user_attrs.get("identity")
     if before is None:
         study.set_user_attr("identity", search.identity)
