@@ -30,6 +30,7 @@ from recbole_diffusion.data.slices import ML100K_INTER, write_user_slice
 from recbole_diffusion.evaluation.metrics import METRICS, group_metrics
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data
+from recbole_diffusion.utils.collectives import cuda_indices
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
 
 DATASET = "ml-100k-selfcheck"
@@ -126,15 +127,22 @@ def check_group_metrics(trained):
 
 
 def device_settings(device, gpu_id):
-    """RecBole's ``gpu_id`` for the device: it becomes ``CUDA_VISIBLE_DEVICES`` (empty = the CPU).
+    """RecBole's ``gpu_id`` for the device (empty = the CPU; ``device`` ``None``: CUDA when torch sees it). Without
+    a scheduler's ``CUDA_VISIBLE_DEVICES`` it becomes the mask; under one it indexes into it
+    (:func:`recbole_diffusion.utils.collectives.cuda_indices`).
 
     Call before anything asks torch about CUDA: once CUDA is initialised, a new ``CUDA_VISIBLE_DEVICES`` is
     ignored and RecBole's ``cuda`` would be whichever GPU came first.
     """
     if device == "cpu":
         return {"gpu_id": ""}
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_id)
+    try:
+        cuda_indices(str(gpu_id))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     if not torch.cuda.is_available():
+        if device is None:
+            return {"gpu_id": ""}
         raise SystemExit(f"error: --device cuda --gpu_id {gpu_id}, but torch sees no such CUDA device")
     return {"gpu_id": str(gpu_id)}
 
@@ -142,14 +150,12 @@ def device_settings(device, gpu_id):
 def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
     """Run every check, printing to ``stream`` (standard output by default); returns the :class:`Report`."""
     stream = stream or sys.stdout
-    if device is None:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(gpu_id))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = device_settings(device, gpu_id)
+    device = "cuda" if settings["gpu_id"] else "cpu"
     report = Report(stream)
-    print(f"recbole-diffusion self-check on {device}"
-          f"{f' (GPU {gpu_id}: {torch.cuda.get_device_name(0)})' if device == 'cuda' else ''}, torch "
-          f"{torch.__version__}, first {users} users of ml-100k", file=stream, flush=True)
+    gpu = f" (GPU {gpu_id}: {torch.cuda.get_device_name(cuda_indices(str(gpu_id))[0])})" if device == "cuda" else ""
+    print(f"recbole-diffusion self-check on {device}{gpu}, torch {torch.__version__}, first {users} users of ml-100k",
+          file=stream, flush=True)
     names = models or [*MODELS, *model_variants(), RECBOLE_BASELINE]
     with tempfile.TemporaryDirectory(prefix="recbole-diffusion-selfcheck-") as folder, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")  # RecBole 1.2.1's own noise

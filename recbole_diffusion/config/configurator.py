@@ -23,7 +23,7 @@ from recbole.utils import argument_list, get_model
 from recbole_diffusion.config.checks import check_config_file, check_model_config
 from recbole_diffusion.data import checks as data_checks
 from recbole_diffusion.model import MODELS
-from recbole_diffusion.utils.collectives import join_group
+from recbole_diffusion.utils.collectives import join_group, single_device
 
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
@@ -84,8 +84,9 @@ def resolve_model(name):
 
 
 class PluginConfig(Config):
-    """RecBole's ``Config`` without its own reading of ``sys.argv`` (overrides arrive as ``config_dict``), and
-    with this package's process-group set-up where RecBole's asserts a GPU per process and joins with NCCL."""
+    """RecBole's ``Config`` without its own reading of ``sys.argv`` (overrides arrive as ``config_dict``), with
+    this package's process-group set-up where RecBole's asserts a GPU per process and joins with NCCL, and a
+    scheduler's ``CUDA_VISIBLE_DEVICES`` kept where RecBole overwrites it with ``gpu_id``."""
 
     def _load_cmd_line(self):
         return dict()
@@ -94,7 +95,7 @@ class PluginConfig(Config):
         if "local_rank" in self.final_config_dict:
             join_group(self.final_config_dict)
         else:
-            super()._init_device()
+            single_device(self.final_config_dict)
 
 
 def _read_yaml_keys(path):

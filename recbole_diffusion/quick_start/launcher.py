@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 
 from recbole_diffusion.quick_start.child_process import end_with_parent
 from recbole_diffusion.trainer import TrainingPreempted
-from recbole_diffusion.utils.collectives import launched_externally, leave_group, listed_gpus
+from recbole_diffusion.utils.collectives import cuda_indices, launched_externally, leave_group, listed_gpus
 from recbole_diffusion.utils.files import read_json, write_json
 
 # How long the other processes get to end by themselves after one failed, before SIGTERM (and as long again
@@ -143,6 +143,7 @@ def plan_launch(config, given_keys=()):
                          "--ip=<address of the machine with offset 0> and --port=<a free port there>")
     on_cuda = uses_cuda(config)
     if on_cuda:
+        cuda_indices(config["gpu_id"])  # under a scheduler's mask, gpu_id must index into it
         gpus = listed_gpus(config["gpu_id"])
         if len(gpus) < nproc:
             raise ValueError(f"nproc={nproc} processes but gpu_id={config['gpu_id']!r} lists {len(gpus)} GPU(s): "

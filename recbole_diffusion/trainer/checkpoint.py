@@ -140,7 +140,10 @@ def set_rng_states(states, train_generator=None):
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+        # A run moved to a machine with fewer visible GPUs restores the states of those it has (it continues, though
+        # not bit for bit, as any move between devices).
+        for index, state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state.cpu(), index)
     if train_generator is not None and "train_loader" in states:
         train_generator.set_state(states["train_loader"].cpu())
 

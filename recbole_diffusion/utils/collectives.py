@@ -18,6 +18,12 @@ import torch
 import torch.distributed as dist
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE")
+# Set beside CUDA_VISIBLE_DEVICES when this package set the mask from gpu_id, so that the processes it starts do not
+# take the mask for a scheduler's.
+OWN_MASK_VARIABLE = "RECBOLE_DIFFUSION_MASK_FROM_GPU_ID"
+# The GPUs a scheduler gave this job, as the environment had them before anything here ran (RecBole's Config
+# would overwrite the variable with gpu_id); None when it set none.
+SCHEDULER_MASK = None if os.environ.get(OWN_MASK_VARIABLE) else os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def listed_gpus(gpu_id):
@@ -25,6 +31,41 @@ def listed_gpus(gpu_id):
     if isinstance(gpu_id, (tuple, list)):
         gpu_id = ",".join(map(str, gpu_id))
     return [part.strip() for part in str(gpu_id if gpu_id is not None else "").split(",") if part.strip()]
+
+
+def cuda_indices(gpu_id):
+    """torch's CUDA device indices, in this process, of the GPUs ``gpu_id`` lists (``[]``: the CPU).
+
+    Under a scheduler's ``CUDA_VISIBLE_DEVICES`` mask (set before this package was imported) the mask is kept and
+    ``gpu_id`` indexes into it, as torch's device numbering does: with a mask of 2,3, ``gpu_id`` 0,1 are the
+    physical GPUs 2 and 3; an index outside the mask is refused naming both (where torch sees a GPU at all). Without
+    one, RecBole's behaviour: the mask becomes ``gpu_id`` and its GPUs are torch's devices 0, 1, ...
+    """
+    gpus = listed_gpus(gpu_id)
+    if SCHEDULER_MASK is None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        os.environ[OWN_MASK_VARIABLE] = "1"
+        return list(range(len(gpus)))
+    if not torch.cuda.is_available():
+        return []  # the CPU, as RecBole runs without a visible GPU
+    visible = listed_gpus(SCHEDULER_MASK)
+    outside = [gpu for gpu in gpus if not gpu.isdigit() or int(gpu) >= len(visible)]
+    if outside:
+        raise ValueError(f"gpu_id={','.join(gpus)!r} names GPU(s) {', '.join(outside)} outside this job's "
+                         f"CUDA_VISIBLE_DEVICES={SCHEDULER_MASK!r} ({len(visible)} GPU(s)): gpu_id indexes into that "
+                         f"mask, 0 to {len(visible) - 1}")
+    return [int(gpu) for gpu in gpus]
+
+
+def single_device(config_dict):
+    """This process's device for a run of one process (RecBole's ``Config._init_device`` with the scheduler's
+    mask respected, :func:`cuda_indices`): the first listed GPU, or the CPU."""
+    gpus = listed_gpus(config_dict["gpu_id"])
+    config_dict["gpu_id"] = ",".join(gpus)
+    indices = cuda_indices(gpus)
+    on_cuda = bool(indices) and torch.cuda.is_available()
+    config_dict.update(single_spec=True, local_rank=0,
+                       device=torch.device("cuda", indices[0]) if on_cuda else torch.device("cpu"))
 
 
 def launched_externally():
@@ -35,18 +76,19 @@ def launched_externally():
 def join_group(config_dict):
     """Set this process's device and join the process group, for RecBole's ``Config`` (its ``_init_device``).
 
-    CUDA device ``local_rank`` of the GPUs ``gpu_id`` lists (RecBole's semantics), else the CPU. Ranks meet at
-    ``tcp://ip:port``, or through the launcher's rendezvous (``env://``) when one started the process.
+    The ``local_rank``-th GPU that ``gpu_id`` lists (RecBole's semantics; under a scheduler's mask ``gpu_id``
+    indexes into it, :func:`cuda_indices`), else the CPU. Ranks meet at ``tcp://ip:port``, or through the
+    launcher's rendezvous (``env://``) when one started the process.
     """
     gpus = listed_gpus(config_dict["gpu_id"])
     config_dict["gpu_id"] = ",".join(gpus)
-    os.environ["CUDA_VISIBLE_DEVICES"] = config_dict["gpu_id"]
+    indices = cuda_indices(gpus)
     local_rank, offset = int(config_dict["local_rank"]), int(config_dict.get("offset") or 0)
     on_cuda = bool(gpus) and torch.cuda.is_available()
     if on_cuda and local_rank >= len(gpus):
         raise ValueError(f"local_rank {local_rank} has no GPU: gpu_id={config_dict['gpu_id']!r} lists {len(gpus)}; "
                          "list one GPU per process of this machine, e.g. --gpu_id=0,1,2,3")
-    device = torch.device("cuda", local_rank) if on_cuda else torch.device("cpu")
+    device = torch.device("cuda", indices[local_rank]) if on_cuda else torch.device("cpu")
     if on_cuda:
         torch.cuda.set_device(device)
     backend = config_dict.get("ddp_backend") or ("nccl" if on_cuda else "gloo")

@@ -1,0 +1,76 @@
+"""The GPUs a scheduler gave a job: an existing CUDA_VISIBLE_DEVICES is kept and gpu_id indexes into it; random
+states of more GPUs than are visible restore without a crash. (No GPU here: the logic is tested on the variables
+and device lists.)"""
+
+import os
+
+import pytest
+import torch
+
+import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.quick_start import launcher
+from recbole_diffusion.utils import collectives
+from conftest import TINY
+
+
+@pytest.fixture
+def scheduler_mask(monkeypatch):
+    """A job to which a scheduler gave physical GPUs 2 and 3 (torch is told it sees two)."""
+    monkeypatch.setattr(collectives, "SCHEDULER_MASK", "2,3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_without_a_mask_gpu_id_becomes_the_mask_and_processes_started_here_know_it(monkeypatch):
+    monkeypatch.setattr(collectives, "SCHEDULER_MASK", None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv(collectives.OWN_MASK_VARIABLE, raising=False)
+    assert collectives.cuda_indices("0,1") == [0, 1] and os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert collectives.cuda_indices("") == [] and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert os.environ[collectives.OWN_MASK_VARIABLE] == "1"  # a child process does not take it for a scheduler's
+
+
+def test_a_mask_hiding_every_gpu_runs_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(collectives, "SCHEDULER_MASK", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert collectives.cuda_indices("0") == []
+
+
+def test_a_schedulers_mask_is_kept_and_gpu_id_indexes_into_it(scheduler_mask):
+    assert collectives.cuda_indices("0,1") == [0, 1]
+    assert collectives.cuda_indices("1") == [1]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    with pytest.raises(ValueError, match=r"gpu_id='2,3'.*CUDA_VISIBLE_DEVICES='2,3' \(2 GPU\(s\)\).*0 to 1"):
+        collectives.cuda_indices("2,3")
+
+
+def test_a_run_keeps_the_mask_and_refuses_a_gpu_outside_it(scheduler_mask, data_root):
+    settings = {**TINY, "data_path": data_root}
+    config, _ = build_config("SASRec", "ml-100k-tiny", config_dict={**settings, "gpu_id": "1"})
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"  # RecBole's Config would have made it "1"
+    assert config["device"] == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="outside this job's CUDA_VISIBLE_DEVICES"):
+        build_config("SASRec", "ml-100k-tiny", config_dict={**settings, "gpu_id": "4"})
+
+
+def test_a_distributed_launch_checks_gpu_id_against_the_mask(scheduler_mask, data_root, monkeypatch):
+    config, _ = build_config("SASRec", "ml-100k-tiny", config_dict={**TINY, "data_path": data_root, "nproc": 2})
+    monkeypatch.setattr(launcher, "check_backend", lambda backend, on_cuda: None)  # no NCCL in a CPU build
+    config["gpu_id"] = "2,3"  # the physical ids: outside the mask's numbering
+    with pytest.raises(ValueError, match="gpu_id indexes into that mask"):
+        launcher.plan_launch(config)
+    config["gpu_id"] = "0,1"
+    assert launcher.plan_launch(config).nproc == 2 and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_random_states_of_more_gpus_than_are_visible_restore(monkeypatch):
+    states = ckpt.rng_states()
+    states["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]  # written on 2 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state)))
+    ckpt.set_rng_states(states)
+    assert [device for device, _ in restored] == [0] and torch.equal(restored[0][1], states["cuda"][0])
