@@ -58,6 +58,7 @@ import torch
 
 import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.compare import load_runs, run_name
+from recbole_diffusion.data.checks import inter_file_paths
 from recbole_diffusion.diffusion import denoiser_calls
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, per_user_metrics
 from recbole_diffusion.evaluation.statistics import direction, holm_adjust, paired_t_test, tost_paired, wilcoxon_signed_rank
@@ -134,8 +135,8 @@ def load_checkpoint_run(path, trust_pickled=False):
     checkpoint = ckpt.load_checkpoint(path, map_location="cpu", trust_pickled=trust_pickled)
     config, model_class, added_keys = rebuild_config(checkpoint, path, trust_pickled)
     data = prepare_data(config)
-    ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.dataset), data.dataset.dataset_name,
-                                   path)
+    ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.train._dataset), config["dataset"], path,
+                                   ", ".join(inter_file_paths(config)))
     trainer = build_trainer(config, model_class, data.train)
     trainer.load_model_file(path)
     trainer.model.eval()

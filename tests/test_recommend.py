@@ -275,3 +275,17 @@ def test_a_checkpoint_never_decides_by_itself_to_be_read_unsafely(trained, tmp_p
     monkeypatch.setattr(torch, "load", recorded)
     config, model, *_ = recbole_diffusion.load_data_and_model(claims_trust)
     assert reads == [True] and config["trust_pickled_checkpoint"] is False
+
+
+def test_rows_appended_for_known_users_and_items_are_refused_naming_the_cause(trained, tmp_path, in_tmp_cwd):
+    """The same users and items, one more interaction: every target of that user moves; before the interactions
+    were fingerprinted this was accepted. A new user is named as such, not as a change of item ids."""
+    rows = successor_rows()
+    appended = write_inter(tmp_path / "appended", "successor", rows + [(rows[0][0], rows[1][1], 99)])
+    with pytest.raises(ValueError, match=r"interactions were added, removed or reordered") as refused:
+        recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), data_path=appended)
+    assert os.path.join(appended, "successor", "successor.inter") in str(refused.value)
+    new_user = write_inter(tmp_path / "new-user", "successor", rows + [(9999, rows[0][1], 1), (9999, rows[1][1], 2)])
+    with pytest.raises(ValueError, match=r"users were added or removed") as refused:
+        recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), data_path=new_user)
+    assert "map to other items" not in str(refused.value)

@@ -257,3 +257,17 @@ def test_compare_continues_a_run_killed_mid_training(data_root, tmp_path, in_tmp
     assert resumed["validation_curve"] == reference["validation_curve"]
     assert resumed["test"] == reference["test"] and resumed["epochs"] == SETTINGS["epochs"]
     assert not os.listdir(os.path.join(output, "work", "SASRec-seed7", "checkpoints"))  # both files removed
+
+
+def test_a_resume_on_appended_interactions_is_refused_naming_the_file(tmp_path, in_tmp_cwd):
+    """Rows appended for known users and items move their targets: the run must not continue on them."""
+    from conftest import successor_rows, write_inter
+
+    rows = successor_rows()
+    root = write_inter(tmp_path / "data", "successor", rows)
+    settings = settings_for(root, tmp_path, epochs=2)
+    run("SASRec", "successor", config_dict=settings)
+    write_inter(tmp_path / "data", "successor", rows + [(rows[0][0], rows[1][1], 99)])
+    with pytest.raises(ValueError, match="interactions were added") as refused:
+        run("SASRec", "successor", config_dict=dict(settings, resume=True, epochs=3))
+    assert os.path.join(root, "successor", "successor.inter") in str(refused.value)

@@ -13,6 +13,7 @@ import os
 import warnings
 
 import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.data.checks import inter_file_paths
 from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
 
@@ -109,8 +110,8 @@ def load_data_and_model(model_file, trust_pickled=False, **overrides):
     overrides["trust_pickled_checkpoint"] = bool(trust_pickled)
     config, model_class = config_from_checkpoint(checkpoint, source=model_file, **overrides)
     data = prepare_data(config)
-    ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.dataset), data.dataset.dataset_name,
-                                   model_file)
+    ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.train._dataset), config["dataset"],
+                                   model_file, ", ".join(inter_file_paths(config)))
     trainer = build_trainer(config, model_class, data.train)
     trainer.load_model_file(model_file, checkpoint=checkpoint)  # the file is read once
     model = trainer.model.eval()

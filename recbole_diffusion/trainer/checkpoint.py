@@ -94,27 +94,40 @@ def _tokens_hash(tokens):
 
 
 def dataset_fingerprint(dataset):
-    """What ties a checkpoint to its data: the item and user token maps (their hash and size)."""
+    """What ties a checkpoint to its data: the item and user token maps (their hash and size) and the interactions
+    of ``dataset`` (a training split: its user and item of every row, in RecBole's order), which any row added to,
+    removed from or changed in the interaction file changes, since every user's targets move with it."""
     items = dataset.field2id_token[dataset.iid_field]
     users = dataset.field2id_token[dataset.uid_field]
+    rows = np.stack([np.asarray(dataset.inter_feat[dataset.uid_field], dtype=np.int64),
+                     np.asarray(dataset.inter_feat[dataset.iid_field], dtype=np.int64)])
     return {"n_items": len(items), "n_users": len(users),
-            "item_tokens_sha256": _tokens_hash(items), "user_tokens_sha256": _tokens_hash(users)}
+            "item_tokens_sha256": _tokens_hash(items), "user_tokens_sha256": _tokens_hash(users),
+            "interactions_sha256": hashlib.sha256(rows.tobytes()).hexdigest()}
 
 
-def check_dataset_fingerprint(checkpoint, fingerprint, dataset_name, path):
-    """Refuse data whose item or user ids would not map to the checkpoint's embedding rows: ``fingerprint`` is
-    :func:`dataset_fingerprint` of the data read now (a checkpoint without one is not checked)."""
+def check_dataset_fingerprint(checkpoint, fingerprint, dataset_name, path, data_file):
+    """Refuse data other than the training data, naming the cause: ``fingerprint`` is :func:`dataset_fingerprint`
+    of the data read now from ``data_file`` (a checkpoint without a fingerprint, or one written before the
+    interactions were fingerprinted, is checked as far as it goes)."""
     saved = checkpoint.get("dataset_fingerprint")
     if not saved:
         return
-    changed = [key for key in ("n_items", "item_tokens_sha256", "n_users", "user_tokens_sha256")
-               if saved[key] != fingerprint[key]]
-    if changed:
-        raise ValueError(
-            f"checkpoint {path!r} was trained on other data: the dataset {dataset_name!r} read now is not the one "
-            f"this model was trained on ({', '.join(changed)} differ: {saved['n_items']} -> {fingerprint['n_items']} "
-            f"items, {saved['n_users']} -> {fingerprint['n_users']} users); its item ids would map to other items. "
-            "Use the training data.")
+    changed = [key for key in saved if key in fingerprint and saved[key] != fingerprint[key]]
+    if not changed:
+        return
+    if "item_tokens_sha256" in changed or "n_items" in changed:
+        reason = (f"its items differ ({saved['n_items']} -> {fingerprint['n_items']} items): the item ids would map "
+                  "to other items")
+    elif "user_tokens_sha256" in changed or "n_users" in changed:
+        reason = (f"users were added or removed ({saved['n_users']} -> {fingerprint['n_users']} users), so the "
+                  "split and the targets differ")
+    else:
+        reason = ("the same users and items, but interactions were added, removed or reordered since training, so "
+                  "the training, validation and test targets differ")
+    raise ValueError(f"checkpoint {path!r} was trained on other data: the dataset {dataset_name!r} read now from "
+                     f"{data_file} is not the one this model was trained on ({', '.join(changed)} differ); {reason}. "
+                     "Use the training data.")
 
 
 def rng_states(train_generator=None):

@@ -34,6 +34,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_diffusion.evaluation.metrics import target_ranks
 import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion.data.checks import inter_file_paths
 from recbole_diffusion.utils import collectives
 
 
@@ -303,7 +304,8 @@ class PluginTrainerMixin:
         if saved_model and saved_model != self.config["model"]:
             raise ValueError(f"checkpoint {path!r} holds a {saved_model} model, not {self.config['model']}")
         if self.dataset_fingerprint is not None:
-            ckpt.check_dataset_fingerprint(checkpoint, self.dataset_fingerprint, self.config["dataset"], path)
+            ckpt.check_dataset_fingerprint(checkpoint, self.dataset_fingerprint, self.config["dataset"], path,
+                                           ", ".join(inter_file_paths(self.config)))
         return checkpoint
 
     def load_model_file(self, path, checkpoint=None):
