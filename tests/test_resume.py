@@ -271,3 +271,40 @@ def test_a_resume_on_appended_interactions_is_refused_naming_the_file(tmp_path, 
     with pytest.raises(ValueError, match="interactions were added") as refused:
         run("SASRec", "successor", config_dict=dict(settings, resume=True, epochs=3))
     assert os.path.join(root, "successor", "successor.inter") in str(refused.value)
+
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "before_issue_21")
+# The settings tests/fixtures/before_issue_21 was trained with (commit a2a800e, killed after epoch 1 of 4).
+FIXTURE_SETTINGS = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 6,
+                    "train_batch_size": 32, "eval_batch_size": 64, "show_progress": False, "state": "WARNING",
+                    "epochs": 4, "eval_step": 1, "stopping_step": 10, "learning_rate": 0.01, "diffusion_steps": 4,
+                    "reproducibility": True}
+
+
+def test_a_checkpoint_written_before_issue_21_resumes_on_another_path_and_loads(tmp_path, in_tmp_cwd, caplog):
+    """Another data folder and another checkpoint folder (a job re-queued elsewhere), and a key the package gained
+    since it was written (here batch_by_length, taken out of the copy as if it were older still): the run
+    continues from its epoch, says why, and its best checkpoint still loads."""
+    import shutil
+
+    import recbole_diffusion
+
+    checkpoints = tmp_path / "elsewhere"
+    shutil.copytree(os.path.join(FIXTURE, "checkpoints"), checkpoints)
+    last = str(checkpoints / "DiffuRec-successor-14fa391ffc4d-last.pth")
+    older = ckpt.load_checkpoint(last)
+    del older["config"]["batch_by_length"]
+    ckpt.save_checkpoint(older, last)  # its file name keeps the hash it was written with
+    settings = {**FIXTURE_SETTINGS, "data_path": os.path.join(FIXTURE, "data"), "checkpoint_dir": str(checkpoints),
+                "resume": True}
+    config, _ = build_config("DiffuRec", "successor", config_dict=settings)
+    assert resume_file(config) == last
+    result, trainer = run_with_trainer("DiffuRec", settings)
+    assert trainer.start_epoch == 2 and len(trainer.epoch_seconds) == 4 and trainer.finished
+    assert result["last_checkpoint_file"] == last and os.path.dirname(result["saved_model_file"]) == str(checkpoints)
+    note = " ".join(record.getMessage() for record in caplog.records if record.getMessage().startswith("resume:"))
+    assert "continues elsewhere" in note and "checkpoint_dir" in note and "data_path" in note
+    assert "written before recbole_diffusion had batch_by_length" in note
+    best = os.path.join(FIXTURE, "checkpoints", "DiffuRec-Dec-06-2026_10-30-23.pth")  # as written
+    loaded, model, *_ = recbole_diffusion.load_data_and_model(best, data_path=os.path.join(FIXTURE, "data"))
+    assert loaded["model"] == "DiffuRec"

@@ -35,6 +35,10 @@ RESUME_MAY_DIFFER = ("epochs", "stopping_step", "show_progress", "state", "eval_
                      "checkpoint_every", "ip", "port")
 # Keys that differ between the processes of one distributed run (each machine has its own offset and nproc).
 PER_PROCESS_KEYS = ("local_rank", "offset", "nproc", "device")
+# Keys that say where a run happens, not what it computes: a run re-queued on another node, GPU or scratch folder
+# resumes with other values. They stay in the configuration's hash (taking them out would change every hash, and
+# the existing "last" checkpoints would no longer be found): a resume compares them apart from it.
+LOCATION_KEYS = ("gpu_id", "use_gpu", "data_path", "checkpoint_dir", "trust_pickled_checkpoint")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -87,6 +91,32 @@ def differing_keys(saved, current, ignore=()):
     """Keys whose values differ between two plain configurations, outside :data:`RESUME_MAY_DIFFER` and ``ignore``."""
     keys = (set(saved) | set(current)) - set(RESUME_MAY_DIFFER) - set(ignore)
     return sorted(key for key in keys if saved.get(key) != current.get(key))
+
+
+def resume_differences(saved, current, ignore=()):
+    """``(refused, moved, added)``: the keys in which a saved configuration and the current one differ, as a resume
+    sees them. ``moved``: :data:`LOCATION_KEYS` (the run continues elsewhere); ``added``: keys this package gained
+    since the checkpoint was written (the run continues with their current values, the defaults unless set);
+    ``refused``: every other difference outside :data:`RESUME_MAY_DIFFER` and ``ignore``."""
+    differing = differing_keys(saved, current, ignore)
+    added = [key for key in differing if key not in saved]
+    moved = [key for key in differing if key in LOCATION_KEYS and key not in added]
+    refused = [key for key in differing if key not in added and key not in moved]
+    return refused, moved, added
+
+
+def describe_resume(saved, current, moved, added):
+    """The log line of a resume that moved or gained keys (``None`` when it did neither)."""
+    parts = []
+    if moved:
+        device = {"gpu_id", "use_gpu"} & set(moved)
+        parts.append("it continues elsewhere (" + ", ".join(f"{key} {saved.get(key)!r} -> {current.get(key)!r}"
+                                                          for key in moved) + ")"
+                     + ("; on another device it continues, but not bit for bit" if device else ""))
+    if added:
+        parts.append("it was written before recbole_diffusion had " + ", ".join(added) + "; it continues with "
+                     + ", ".join(f"{key}={current.get(key)!r}" for key in added))
+    return "resume: " + "; ".join(parts) if parts else None
 
 
 def _tokens_hash(tokens):
@@ -273,20 +303,31 @@ def find_last_checkpoints(checkpoint_dir, model, dataset):
 def resumable_checkpoint(config_dict, checkpoint_dir):
     """The "last" checkpoint to resume for this plain configuration, ``None`` when the run never started.
 
-    A "last" checkpoint of the same model and dataset with another configuration is refused, naming the keys
-    that differ: resuming it would silently continue another experiment.
+    The file named by the configuration's hash, or else the newest "last" checkpoint of the same model and dataset
+    whose configuration differs only where :func:`resume_differences` allows (another node, GPU, data or checkpoint
+    folder; keys the package gained since). One with another configuration is refused, naming the keys that differ:
+    resuming it would silently continue another experiment.
     """
     path = last_checkpoint_path(checkpoint_dir, config_dict["model"], config_dict["dataset"],
                                 config_hash(config_dict))
     if os.path.isfile(path):
         return path
     others = find_last_checkpoints(checkpoint_dir, config_dict["model"], config_dict["dataset"])
+    for other in others:
+        if not resume_differences(saved_config(other), config_dict)[0]:
+            return other
     if others:
-        saved = load_checkpoint(others[0])["config"]
-        differing = differing_keys(saved, config_dict)
+        saved = saved_config(others[0])
+        differing = resume_differences(saved, config_dict)[0]
         raise ValueError(
             f"resume: no checkpoint of this configuration in {checkpoint_dir}; the newest one of "
             f"{config_dict['model']} on {config_dict['dataset']} ({others[0]}) differs in "
             + ", ".join(f"{key} ({saved.get(key)!r} -> {config_dict.get(key)!r})" for key in differing)
-            + f". Only {', '.join(RESUME_MAY_DIFFER)} may change on resume; run without --resume to start anew.")
+            + f". Only {', '.join(RESUME_MAY_DIFFER + LOCATION_KEYS)} may change on resume; run without --resume to "
+            "start anew.")
     return None
+
+
+def saved_config(path):
+    """The configuration a checkpoint stores, read without loading its tensors (memory-mapped)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]

@@ -340,14 +340,17 @@ class PluginTrainerMixin:
         if checkpoint.get("kind") != "last":
             raise ValueError(f"checkpoint {resume_file!r} is a {checkpoint.get('kind', 'RecBole')} checkpoint; "
                              "resume needs a -last.pth checkpoint (written every checkpoint_every epochs)")
-        differing = ckpt.differing_keys(checkpoint["config"], self.config_plain,
-                                        ignore=ckpt.PER_PROCESS_KEYS if self.distributed else ())
-        if differing:
+        saved = checkpoint["config"]
+        refused, moved, added = ckpt.resume_differences(saved, self.config_plain,
+                                                        ignore=ckpt.PER_PROCESS_KEYS if self.distributed else ())
+        if refused:
             raise ValueError(
                 f"cannot resume from {resume_file!r}: its configuration differs in "
-                + ", ".join(f"{key} ({checkpoint['config'].get(key)!r} -> {self.config_plain.get(key)!r})"
-                            for key in differing)
-                + f". Only {', '.join(ckpt.RESUME_MAY_DIFFER)} may change on resume.")
+                + ", ".join(f"{key} ({saved.get(key)!r} -> {self.config_plain.get(key)!r})" for key in refused)
+                + f". Only {', '.join(ckpt.RESUME_MAY_DIFFER + ckpt.LOCATION_KEYS)} may change on resume.")
+        note = ckpt.describe_resume(saved, self.config_plain, moved, added)
+        if note:
+            self.logger.warning(note)
         self._load_weights(checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
@@ -356,7 +359,7 @@ class PluginTrainerMixin:
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"]
-        self.saved_model_file = checkpoint["best_model_file"]
+        self.saved_model_file = self._here(checkpoint["best_model_file"])
         self.finished = checkpoint["finished"]
         records = checkpoint["records"]
         self.epoch_seconds = list(records["epoch_seconds"])
@@ -374,6 +377,12 @@ class PluginTrainerMixin:
         self._resumed = True
         self.logger.info(f"resumed from {resume_file}: training continues at epoch {self.start_epoch}")
         return checkpoint
+
+    def _here(self, best_model_file):
+        """The best epoch's checkpoint of a resumed run: the file of that name in this run's checkpoint folder when
+        it holds one (a run that moved to another folder), else where it was written."""
+        moved = os.path.join(self.checkpoint_dir, os.path.basename(best_model_file or ""))
+        return moved if best_model_file and os.path.isfile(moved) else best_model_file
 
     # ----- evaluation -----------------------------------------------------------------------------------------
 
