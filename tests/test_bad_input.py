@@ -280,7 +280,6 @@ YAML_CASES = {
     "does not parse": ("epochs: 5\nlearning_rate: [0.1\n", ["broken.yaml:", "not valid YAML"]),
     "a list": ("- epochs\n- 5\n", ["broken.yaml", "must be a mapping", "list"]),
     "a plain string": ("epochs 5\n", ["broken.yaml", "must be a mapping", "str"]),
-    "empty": ("# nothing here\n", ["broken.yaml", "no settings"]),
     "a number as key": ("5: epochs\n", ["broken.yaml", "key 5"]),
     "load_col without inter": ("load_col:\n  user: [user_id]\n", ["load_col=", "no 'inter' entry"]),
 }
@@ -310,3 +309,45 @@ def test_a_non_utf8_config_file_is_refused_naming_the_line(workdir, capsys):
     config.write_bytes(b"epochs: 1\n# caf\xe9\n")
     assert_mentions(refused(workdir, capsys, arguments(data_path, f"--config_files={config}")),
                     "latin.yaml:2:", "byte 0xe9", "UTF-8")
+
+
+
+def test_a_config_file_of_only_comments_sets_nothing(workdir, capsys):
+    """A template with every line commented out means "no keys": the run goes on as without the file."""
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    template = workdir / "template.yaml"
+    template.write_text("# epochs: 5\n# learning_rate: 0.01\n", encoding="utf-8")
+    from recbole_diffusion.config.configurator import build_config
+
+    with_template, _ = build_config("SASRec", NAME, [str(template)], {"data_path": data_path})
+    without, _ = build_config("SASRec", NAME, [], {"data_path": data_path})
+    assert with_template["epochs"] == without["epochs"] and with_template["learning_rate"] == without["learning_rate"]
+
+
+@pytest.mark.parametrize("setting, fragments", [
+    ("--trust_pickled_checkpoint=no", ["trust_pickled_checkpoint='no'", "True or False"]),
+    ("--resume=no", ["resume='no'", "True or False"]),
+    ("--batch_by_length=yes", ["batch_by_length='yes'", "True or False"]),
+    ("--checkpoint_every=-1", ["checkpoint_every=-1", "integer >= 0"]),
+    ("--checkpoint_every=abc", ["checkpoint_every='abc'", "integer >= 0"]),
+])
+def test_the_packages_own_keys_are_typed(setting, fragments, workdir, capsys):
+    """A string where a boolean belongs once meant True (--resume=no resumed); a negative or non-numeric
+    checkpoint_every wrote nothing or ended in a traceback after the log was written."""
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    assert_mentions(refused(workdir, capsys, arguments(data_path, setting)), *fragments)
+
+
+def test_a_truncated_checkpoint_is_refused_naming_it_without_offering_trust(workdir, capsys, tmp_path):
+    import torch
+
+    import recbole_diffusion.trainer.checkpoint as ckpt
+
+    whole = tmp_path / "whole.pth"
+    ckpt.save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, str(whole))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for trust in (False, True):
+        with pytest.raises(ValueError, match="damaged or incomplete") as refused_load:
+            ckpt.load_checkpoint(str(cut), trust_pickled=trust)
+        assert "cut.pth" in str(refused_load.value) and "trust_pickled" not in str(refused_load.value)

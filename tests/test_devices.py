@@ -74,3 +74,16 @@ def test_random_states_of_more_gpus_than_are_visible_restore(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state)))
     ckpt.set_rng_states(states)
     assert [device for device, _ in restored] == [0] and torch.equal(restored[0][1], states["cuda"][0])
+
+
+def test_a_port_without_permission_is_named_not_the_ip(monkeypatch):
+    import errno
+    import socket
+
+    def denied(self, address):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "bind", denied)
+    with pytest.raises(ValueError, match="port 1 on localhost cannot be opened.*--port") as refused:
+        launcher.check_port_free("localhost", 1)
+    assert "ip must be" not in str(refused.value)

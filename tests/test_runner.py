@@ -39,6 +39,7 @@ def test_model_lookup_prefers_this_package_then_recbole():
     with pytest.raises(ValueError) as error:
         get_model_class("DifuRec")
     assert "DiffuRec" in str(error.value) and "SASRec" in str(error.value) and "BERT4Rec" in str(error.value)
+    assert "Did you mean DiffuRec" in str(error.value) and len(str(error.value)) < 600
 
 
 def test_variant_names_apply_their_yaml_after_the_model_yaml(data_root):

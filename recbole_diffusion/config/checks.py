@@ -93,8 +93,7 @@ def check_config_file(path):
         raise ValueError(f"config file {where}: not valid YAML ({problem}); write one key: value per line, "
                          "e.g. epochs: 50") from None
     if settings is None:
-        raise ValueError(f"config file {path}: has no settings (empty or only comments); write one key: value "
-                         "per line, e.g. epochs: 50, or leave the file out")
+        return  # empty or only comments (a template): no keys, as if the file were absent
     if not isinstance(settings, dict):
         raise ValueError(f"config file {path}: must be a mapping of key: value lines, but holds a "
                          f"{type(settings).__name__}; write one key: value per line, e.g. epochs: 50")
@@ -105,7 +104,8 @@ def check_config_file(path):
 
 
 def check_trainer(config):
-    """Keys of the trainer layer, for every model: the learning-rate schedule and the evaluation seed."""
+    """Keys of the trainer layer, for every model: the learning-rate schedule, checkpoints and resume, the
+    training batches, the evaluation seed."""
     require_in(config, "lr_scheduler", LR_SCHEDULERS)
     if config["lr_scheduler"] == "step":
         for key in ("lr_step_size", "lr_gamma"):
@@ -114,7 +114,9 @@ def check_trainer(config):
         require_int(config, "lr_step_size", 1)
         require_range(config, "lr_gamma", 0, 1, low_open=True)
     require_int(config, "lr_warmup_epochs", 0)
-    require_bool(config, "batch_by_length")
+    require_int(config, "checkpoint_every", 0)
+    for key in ("batch_by_length", "resume", "trust_pickled_checkpoint"):
+        require_bool(config, key)
     if config["eval_seed"] is not None:
         require_int(config, "eval_seed", 0)
     if config["item_init_std"] is not None:

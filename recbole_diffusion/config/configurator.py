@@ -69,10 +69,13 @@ def get_model_class(name):
         return get_model(name)
     except (ValueError, AttributeError, ImportError):  # exlib models import xgboost and lightgbm
         pass
+    known = sorted(MODELS) + model_variants() + recbole_model_names()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"Did you mean {' or '.join(close)}? " if close else ""
     raise ValueError(
-        f"model={name!r} is not a model of recbole_diffusion ({', '.join(sorted(MODELS))}; variants: "
-        f"{', '.join(model_variants())}) nor of RecBole ({', '.join(recbole_model_names())})."
-    )
+        f"model={name!r} is not a model of recbole_diffusion nor of RecBole. {hint}This package's: "
+        f"{', '.join(sorted(MODELS))} (variants: {', '.join(model_variants())}); RecBole's include SASRec, BERT4Rec, "
+        f"GRU4Rec and {len(known) - len(MODELS) - len(model_variants()) - 3} more (recbole.model).")
 
 
 def resolve_model(name):
@@ -208,6 +211,7 @@ def merge_config(model=None, dataset=None, config_file_list=None, config_dict=No
     files = [properties_file("overall.yaml")]
     files += [path for path in (properties_file("model", f"{model}.yaml"), variant,
                                 properties_file("dataset", f"{dataset}.yaml")) if path and os.path.isfile(path)]
+    user_files = [path for path in user_files if _read_yaml_keys(path)]  # a file of only comments sets nothing
     try:
         config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
                               config_dict=config_dict)

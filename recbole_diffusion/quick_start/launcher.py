@@ -104,6 +104,9 @@ def check_port_free(ip, port):
             if error.errno == errno.EADDRINUSE:
                 raise ValueError(f"port {port} on {ip} is already in use: rank 0 listens there for the other "
                                  f"processes; pick a free one with --port=<port>") from None
+            if error.errno == errno.EACCES:
+                raise ValueError(f"port {port} on {ip} cannot be opened (permission denied: ports below 1024 need "
+                                 "administrator rights); pick another with --port=<port>") from None
             raise ValueError(f"cannot listen on {ip}:{port} ({error.strerror}): ip must be an address of the "
                              "machine that runs rank 0 (offset 0)") from None
 

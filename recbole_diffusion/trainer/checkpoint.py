@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import random
+import zipfile
 
 import numpy as np
 import scipy.sparse as sp
@@ -253,6 +254,14 @@ def save_checkpoint(payload, path):
         torch.save(dict(payload, format=FORMAT), handle)
 
 
+def _cut_short(path):
+    """Whether ``path`` is a torch checkpoint whose write was cut short: empty, or a zip archive (what torch.save
+    writes) without its central directory."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    return not start or (start == b"PK\x03\x04" and not zipfile.is_zipfile(path))
+
+
 def load_checkpoint(path, map_location="cpu", trust_pickled=False):
     """Read a checkpoint written by :func:`save_checkpoint` without running any code from the file.
 
@@ -261,22 +270,28 @@ def load_checkpoint(path, map_location="cpu", trust_pickled=False):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if trust_pickled:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        if not isinstance(checkpoint.get("config"), dict):
-            checkpoint["config"] = plain_config(checkpoint["config"])
-        return checkpoint
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as error:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=not trust_pickled)
+    except Exception as error:
+        if _cut_short(path):
+            raise ValueError(f"checkpoint {path!r} is damaged or incomplete (not a whole torch checkpoint: a write "
+                             "that was cut short, or another kind of file); use another checkpoint, e.g. the best "
+                             "epoch's or an earlier one") from None
+        if trust_pickled or not isinstance(error, (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError,
+                                                   ValueError)):
+            raise
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
         raise UnsafeCheckpointError(
             f"checkpoint {path!r} refused: it is not a recbole_diffusion checkpoint of tensors and plain data "
-            f"(loading stopped before anything in it ran: {reason or type(error).__name__}). RecBole's own .pth files pickle Python "
-            "objects, and unpickling a file can execute code. If you wrote this file yourself with RecBole, load it "
-            "with trust_pickled=True (command line: --trust_pickled_checkpoint=True)."
+            f"(loading stopped before anything in it ran: {reason or type(error).__name__}). RecBole's own .pth files "
+            "pickle Python objects, and unpickling a file can execute code. If you wrote this file yourself with "
+            "RecBole, load it with trust_pickled=True (command line: --trust_pickled_checkpoint=True)."
         ) from None
+    if trust_pickled:
+        if not isinstance(checkpoint.get("config"), dict):
+            checkpoint["config"] = plain_config(checkpoint["config"])
+        return checkpoint
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UnsafeCheckpointError(
             f"checkpoint {path!r} refused: format {checkpoint.get('format') if isinstance(checkpoint, dict) else None!r}"

@@ -32,4 +32,5 @@ def require_range(config, key, low, high, low_open=False, high_open=False):
 
 def require_bool(config, key):
     if not isinstance(config[key], bool):
-        fail(key, config[key], "must be True or False")
+        fail(key, config[key], "must be True or False (a string such as 'no' is neither: write --key=True or "
+                               "--key=False)")
