@@ -17,6 +17,9 @@ Each fix is small, idempotent and covered by ``tests/test_compat.py``:
 * ``Interaction.sort`` (every sequential dataset sorts by user and time) calls ``np.argsort`` on a torch
   tensor, which numpy 2 deprecates through torch's ``__array_wrap__``; it is replaced by the same stable sort
   of the key as a numpy array (:func:`sort_interaction`).
+* RecBole's graph models (NGCF, LightGCN, GCMC, NCL, SpectralCF, KGIN, MCCLK) fill their adjacency matrix with
+  ``dok_matrix._update``, which scipy 1.12 removed (the matrix is no longer a dict); it is put back as an update of
+  the matrix's own dict (:func:`restore_dok_update`).
 * RecBole's trainer module creates its scaler through ``torch.cuda.amp``, deprecated since PyTorch 2.4 (a
   FutureWarning in every run); it gets an ``amp`` namespace that calls ``torch.amp`` with ``"cuda"`` instead.
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
@@ -42,6 +45,14 @@ def restore_numpy_aliases():
     for name, replacement in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, replacement)
+
+
+def restore_dok_update():
+    """Give scipy's ``dok_matrix`` the ``_update(dict)`` RecBole's graph models call (no-op where it exists)."""
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = lambda self, data: self._dict.update(data)
 
 
 def fill_nan(self):
@@ -164,6 +175,7 @@ def keep_autograd_anomaly_detection_off():
 def apply():
     """Apply every fix; safe to call more than once."""
     restore_numpy_aliases()
+    restore_dok_update()
     keep_autograd_anomaly_detection_off()
     fill_missing_values_by_assignment()
     sort_interactions_as_arrays()

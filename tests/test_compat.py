@@ -162,3 +162,15 @@ def test_reported_numpy_version_is_covered():
     major, minor = (int(p) for p in np.__version__.split(".")[:2])
     assert (major, minor) >= (1, 26)
     assert os.environ.get("EXPECT_NUMPY_MAJOR", str(major)) == str(major)
+
+
+
+def test_recboles_graph_models_can_fill_a_dok_matrix():
+    """RecBole's LightGCN (and NGCF, GCMC, NCL, SpectralCF, ...) call dok_matrix._update, gone since scipy 1.12."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    compat.apply()
+    matrix = sp.dok_matrix((3, 4), dtype=np.float32)
+    matrix._update({(np.int32(0), np.int32(1)): 1, (2, 3): 1})
+    assert matrix.tocsr().toarray().tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
