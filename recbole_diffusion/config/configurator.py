@@ -9,6 +9,7 @@ before a log file or checkpoint is written, and finds the data folder.
 
 import difflib
 import importlib
+import inspect
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 import recbole
 import yaml
 from recbole.config import Config
-from recbole.utils import argument_list, get_model
+from recbole.utils import InputType, ModelType, argument_list, get_model
 
 from recbole_diffusion.config.checks import check_config_file, check_model_config
 from recbole_diffusion.data import checks as data_checks
@@ -28,6 +29,9 @@ from recbole_diffusion.utils.collectives import join_group, single_device
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
 DATA_ENV_VAR = "RECBOLE_DIFFUSION_DATA"
+# RecBole's own default train_neg_sample_args (recbole/properties/overall.yaml).
+RECBOLE_NEGATIVE_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False,
+                             "candidate_num": 0}
 RECBOLE_SUBPACKAGES = ("general_recommender", "sequential_recommender", "context_aware_recommender",
                        "knowledge_aware_recommender")
 # Keys RecBole reads without declaring them in a YAML file.
@@ -67,7 +71,14 @@ def get_model_class(name):
         return MODELS[name]
     try:
         return get_model(name)
-    except (ValueError, AttributeError, ImportError):  # exlib models import xgboost and lightgbm
+    except ImportError as missing:  # RecBole's exlib package imports xgboost and lightgbm (any name reaching it)
+        exlib = os.path.join(os.path.dirname(recbole.__file__), "model", "exlib_recommender", f"{name.lower()}.py")
+        if os.path.isfile(exlib):
+            library = missing.name or str(missing)
+            raise ValueError(f"model={name!r} is RecBole's, but RecBole's external-library models (XGBoost, LightGBM) "
+                             f"import xgboost and lightgbm, and {library} is not installed (pip install xgboost "
+                             "lightgbm)") from None
+    except (ValueError, AttributeError):
         pass
     known = sorted(MODELS) + model_variants() + recbole_model_names()
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
@@ -215,9 +226,33 @@ def merge_config(model=None, dataset=None, config_file_list=None, config_dict=No
     try:
         config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
                               config_dict=config_dict)
+        if "train_neg_sample_args" not in user_keys and needs_sampled_negatives(config, model_class):
+            config = PluginConfig(model=model_class, dataset=dataset, config_file_list=files + user_files,
+                                  config_dict={**config_dict, "train_neg_sample_args": RECBOLE_NEGATIVE_SAMPLING})
+            print(f"note: {model} trains on sampled negatives or labels: it gets RecBole's default "
+                  f"train_neg_sample_args {RECBOLE_NEGATIVE_SAMPLING} (the protocol's CE without negatives does not "
+                  "apply to it; set train_neg_sample_args to choose)", file=sys.stderr)
     except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
         raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
     return config, model_class, model, user_keys
+
+
+def needs_sampled_negatives(config, model_class):
+    """Whether a RecBole model trains on what RecBole's negative sampler makes, which the protocol turns off
+    (``properties/overall.yaml``: CE over all items): a sequential model with ``loss_type: BPR`` or a pairwise
+    input (FPMC, TransRec), a general or knowledge-aware model with a pairwise input (BPR, LightGCN, KGAT, ...) or a
+    pointwise one that reads labels (NeuMF, DMF, ...). This package's models and every other RecBole model keep the
+    protocol."""
+    if model_class.__name__ in MODELS:
+        return False
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        return config["loss_type"] == "BPR" or getattr(model_class, "input_type", None) == InputType.PAIRWISE
+    if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.KNOWLEDGE):
+        return False
+    input_type = getattr(model_class, "input_type", None)
+    if input_type == InputType.PAIRWISE:
+        return True
+    return input_type == InputType.POINTWISE and "self.LABEL" in inspect.getsource(model_class.calculate_loss)
 
 
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):

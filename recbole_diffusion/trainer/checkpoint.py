@@ -235,9 +235,12 @@ def decode_state(value, device):
 
 def model_extra_state(model):
     """What a model keeps outside its ``state_dict``: RecBole's ``other_parameter()`` plus every tensor held as a
-    plain attribute (RecBole's ``DiffRec`` keeps its loss history that way)."""
+    plain attribute (RecBole's ``DiffRec`` keeps its loss history that way). A submodule that ``other_parameter()``
+    also names (the feature-aware models' ``FeatureSeqEmbLayer``) is left out: its weights are in the
+    ``state_dict``, and the model builds the module itself."""
     tensors = {name: value for name, value in vars(model).items() if isinstance(value, torch.Tensor)}
-    return {"other_parameter": encode_state(model.other_parameter()), "tensor_attributes": encode_state(tensors)}
+    other = {key: value for key, value in model.other_parameter().items() if not isinstance(value, torch.nn.Module)}
+    return {"other_parameter": encode_state(other), "tensor_attributes": encode_state(tensors)}
 
 
 def load_model_extra_state(model, extra, device):
