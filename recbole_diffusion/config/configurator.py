@@ -252,7 +252,12 @@ def needs_sampled_negatives(config, model_class):
     input_type = getattr(model_class, "input_type", None)
     if input_type == InputType.PAIRWISE:
         return True
-    return input_type == InputType.POINTWISE and "self.LABEL" in inspect.getsource(model_class.calculate_loss)
+    if input_type != InputType.POINTWISE:
+        return False
+    try:
+        return "self.LABEL" in inspect.getsource(model_class.calculate_loss)
+    except (OSError, TypeError):  # no source to read (a compiled or zipped install): keep the protocol
+        return False
 
 
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
