@@ -73,7 +73,8 @@ def _metric_table(metrics):
 
 def format_run_summary(result):
     """The end of a command-line run as text: test metrics as a table, the best epoch and validation score,
-    the checkpoint and log paths. ``result`` is :func:`~recbole_diffusion.quick_start.quick_start.fit_and_test`'s dict; absent keys are skipped."""
+    the checkpoint and log paths. ``result`` is :func:`~recbole_diffusion.quick_start.quick_start.fit_and_test`'s
+    dict; absent keys are skipped."""
     lines = []
     test = result.get("test_result")
     if test:

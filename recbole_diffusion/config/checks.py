@@ -125,7 +125,8 @@ def check_trainer(config):
 
 
 def check_eval_history_mask(config):
-    """``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`): a known policy; other than ``auto`` only
+    """``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`): a known policy; other than ``auto``
+    only
     for a full ranking (a sampled ranking has no history to mask) and, for a sequential model masked with
     ``all``, on a split RecBole made itself (its prefix rows are where the earlier items are read from)."""
     policy = config["eval_history_mask"]

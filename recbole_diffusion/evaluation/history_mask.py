@@ -102,7 +102,8 @@ def apply_eval_history_mask(config, train_data, valid_data, test_data, real_toke
         history = None
         if policy == "all" and sequential:
             history = sequential_history(config, [data._dataset for data in earlier], loader._dataset)
-        loaders.append(FullSortEvalLoader(config, loader._dataset, loader._sampler, history, real_tokens and sequential))
+        loaders.append(FullSortEvalLoader(config, loader._dataset, loader._sampler, history,
+                                          real_tokens=real_tokens and sequential))
     if as_recbole:
         note = None
     elif policy == "none":

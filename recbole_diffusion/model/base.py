@@ -19,7 +19,8 @@ class DiffusionRecommender(SequentialRecommender):
     equals scoring the mean of the k sampled ``x0`` (the k runs go through the network as one batch).
 
     Evaluation noise is reproducible: every draw of a reverse run (``x_T``, DDPM noise, DiffuRec's lambda) is
-    keyed by ``(eval_seed, user id, ensemble member, step)`` (:class:`recbole_diffusion.diffusion.keyed_noise.KeyedNoise`),
+    keyed by ``(eval_seed, user id, ensemble member, step)``
+    (:class:`recbole_diffusion.diffusion.keyed_noise.KeyedNoise`),
     never by torch's RNG. One checkpoint therefore gives one set of metrics, whatever ran before it, the
     evaluation batch size or the number of processes; a user's validation and test runs share their noise.
     Different ``eval_seed`` values give independent evaluations of the same checkpoint.

@@ -359,7 +359,7 @@ class PluginTrainerMixin:
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"]
-        self.saved_model_file = self._here(checkpoint["best_model_file"])
+        self.saved_model_file = self._best_model_file_here(checkpoint["best_model_file"])
         self.finished = checkpoint["finished"]
         records = checkpoint["records"]
         self.epoch_seconds = list(records["epoch_seconds"])
@@ -378,7 +378,7 @@ class PluginTrainerMixin:
         self.logger.info(f"resumed from {resume_file}: training continues at epoch {self.start_epoch}")
         return checkpoint
 
-    def _here(self, best_model_file):
+    def _best_model_file_here(self, best_model_file):
         """The best epoch's checkpoint of a resumed run: the file of that name in this run's checkpoint folder when
         it holds one (a run that moved to another folder), else where it was written."""
         moved = os.path.join(self.checkpoint_dir, os.path.basename(best_model_file or ""))
