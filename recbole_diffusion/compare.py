@@ -99,7 +99,9 @@ def _trial(model, dataset, seed, config_files, overrides, keep_checkpoint, run_d
     except Exception as error:  # noqa: BLE001  (any failure is recorded; the comparison goes on)
         record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                   "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    return {**record, "torch_threads": torch.get_num_threads()}
+    # Keyed by the name asked for: a variant's runs record the variant, the class goes beside it (a record keyed by
+    # the class would never count as finished, and would be left out of the variant's summary).
+    return {**record, "model": model, "model_class": record["model"], "torch_threads": torch.get_num_threads()}
 
 
 def load_runs(output):

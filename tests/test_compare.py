@@ -199,6 +199,21 @@ def test_in_process_mode_resumes_without_rerunning(comparison, data_root, monkey
     assert {(r["model"], r["seed"]) for r in records} == ok
 
 
+def test_a_variant_s_runs_are_recorded_under_its_name_and_resume(data_root, tmp_path, monkeypatch):
+    """A variant (``DiffuRec-smallinit``) trains as its class, but its records, its resume and its summary row
+    go by the name asked for: keyed by the class, every resumed comparison would train it again."""
+    import recbole_diffusion.compare as compare
+
+    output = str(tmp_path / "variant")
+    overrides = {**_overrides(data_root), "epochs": "1"}
+    records = run_comparison(["DiffuRec-smallinit"], DATASET, [2020], output, overrides=overrides, isolate=False)
+    assert [(r["model"], r["model_class"], r["status"]) for r in records] == [("DiffuRec-smallinit", "DiffuRec", "ok")]
+    monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
+    assert run_comparison(["DiffuRec-smallinit"], DATASET, [2020], output, overrides=overrides, isolate=False)
+    with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
+        assert "| DiffuRec-smallinit |" in handle.read()
+
+
 def test_a_folder_of_runs_with_other_settings_is_refused(comparison, data_root, monkeypatch):
     """Resuming into a folder made with other epochs (or data, or files) would mix runs in one table."""
     import recbole_diffusion.compare as compare
