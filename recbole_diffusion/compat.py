@@ -1,6 +1,7 @@
-"""Make RecBole 1.2.1 work on today's numpy and PyTorch; imported by the package before RecBole is used.
+"""Make RecBole 1.2.1 work on today's numpy, PyTorch and Python; imported by the package before RecBole is used.
 
-Each fix is small, idempotent and covered by ``tests/test_compat.py``:
+RecBole missing (on Python 3.12+ it is installed with ``--no-deps``, README) gets one message saying how to install
+it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tests/test_compat.py``:
 
 * numpy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``, which ``recbole.config.Config``
   reads in ``compatibility_settings``; they are restored as aliases of the types that replaced them.
@@ -172,8 +173,41 @@ def keep_autograd_anomaly_detection_off():
         torch.autograd.set_detect_anomaly(False)
 
 
+RECBOLE_VERSION = "1.2.1"
+INSTALL_RECBOLE = f"pip install --no-deps recbole=={RECBOLE_VERSION}"
+
+
+def require_recbole():
+    """Import RecBole, or say in one message how to install it.
+
+    On Python 3.12 and newer pip cannot install RecBole 1.2.1 with its dependencies (its pin ``ray<=2.6.3`` has no
+    wheels there), so the README installs it with ``--no-deps`` and this package requires RecBole's other
+    dependencies itself (setup.cfg); a user who skipped that step gets this message rather than a bare
+    ``ModuleNotFoundError``. A dependency of RecBole that is missing is named as such."""
+    try:
+        import recbole  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name != "recbole":
+            raise
+        raise ModuleNotFoundError(
+            f"recbole-diffusion needs RecBole {RECBOLE_VERSION}, which is not installed in this Python "
+            f"({sys.executable}). Install it with\n    {INSTALL_RECBOLE}\nthen this package (README, Install); "
+            "--no-deps because RecBole's pin of ray has no wheels for Python 3.12 and newer, and this package "
+            "installs RecBole's other dependencies itself.", name="recbole") from error
+    try:
+        import recbole.utils  # noqa: F401  (the first of RecBole's modules that imports its dependencies)
+    except ModuleNotFoundError as error:
+        if error.name.split(".")[0] == "recbole":
+            raise
+        raise ModuleNotFoundError(
+            f"RecBole cannot be imported: its dependency {error.name!r} is missing. Installing this package "
+            "(pip install -e . or pip install recbole-diffusion) installs RecBole's dependencies.",
+            name=error.name) from error
+
+
 def apply():
     """Apply every fix; safe to call more than once."""
+    require_recbole()
     restore_numpy_aliases()
     restore_dok_update()
     keep_autograd_anomaly_detection_off()
