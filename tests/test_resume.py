@@ -1,7 +1,9 @@
 """Exact resume from the "last" checkpoint: a killed or pre-empted run ends like an uninterrupted one."""
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,16 +170,25 @@ def test_every_model_extends_a_finished_run_exactly(model, data_root, tmp_path, 
         assert torch.equal(sampler.loss_history, reference.model.timestep_sampler.loss_history)
 
 
-def test_resume_refuses_another_configuration_naming_the_keys(data_root, tmp_path, in_tmp_cwd):
+def test_resume_for_another_configuration_starts_anew_naming_the_keys(data_root, tmp_path, in_tmp_cwd, caplog):
+    """A job script can always pass --resume: with only another configuration's checkpoint in saved/ the run starts
+    at epoch 0 (never continuing the other experiment), says which keys differ, and leaves that checkpoint alone."""
     settings = settings_for(data_root, tmp_path, epochs=1)
-    run("SASRec", "successor", config_dict=settings)
-    with pytest.raises(ValueError, match=r"learning_rate \(0.01 -> 0.002\).*run without --resume"):
-        build_and_find = build_config("SASRec", "successor",
-                                      config_dict=dict(settings, resume=True, learning_rate=0.002))
-        resume_file(build_and_find[0])
+    first = run("SASRec", "successor", config_dict=settings)["last_checkpoint_file"]
+    written = os.stat(first).st_mtime_ns
+    changed = build_config("SASRec", "successor", config_dict=dict(settings, resume=True, learning_rate=0.002))[0]
+    assert resume_file(changed) is None
+    with caplog.at_level(logging.INFO):
+        result = run("SASRec", "successor", config_dict=dict(settings, resume=True, learning_rate=0.002))
+    assert result["resumed_from"] is None and result["last_checkpoint_file"] != first
+    records = [record for record in caplog.records if "another configuration" in record.getMessage()]
+    assert [record.levelno for record in records] == [logging.WARNING]
+    notes = [record.getMessage() for record in records]
+    assert re.search(r"training starts at epoch 0.*learning_rate \(0.01 -> 0.002\)", notes[0]), notes
+    assert first in notes[0] and os.stat(first).st_mtime_ns == written
     allowed = build_config("SASRec", "successor",
                            config_dict=dict(settings, resume=True, epochs=3, stopping_step=2, eval_batch_size=64))[0]
-    assert resume_file(allowed) is not None
+    assert resume_file(allowed) == first
 
 
 def test_resume_without_a_checkpoint_starts_anew_and_the_hash_is_stable(data_root, tmp_path, in_tmp_cwd):

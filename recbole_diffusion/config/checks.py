@@ -33,31 +33,67 @@ def _numbers_in(key, value):
         yield key, value
 
 
+# Where infinity is a meaningful setting: torch's clip_grad_norm_ with norm_type inf clips the largest gradient.
+INFINITY_ALLOWED = {"clip_grad_norm['norm_type']"}
+
+
 def check_finite_numbers(config):
-    """No NaN or infinity in any key (``guidance_weight: .inf`` gives NaN scores and plausible-looking metrics)."""
+    """No NaN or infinity in any key (``guidance_weight: .inf`` gives NaN scores and plausible-looking metrics),
+    but for the positive infinity of :data:`INFINITY_ALLOWED`."""
     for key, value in config.final_config_dict.items():
         for name, number in _numbers_in(key, value):
-            if not math.isfinite(number):
+            if not math.isfinite(number) and not (name in INFINITY_ALLOWED and number == math.inf):
                 fail(name, number, "must be a finite number")
 
 
-def check_recbole_types(config):
-    """Every key that RecBole's defaults (and its model's YAML) give a number or a boolean keeps that type:
-    ``--epochs=abc`` arrives as the string 'abc', which RecBole would compare or multiply much later."""
+# The kinds of value the type checks tell apart, and how a refusal names them.
+KIND_NAMES = {"bool": "True or False", "int": "an integer", "float": "a number"}
+
+
+def _kind_of_default(default):
+    """The kind a default's value implies: a boolean, an integer, a number; ``None`` for anything else."""
+    if isinstance(default, bool):
+        return "bool"
+    return "int" if isinstance(default, int) else "float" if isinstance(default, float) else None
+
+
+def _admits(kind, value):
+    if kind == "bool":
+        return isinstance(value, bool)
+    return not isinstance(value, bool) and isinstance(value, int if kind == "int" else (int, float))
+
+
+def check_recbole_types(config, declared=None):
+    """Every key of RecBole's defaults keeps the type RecBole documents for it: ``--epochs=abc`` arrives as the
+    string 'abc', which RecBole would compare or multiply much later.
+
+    ``declared``: ``{key: annotation}`` from the YAML files' ``# (int)`` / ``# (float)`` / ``# (bool)`` comments
+    (:func:`recbole_diffusion.config.configurator.declared_types`). A key admits the kind its annotation names and
+    the kind of its default's value, so a float key whose default is written as an integer (FEARec's
+    ``global_ratio: 1  # (float)``) takes a float, and an annotation its own default contradicts (DiffRec's
+    ``noise_scale: 0.001  # (int)``) refuses nothing RecBole runs. A key with neither annotation nor a typed
+    default, or a default of None, is left to RecBole; an integer default without annotation takes any number."""
+    declared = declared or {}
     for key, default in config.internal_config_dict.items():
+        annotated = declared.get(key, "").removesuffix(" or none")
+        kinds = {kind for kind in (annotated if annotated in KIND_NAMES else None, _kind_of_default(default))
+                 if kind is not None}
+        if "float" in kinds or (key not in declared and kinds == {"int"}):
+            kinds = (kinds - {"int"}) | {"float"}
         value = config[key]
-        if isinstance(default, bool):
+        if default is None or not kinds or any(_admits(kind, value) for kind in kinds):
+            continue
+        if value is None and declared.get(key, "").endswith(" or none"):
+            continue
+        if kinds == {"bool"}:
             require_bool(config, key)
-        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-            fail(key, value, "must be an integer")
-        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            fail(key, value, "must be a number")
+        fail(key, value, "must be " + " or ".join(KIND_NAMES[kind] for kind in sorted(kinds)))
 
 
-def check_training_values(config):
+def check_training_values(config, declared=None):
     """RecBole's training keys, for every model: values that would train nothing or never step."""
     check_finite_numbers(config)
-    check_recbole_types(config)
+    check_recbole_types(config, declared)
     require_int(config, "epochs", 1)
     require_int(config, "train_batch_size", 1)
     require_int(config, "eval_batch_size", 1)
@@ -115,7 +151,7 @@ def check_trainer(config):
         require_range(config, "lr_gamma", 0, 1, low_open=True)
     require_int(config, "lr_warmup_epochs", 0)
     require_int(config, "checkpoint_every", 0)
-    for key in ("batch_by_length", "resume", "trust_pickled_checkpoint"):
+    for key in ("batch_by_length", "resume", "trust_pickled_checkpoint", "drop_exact_duplicates"):
         require_bool(config, key)
     if config["eval_seed"] is not None:
         require_int(config, "eval_seed", 0)
@@ -143,10 +179,10 @@ def check_eval_history_mask(config):
              "(benchmark_filename); use auto or none")
 
 
-def check_model_config(model_name, config):
-    """RecBole's training keys and the trainer keys for every model, then the checks registered for
-    ``model_name``."""
-    check_training_values(config)
+def check_model_config(model_name, config, declared=None):
+    """RecBole's training keys (typed by ``declared``, see :func:`check_recbole_types`) and the trainer keys for
+    every model, then the checks registered for ``model_name``."""
+    check_training_values(config, declared)
     check_trainer(config)
     check_eval_history_mask(config)
     check = MODEL_CHECKS.get(model_name)

@@ -11,6 +11,7 @@ import difflib
 import importlib
 import inspect
 import os
+import re
 import socket
 import sys
 from importlib import resources
@@ -137,18 +138,42 @@ def override_values(config_dict):
     return Config._convert_config_dict(None, dict(config_dict))
 
 
+def _default_yaml_files(model_name, dataset):
+    """RecBole's and this package's YAML files of defaults for ``model_name`` on ``dataset``, lowest first."""
+    return [_recbole_properties("overall.yaml"), _recbole_properties("dataset", "sample.yaml"),
+            _recbole_properties("dataset", f"{dataset}.yaml"), _recbole_properties("model", f"{model_name}.yaml"),
+            properties_file("overall.yaml"), properties_file("model", f"{model_name}.yaml"),
+            properties_file("dataset", f"{dataset}.yaml")]
+
+
 def known_config_keys(model_name, dataset):
     """Every key that RecBole's defaults, RecBole's or this package's model and dataset YAMLs define."""
     keys = set(RECBOLE_RUNTIME_KEYS)
     for names in (argument_list.general_arguments, argument_list.training_arguments,
                   argument_list.evaluation_arguments, argument_list.dataset_arguments):
         keys |= set(names)
-    for path in (_recbole_properties("overall.yaml"), _recbole_properties("dataset", "sample.yaml"),
-                 _recbole_properties("dataset", f"{dataset}.yaml"), _recbole_properties("model", f"{model_name}.yaml"),
-                 properties_file("overall.yaml"), properties_file("model", f"{model_name}.yaml"),
-                 properties_file("dataset", f"{dataset}.yaml")):
+    for path in _default_yaml_files(model_name, dataset):
         keys |= _read_yaml_keys(path)
     return keys
+
+
+# A top-level key whose line ends in a type annotation, as RecBole's YAML files write them: "epochs: 300  # (int) ..."
+_ANNOTATED_LINE = re.compile(r"^([A-Za-z_]\w*)\s*:[^#]*#\s*\(([^)]+)\)")
+
+
+def declared_types(model_name, dataset):
+    """``{key: annotation}`` from the ``# (int)``, ``# (float)``, ``# (bool)`` ... comments of the YAML files of
+    defaults (a later file's annotation wins): the types RecBole documents, which the checks follow rather than the
+    type of a default's value (FEARec's ``global_ratio: 1`` is annotated ``(float)``)."""
+    types = {}
+    for path in _default_yaml_files(model_name, dataset):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    match = _ANNOTATED_LINE.match(line)
+                    if match:
+                        types[match.group(1)] = match.group(2).strip().lower()
+    return types
 
 
 def warn_unknown_keys(user_keys, model_name, dataset):
@@ -270,7 +295,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     """
     config, model_class, model, user_keys = merge_config(model, dataset, config_file_list, config_dict)
     warn_unknown_keys(user_keys, model, config["dataset"])
-    check_model_config(model, config)
+    check_model_config(model, config, declared_types(model, config["dataset"]))
     data_checks.check_inter_path_is_file(config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory

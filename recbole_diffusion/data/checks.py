@@ -35,6 +35,7 @@ QUOTE = '"'  # pandas' quote character: RecBole's reader treats it as CSV quotin
 LINES_SHOWN = 5
 HEADER_EXAMPLE = "user_id:token<TAB>item_id:token<TAB>timestamp:float"
 NOT_BLANK = re.compile(r"\S")
+WHITESPACE_BYTES = np.frombuffer(b" \t\r\x0b\x0c", dtype=np.uint8)
 
 
 class FileSummary(NamedTuple):
@@ -42,6 +43,18 @@ class FileSummary(NamedTuple):
 
     rows: int   # data lines
     users: int  # distinct user tokens (summed over benchmark files)
+    notes: tuple = ()  # (level, message) pairs for the run's log: what was read differently from the file
+
+
+def _longer_rows_note(path, lines, fields, header):
+    """The counted warning for rows with more fields than the header, which RecBole (pandas with ``usecols``)
+    reads as the header's columns, dropping the rest; ``()`` when there are none."""
+    if not len(lines):
+        return ()
+    return ((logging.WARNING, f"{path}:{lines[0]}: {len(lines)} line(s) have more fields than the header's "
+                              f"{len(header.columns)} (the first has {fields}): RecBole reads the header's columns "
+                              "and drops the fields after them, and so does this run. Check that the file's columns "
+                              "are where the header says."),)
 
 
 def _fail(path, line, problem):
@@ -156,12 +169,15 @@ def loaded_columns(config, header, path):
     return [name for name in header.columns if (requested is None or name in requested) and name not in dropped]
 
 
-def check_requested_columns(config, header, path):
-    """Refuse a column that ``load_col`` asks for and the header lacks (pandas would fail on ``usecols``)."""
-    for name in _requested_columns(config, path) or []:
-        if name not in header.types:
-            _fail(path, 1, f"no column {name!r}, which load_col['inter'] asks for (columns: {header.columns}). "
-                           f"Add it to the file, or change load_col.")
+def absent_requested_columns_note(config, header, path):
+    """The warning for columns ``load_col`` asks for and the header lacks, which RecBole skips (it loads the
+    header's columns that ``load_col`` names); ``()`` when there are none. The id and time columns a run needs
+    are refused before this (:func:`check_required_columns`)."""
+    absent = [name for name in _requested_columns(config, path) or [] if name not in header.types]
+    if not absent:
+        return ()
+    return ((logging.WARNING, f"{path}:1: no column {', '.join(map(repr, absent))}, which load_col['inter'] asks "
+                              f"for (columns: {header.columns}); RecBole skips it, and so does this run."),)
 
 
 def needs_time_order(config):
@@ -221,8 +237,12 @@ def _table_fast(raw, text, path, separator, header, wanted, encoding):
         return None  # the csv module's field limit decides: the row-by-row reader reports it
     separators = np.flatnonzero(data == ord(separator))
     field_counts = np.searchsorted(separators, ends) - np.searchsorted(separators, starts) + 1
-    data_lines = np.flatnonzero(ends[1:] > starts[1:]) + 1  # 0-based indices of non-blank lines after the header
-    wrong = data_lines[field_counts[data_lines] != len(header.columns)]
+    # pandas skips a line of whitespace without a separator as blank, as it does an empty one
+    printed = np.concatenate(([0], np.cumsum(~np.isin(data, WHITESPACE_BYTES))))
+    blank = (printed[ends] == printed[starts]) & (field_counts == 1)
+    data_lines = np.flatnonzero(~blank[1:]) + 1  # 0-based indices of non-blank lines after the header
+    longer = data_lines[field_counts[data_lines] > len(header.columns)]
+    wrong = data_lines[field_counts[data_lines] < len(header.columns)]
     if len(wrong):
         first = raw[starts[wrong[0]]:ends[wrong[0]]].decode(encoding)
         _fail(path, wrong[0] + 1, f"the line has {field_counts[wrong[0]]} field(s), the header "
@@ -241,29 +261,34 @@ def _table_fast(raw, text, path, separator, header, wanted, encoding):
                                                     for field in usecols}, **read)
     if len(frame) != len(data_lines):
         return None
-    return data_lines + 1, {name: frame[field].array for name, field in zip(wanted, usecols)}
+    notes = _longer_rows_note(path, longer + 1, field_counts[longer[0]] if len(longer) else 0, header)
+    return data_lines + 1, {name: frame[field].array for name, field in zip(wanted, usecols)}, notes
 
 
 def _table_rows(text, path, separator, header, wanted):
-    """Line numbers and ``wanted`` columns read record by record (quoted fields, multi-character separators)."""
+    """Line numbers, ``wanted`` columns and notes, read record by record (quoted fields, multi-character
+    separators)."""
     stream = io.StringIO(text, newline="")
     if len(separator) == 1:
         reader = csv.reader(stream, delimiter=separator)
     else:
         reader = (line.rstrip("\r\n").split(separator) for line in stream)
     indices = [header.columns.index(name) for name in wanted]
-    lines, values = [], [[] for _ in wanted]
+    lines, values, longer, longer_fields = [], [[] for _ in wanted], [], 0
     line = 0
     try:
         for record in reader:
             start = line + 1
             line = reader.line_num if len(separator) == 1 else line + 1
-            if start == 1 or not record:
-                continue
+            if start == 1 or not record or (len(record) == 1 and not record[0].strip()):
+                continue  # the header, or a blank line (pandas skips whitespace without a separator too)
             if line != start:
                 _fail(path, start, f"a quote character {QUOTE} opens a field that runs on to line {line}; RecBole "
                                    f"reads {QUOTE} as CSV quoting. Remove the quote characters or close the quote.")
-            if len(record) != len(header.columns):
+            if len(record) > len(header.columns):
+                longer_fields = longer_fields or len(record)
+                longer.append(start)
+            elif len(record) < len(header.columns):
                 raw_line = text.split("\n")[start - 1].rstrip("\r")
                 _fail(path, start, f"the line has {len(record)} field(s), the header {len(header.columns)}."
                                    f"{_separator_hint(raw_line, separator, len(header.columns))}"
@@ -279,7 +304,7 @@ def _table_rows(text, path, separator, header, wanted):
                               f"{csv.field_size_limit()} characters; {cause}.")
     columns = {name: pd.Categorical(column) if header.types[name] == "token" else np.asarray(column, dtype=object)
                for name, column in zip(wanted, values)}
-    return np.asarray(lines), columns
+    return np.asarray(lines), columns, _longer_rows_note(path, longer, longer_fields, header)
 
 
 def _as_numbers(values, path, lines, name, missing_allowed):
@@ -331,7 +356,7 @@ def _check_duplicates(config, columns, lines, path):
     """Refuse rows equal in user, item and time unless ``rm_dup_inter`` says how RecBole should remove them."""
     keys = [name for name in (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"])
             if name in columns]
-    if config["rm_dup_inter"] is not None or len(keys) < 2:
+    if config["rm_dup_inter"] is not None or config["drop_exact_duplicates"] or len(keys) < 2:
         return
     frame = pd.DataFrame({name: columns[name].codes if hasattr(columns[name], "codes") else columns[name]
                           for name in keys})
@@ -346,8 +371,10 @@ def _check_duplicates(config, columns, lines, path):
     _fail(path, lines[row], f"exact duplicate of line {lines[original]} ({shown}){_more_lines(lines[repeated])}. "
                             "With leave-one-out a duplicated last interaction makes the "
                             "validation target equal the test target and inflates the metrics. Delete the "
-                            "duplicates, or set rm_dup_inter: first (RecBole then keeps the first interaction of "
-                            "each user-item pair, which also drops repeats at other times).")
+                            "duplicates, or set drop_exact_duplicates: True (drops only rows equal in these "
+                            "columns, keeping the first; repeats at other times stay), or rm_dup_inter: first "
+                            "(RecBole keeps the first interaction of each user-item pair, which also drops repeats "
+                            "at other times).")
 
 
 def _ascii_compatible(encoding):
@@ -359,7 +386,8 @@ def scan_interaction_file(path, config):
     """Check one ``.inter`` file the way RecBole will read it; returns its :class:`FileSummary`.
 
     Refuses, naming the line: undecodable bytes, an empty file or a header only, header columns without a
-    valid ``:type``, a wrong field separator, rows whose field count differs from the header, missing ids,
+    valid ``:type``, a wrong field separator, rows with fewer fields than the header (more: a counted warning, as
+    RecBole reads the header's columns; whitespace-only lines are skipped, as pandas does), missing ids,
     a missing, non-numeric or infinite timestamp (any loaded float column: non-numeric or infinite), exact
     duplicate rows unless ``rm_dup_inter`` is set, quotes that swallow lines or exceed the csv field limit.
     """
@@ -374,7 +402,6 @@ def scan_interaction_file(path, config):
     header = parse_header(text, path, separator)
     loaded = loaded_columns(config, header, path)
     check_required_columns(config, header, loaded, path)
-    check_requested_columns(config, header, path)
     header_end = text.find("\n")
     if header_end < 0 or not NOT_BLANK.search(text, header_end):
         _fail(path, None, "the file has a header but no interactions; add one line per interaction "
@@ -386,7 +413,8 @@ def scan_interaction_file(path, config):
         table = _table_fast(raw, text, path, separator, header, wanted, encoding)
     if table is None:
         table = _table_rows(text, path, separator, header, wanted)
-    lines, columns = table
+    lines, columns, notes = table
+    notes = absent_requested_columns_note(config, header, path) + notes
     _check_ids(config, columns, lines, path)
     for name in wanted:
         if header.types[name] == "float":
@@ -395,7 +423,7 @@ def scan_interaction_file(path, config):
     _check_duplicates(config, columns, lines, path)
     user_field = config["USER_ID_FIELD"]
     users = len(columns[user_field].categories) if user_field in columns else 0
-    return FileSummary(rows=len(lines), users=users)
+    return FileSummary(rows=len(lines), users=users, notes=notes)
 
 
 _SUMMARIES = {}
@@ -407,6 +435,7 @@ def check_interaction_files(config):
     under the same settings is not read again."""
     settings = tuple(repr(config[key]) for key in ("field_separator", "encoding", "load_col", "unload_col",
                                                    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "rm_dup_inter",
+                                                   "drop_exact_duplicates",
                                                    "eval_args", "MODEL_TYPE"))
     paths = inter_file_paths(config)
     if not config["benchmark_filename"] and not os.path.exists(paths[0]):
@@ -424,24 +453,26 @@ def check_interaction_files(config):
         if key not in _SUMMARIES:
             _SUMMARIES[key] = scan_interaction_file(path, config)
         summaries.append(_SUMMARIES[key])
-    return FileSummary(rows=sum(s.rows for s in summaries), users=sum(s.users for s in summaries))
+    return FileSummary(rows=sum(s.rows for s in summaries), users=sum(s.users for s in summaries),
+                       notes=tuple(note for s in summaries for note in s.notes))
 
 
-FILTER_KEYS = ("rm_dup_inter", "val_interval", "user_inter_num_interval", "item_inter_num_interval")
+FILTER_KEYS = ("drop_exact_duplicates", "rm_dup_inter", "val_interval", "user_inter_num_interval",
+               "item_inter_num_interval")
 
 
 def _filters_set(config):
     """The filtering keys that remove interactions in this configuration (RecBole's "[0,inf)" keeps all)."""
     return {key: config[key] for key in FILTER_KEYS
-            if config[key] is not None and str(config[key]).replace(" ", "") != "[0,inf)"}
+            if config[key] not in (None, False) and str(config[key]).replace(" ", "") != "[0,inf)"}
 
 
 def check_loaded_dataset(config, dataset, summary):
     """Right after ``create_dataset``: enough items for the ranking cut-offs, and what RecBole's filters removed.
 
-    Returns ``(level, message)`` pairs for the log: what the configured filters removed (INFO), or a
-    WARNING when interactions disappeared without a filter key (e.g. users or items missing from ``.user`` /
-    ``.item`` files).
+    Returns ``(level, message)`` pairs for the log: the file check's notes (rows read differently from the
+    file), what the configured filters removed (INFO), or a WARNING when interactions disappeared without a
+    filter key (e.g. users or items missing from ``.user`` / ``.item`` files).
     """
     items = dataset.item_num - 1  # without the padding id
     largest_k = max(config["topk"])
@@ -449,20 +480,21 @@ def check_loaded_dataset(config, dataset, summary):
         raise ValueError(f"topk={config['topk']}: dataset {config['dataset']!r} has {items} items, fewer than the "
                          f"largest cut-off {largest_k}, so a full ranking cannot fill the top {largest_k}. Lower "
                          "topk (e.g. --topk=[5,10]) or use a dataset with more items.")
+    notes = list(summary.notes) if summary is not None else []
     if summary is None or config["benchmark_filename"]:
-        return []
+        return notes
     frame = dataset.inter_feat
     removed_rows = summary.rows - len(frame)
     if removed_rows <= 0:
-        return []
+        return notes
     users = frame[dataset.uid_field].nunique() if dataset.uid_field in frame else summary.users
     counts = (f"{removed_rows} of {summary.rows} interactions and {summary.users - users} of {summary.users} "
               "users")
     filters = _filters_set(config)
     if filters:
         settings = ", ".join(f"{key}={value!r}" for key, value in filters.items())
-        return [(logging.INFO, f"RecBole's filters ({settings}) removed {counts}; the metrics cover the rest.")]
-    return [(logging.WARNING, f"RecBole removed {counts} while loading (filter_inter_by_user_or_item drops "
+        return notes + [(logging.INFO, f"RecBole's filters ({settings}) removed {counts}; the metrics cover the rest.")]
+    return notes + [(logging.WARNING, f"RecBole removed {counts} while loading (filter_inter_by_user_or_item drops "
                               "interactions of users or items missing from the .user / .item files); the metrics "
                               "cover the rest.")]
 

@@ -153,7 +153,11 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     if resume_from:
         trainer.resume_checkpoint(resume_from)
     elif config["resume"]:
-        logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
+        other = ckpt.other_configuration_note(ckpt.plain_config(config), config["checkpoint_dir"])
+        if other is None:
+            logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
+        else:
+            logger.warning(other)
     best_valid_score, best_valid_result = trainer.fit(
         data.train, data.valid, saved=saved, show_progress=config["show_progress"], callback_fn=epoch_callback
     )

@@ -319,31 +319,38 @@ def find_last_checkpoints(checkpoint_dir, model, dataset):
 
 
 def resumable_checkpoint(config_dict, checkpoint_dir):
-    """The "last" checkpoint to resume for this plain configuration, ``None`` when the run never started.
+    """The "last" checkpoint to resume for this plain configuration, ``None`` when this configuration never ran.
 
     The file named by the configuration's hash, or else the newest "last" checkpoint of the same model and dataset
     whose configuration differs only where :func:`resume_differences` allows (another node, GPU, data or checkpoint
-    folder; keys the package gained since). One with another configuration is refused, naming the keys that differ:
-    resuming it would silently continue another experiment.
+    folder; keys the package gained since). A checkpoint of another configuration is never resumed (it would
+    silently continue another experiment): the run starts anew, and :func:`other_configuration_note` says why.
     """
     path = last_checkpoint_path(checkpoint_dir, config_dict["model"], config_dict["dataset"],
                                 config_hash(config_dict))
     if os.path.isfile(path):
         return path
-    others = find_last_checkpoints(checkpoint_dir, config_dict["model"], config_dict["dataset"])
-    for other in others:
+    for other in find_last_checkpoints(checkpoint_dir, config_dict["model"], config_dict["dataset"]):
         if not resume_differences(saved_config(other), config_dict)[0]:
             return other
-    if others:
-        saved = saved_config(others[0])
-        differing = resume_differences(saved, config_dict)[0]
-        raise ValueError(
-            f"resume: no checkpoint of this configuration in {checkpoint_dir}; the newest one of "
-            f"{config_dict['model']} on {config_dict['dataset']} ({others[0]}) differs in "
-            + ", ".join(f"{key} ({saved.get(key)!r} -> {config_dict.get(key)!r})" for key in differing)
-            + f". Only {', '.join(RESUME_MAY_DIFFER + LOCATION_KEYS)} may change on resume; run without --resume to "
-            "start anew.")
     return None
+
+
+def other_configuration_note(config_dict, checkpoint_dir):
+    """For a ``resume: True`` run that starts anew: the newest "last" checkpoint of the same model and dataset (of
+    another configuration) and the keys that differ, so that a changed key by mistake is seen; ``None`` if there
+    is none. That checkpoint is left as it is."""
+    others = find_last_checkpoints(checkpoint_dir, config_dict["model"], config_dict["dataset"])
+    if not others:
+        return None
+    saved = saved_config(others[0])
+    differing = resume_differences(saved, config_dict)[0]
+    return (f"resume: no checkpoint of this configuration in {checkpoint_dir}, so training starts at epoch 0. The "
+            f"newest one of {config_dict['model']} on {config_dict['dataset']} ({others[0]}, left as it is) is "
+            "another configuration: it differs in "
+            + ", ".join(f"{key} ({saved.get(key)!r} -> {config_dict.get(key)!r})" for key in differing)
+            + f"; only {', '.join(RESUME_MAY_DIFFER + LOCATION_KEYS)} may change on resume. To continue that run, "
+            "give its configuration.")
 
 
 def saved_config(path):
