@@ -31,6 +31,7 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
   TensorBoard folder: ranks other than 0 get a writer that writes nothing (:func:`tensorboard_on_rank_zero`).
 """
 
+import contextlib
 import functools
 import sys
 import types
@@ -145,8 +146,22 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
+_TENSORBOARD = {"off": False}  # set inside no_tensorboard()
+
+
+@contextlib.contextmanager
+def no_tensorboard():
+    """Trainers built inside open no TensorBoard folder (inference, which trains nothing: ``recommend``)."""
+    before, _TENSORBOARD["off"] = _TENSORBOARD["off"], True
+    try:
+        yield
+    finally:
+        _TENSORBOARD["off"] = before
+
+
 def tensorboard_on_rank_zero():
-    """RecBole's trainer opens a TensorBoard folder per process; in a distributed run only rank 0 keeps one."""
+    """RecBole's trainer opens a TensorBoard folder per process; in a distributed run only rank 0 keeps one, and
+    inside :func:`no_tensorboard` none does."""
     import recbole.trainer.trainer as trainer_module
 
     recbole_get_tensorboard = trainer_module.get_tensorboard
@@ -155,7 +170,9 @@ def tensorboard_on_rank_zero():
 
     def get_tensorboard(logger):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return _NullWriter() if distributed and torch.distributed.get_rank() != 0 else recbole_get_tensorboard(logger)
+        if _TENSORBOARD["off"] or (distributed and torch.distributed.get_rank() != 0):
+            return _NullWriter()
+        return recbole_get_tensorboard(logger)
 
     get_tensorboard.rank_zero_only = True
     trainer_module.get_tensorboard = get_tensorboard

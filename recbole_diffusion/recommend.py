@@ -231,7 +231,7 @@ def main(argv=None):
     try:
         _check_request(args, user_tokens)
         config, model, dataset, _, _, test_data = load_data_and_model(
-            args.model_file, trust_pickled=args.trust_pickled_checkpoint, **overrides)
+            args.model_file, trust_pickled=args.trust_pickled_checkpoint, write_logs=False, **overrides)
         n_items = dataset.item_num - 1  # id 0 is padding
         if args.k > n_items:
             raise RecommendError(f"--k={args.k}: the dataset has only {n_items} items")

@@ -298,6 +298,29 @@ def test_values_recbole_accepts_are_accepted(workdir):
         build_config("FEARec", NAME, config_dict={"data_path": data_path, "topk_factor": 1.5, "n_layers": 2})
 
 
+def test_renamed_id_and_time_fields_are_loaded_without_setting_load_col(workdir):
+    """The protocol's load_col names RecBole's default columns; renaming the fields makes it load the new ones."""
+    data_path = write_inter(workdir, lines("uid:token\tiid:token\tts:float", *rows()))
+    fields = ["--USER_ID_FIELD=uid", "--ITEM_ID_FIELD=iid", "--TIME_FIELD=ts"]
+    assert main(arguments(data_path, *fields)) == 0
+    from recbole_diffusion.config.configurator import build_config
+
+    config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "USER_ID_FIELD": "uid",
+                                                          "ITEM_ID_FIELD": "iid", "TIME_FIELD": "ts"})
+    assert config["load_col"]["inter"] == ["uid", "iid", "ts"]
+
+
+def test_threshold_is_refused_on_an_unloaded_column_and_noted_for_sequential_models(workdir, capsys):
+    rated = [f"{row}\t{1 + index % 5}" for index, row in enumerate(rows())]
+    data_path = write_inter(workdir, lines(HEADER + "\trating:float", *rated))
+    message = refused(workdir, capsys, arguments(data_path, "--threshold={'rating': 4}"))
+    assert_mentions(message, "threshold={'rating': 4}", "column 'rating' is not loaded", "load_col")
+    loaded = "--load_col={'inter': ['user_id', 'item_id', 'timestamp', 'rating']}"
+    assert main(arguments(data_path, "--threshold={'rating': 4}", loaded)) == 0
+    assert_mentions(capsys.readouterr().err, "SASRec (a sequential model) does not read",
+                    "val_interval: {rating: '[4,inf)'}")
+
+
 def test_a_load_col_column_the_file_lacks_is_skipped_with_a_warning(workdir, caplog):
     """RecBole loads the header's columns that load_col names and skips the others."""
     data_path = write_inter(workdir, lines(HEADER, *rows()))

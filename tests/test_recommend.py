@@ -156,6 +156,7 @@ def test_the_table_and_repeated_calls_are_identical(trained, in_tmp_cwd, capsys)
         assert recommend.main(argv) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1]
+    assert sorted(os.listdir(in_tmp_cwd)) == []  # no log/, no log_tensorboard/: recommend trains nothing
     lines = outputs[0].splitlines()
     assert lines[0].split() == ["user_id", "rank", "item_id", "score"] and len(lines) == 1 + 2 * 3
     assert [line.split()[:2] for line in lines[1:4]] == [["1", "1"], ["1", "2"], ["1", "3"]]
@@ -168,7 +169,7 @@ def test_unknown_user_tokens_are_named_and_nothing_is_written(trained, in_tmp_cw
     assert status == 2
     message = capsys.readouterr().err
     assert "unknown user tokens nobody, 99999" in message
-    assert not output.exists()
+    assert sorted(os.listdir(in_tmp_cwd)) == []
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -259,7 +259,48 @@ def merge_config(model=None, dataset=None, config_file_list=None, config_dict=No
                   "apply to it; set train_neg_sample_args to choose)", file=sys.stderr)
     except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
         raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
+    if "load_col" not in user_keys:
+        follow_renamed_fields(config, user_keys)
     return config, model_class, model, user_keys
+
+
+# RecBole's default names of the columns a run needs (recbole/properties/overall.yaml).
+RECBOLE_FIELD_NAMES = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp"}
+
+
+def follow_renamed_fields(config, user_keys):
+    """The protocol's ``load_col`` names RecBole's default columns; when the user renames one
+    (``--USER_ID_FIELD=uid``) without setting ``load_col``, it loads the renamed column instead."""
+    load_col = config["load_col"]
+    renamed = {RECBOLE_FIELD_NAMES[key]: config[key] for key in RECBOLE_FIELD_NAMES
+               if key in user_keys and config[key] is not None}
+    if not renamed or not isinstance(load_col, dict) or not isinstance(load_col.get("inter"), list):
+        return
+    columns = [renamed.get(name, name) for name in load_col["inter"]]
+    columns += [name for name in renamed.values() if name not in columns]
+    config["load_col"] = {**load_col, "inter": list(dict.fromkeys(columns))}
+
+
+def check_threshold(config, model_name):
+    """RecBole's ``threshold`` turns one loaded column into 0/1 labels (and drops the column): refused when that
+    column is not loaded, and noted for a sequential model, which reads no labels, so thresholding changes nothing
+    it trains or is evaluated on."""
+    threshold = config["threshold"]
+    if threshold is None:
+        return
+    if not isinstance(threshold, dict) or len(threshold) != 1:
+        raise ValueError(f"threshold={threshold!r}: must name one column and its value, e.g. {{'rating': 4}}")
+    (field, value), = threshold.items()
+    load_col = config["load_col"]
+    inter = load_col.get("inter") if isinstance(load_col, dict) else None
+    if isinstance(inter, list) and field not in inter:
+        raise ValueError(f"threshold={threshold!r}: column {field!r} is not loaded (load_col['inter'] is {inter}); "
+                         f"add it, e.g. --load_col=\"{{'inter': {inter + [field]}}}\"")
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        print(f"note: threshold={threshold!r} gives each interaction a 0/1 label, which {model_name} (a sequential "
+              "model) does not read: every interaction stays in the histories and can be a target. To keep only the "
+              f"interactions with {field} >= {value}, set val_interval: {{{field}: '[{value},inf)'}} instead.",
+              file=sys.stderr)
 
 
 def needs_sampled_negatives(config, model_class):
@@ -296,6 +337,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     config, model_class, model, user_keys = merge_config(model, dataset, config_file_list, config_dict)
     warn_unknown_keys(user_keys, model, config["dataset"])
     check_model_config(model, config, declared_types(model, config["dataset"]))
+    check_threshold(config, model)
     data_checks.check_inter_path_is_file(config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory

@@ -13,6 +13,7 @@ import os
 import warnings
 
 import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion import compat
 from recbole_diffusion.data.checks import inter_file_paths
 from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
@@ -93,7 +94,7 @@ def config_from_checkpoint(checkpoint, source="checkpoint", **overrides):
     return config, model_class
 
 
-def load_data_and_model(model_file, trust_pickled=False, **overrides):
+def load_data_and_model(model_file, trust_pickled=False, write_logs=True, **overrides):
     """Load a trained model with its data, like RecBole's ``recbole.quick_start.load_data_and_model``.
 
     Returns ``(config, model, dataset, train_data, valid_data, test_data)``: the model holds the checkpoint's
@@ -103,16 +104,18 @@ def load_data_and_model(model_file, trust_pickled=False, **overrides):
     ``ddpm_steps`` (score with another reverse process than the one trained with, e.g. a ``-fast`` variant's:
     the weights are the same). ``trust_pickled=True`` also reads RecBole's own
     (pickled) checkpoint format: only for files you wrote yourself, as unpickling can run code.
-    Refuses data whose item or user tokens differ from the training data's.
+    Refuses data whose item or user tokens differ from the training data's. ``write_logs=False`` (``recommend``)
+    writes no log file and no TensorBoard folder: the console alone.
     """
     checkpoint = ckpt.load_checkpoint(model_file, map_location="cpu", trust_pickled=trust_pickled)
     # Only the caller decides whether a file may be unpickled: a checkpoint's own configuration never does.
     overrides["trust_pickled_checkpoint"] = bool(trust_pickled)
     config, model_class = config_from_checkpoint(checkpoint, source=model_file, **overrides)
-    data = prepare_data(config)
+    data = prepare_data(config, log_file=write_logs)
     ckpt.check_dataset_fingerprint(checkpoint, ckpt.dataset_fingerprint(data.train._dataset), config["dataset"],
                                    model_file, ", ".join(inter_file_paths(config)))
-    trainer = build_trainer(config, model_class, data.train)
+    with contextlib.nullcontext() if write_logs else compat.no_tensorboard():
+        trainer = build_trainer(config, model_class, data.train)
     trainer.load_model_file(model_file, checkpoint=checkpoint)  # the file is read once
     model = trainer.model.eval()
     return config, model, data.dataset, data.train, data.valid, data.test

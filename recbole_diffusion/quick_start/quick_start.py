@@ -45,7 +45,7 @@ class RunData(NamedTuple):
     user_lengths: np.ndarray  # interactions per user id over the whole file
 
 
-def prepare_data(config, summary=None):
+def prepare_data(config, summary=None, log_file=True):
     """Seed, load and check the dataset, split it as the configuration says, then start the log.
 
     The checks (:mod:`recbole_diffusion.data.checks`) run before the log file exists, so refused data leaves
@@ -53,7 +53,8 @@ def prepare_data(config, summary=None):
     ``summary``: what ``check_interaction_files`` found, when it already ran (before processes were spawned).
     The evaluation loaders follow ``eval_history_mask`` (:mod:`recbole_diffusion.evaluation.history_mask`); for this
     package's models they visit users by history length and cut padding, and ``batch_by_length`` forms the training
-    batches by length (:mod:`recbole_diffusion.data.dataloader`).
+    batches by length (:mod:`recbole_diffusion.data.dataloader`). ``log_file=False`` logs to the console only
+    (inference writes no log).
     """
     init_seed(config["seed"], config["reproducibility"])
     if summary is None:
@@ -75,7 +76,7 @@ def prepare_data(config, summary=None):
                                                               real_tokens=ours)
         if note:
             messages.append((logging.INFO, note))
-    init_log(config)
+    init_log(config, log_file)
     logger = getLogger()
     logger.info(config)
     logger.info(dataset_description)
@@ -86,15 +87,19 @@ def prepare_data(config, summary=None):
     return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths)
 
 
-def init_log(config):
-    """RecBole's log (file and console) in a single process and on rank 0; other ranks print errors only."""
-    if collectives.is_rank_zero():
+def init_log(config, log_file=True):
+    """RecBole's log (file and console) in a single process and on rank 0; other ranks print errors only.
+    ``log_file=False``: the console alone, at the configuration's ``state`` level."""
+    if collectives.is_rank_zero() and log_file:
         init_logger(config)
         return
+    level = logging.ERROR if not collectives.is_rank_zero() else getattr(logging, str(config["state"]).upper(),
+                                                                         logging.INFO)
+    prefix = f"rank {collectives.rank()}: " if not collectives.is_rank_zero() else ""
     console = logging.StreamHandler()
-    console.setLevel(logging.ERROR)
-    console.setFormatter(logging.Formatter(f"rank {collectives.rank()}: %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.ERROR, handlers=[console])
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[console])
 
 
 def build_trainer(config, model_class, train_data):
