@@ -124,3 +124,17 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
         ckpt.save_checkpoint({"value": torch.zeros(2)}, str(path))
     monkeypatch.undo()
     assert torch.equal(ckpt.load_checkpoint(str(path))["value"], torch.ones(2))
+
+
+def test_model_state_keeps_integer_keys_and_tuples_through_a_safe_checkpoint(tmp_path):
+    """RecBole's RippleNet keeps ``{user id: [(heads, relations, tails), ...]}`` in other_parameter and looks it up
+    with numpy integers: keys written as text failed every evaluation after a reload (KeyError)."""
+    import numpy as np
+
+    state = {1: [(torch.arange(3), torch.ones(2), torch.zeros(1))], np.int64(2): [], "name": (1, "a", None)}
+    path = str(tmp_path / "extra.pth")
+    ckpt.save_checkpoint({"extra": ckpt.encode_state(state)}, path)
+    loaded = ckpt.decode_state(torch.load(path, weights_only=True)["extra"], "cpu")
+    assert set(loaded) == {1, 2, "name"} and type(next(iter(loaded))) is int
+    assert loaded[np.int64(1)][0][0].tolist() == [0, 1, 2] and isinstance(loaded[1][0], tuple)
+    assert loaded["name"] == (1, "a", None)

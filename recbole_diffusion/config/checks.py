@@ -76,6 +76,9 @@ def check_recbole_types(config, declared=None):
     declared = declared or {}
     for key, default in config.internal_config_dict.items():
         annotated = declared.get(key, "").removesuffix(" or none")
+        if annotated in KIND_NAMES and default is not None and not _admits(annotated, default) \
+                and _kind_of_default(default) is None:
+            continue  # annotated (float) with a default of 'cosine' (KGIN's ind): the annotation is wrong
         kinds = {kind for kind in (annotated if annotated in KIND_NAMES else None, _kind_of_default(default))
                  if kind is not None}
         if "float" in kinds or (key not in declared and kinds == {"int"}):

@@ -9,6 +9,7 @@ before a log file or checkpoint is written, and finds the data folder.
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -66,10 +67,20 @@ def model_variants():
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
+# RecBole models that import a library RecBole does not require, only when they train: named before anything runs.
+MODEL_LIBRARIES = {"NCL": ("faiss", "pip install faiss-cpu"), "KGAT": ("dgl", "see https://www.dgl.ai"),
+                   "KGIN": ("torch_scatter", "pip install torch-scatter"),
+                   "MCCLK": ("torch_scatter", "pip install torch-scatter")}
+
+
 def get_model_class(name):
     """Look ``name`` up among this package's models first, then RecBole's; list both when it is unknown."""
     if name in MODELS:
         return MODELS[name]
+    if name in MODEL_LIBRARIES and importlib.util.find_spec(MODEL_LIBRARIES[name][0]) is None:
+        library, install = MODEL_LIBRARIES[name]
+        raise ValueError(f"model={name!r} is RecBole's, but it imports {library} when it trains, and {library} is "
+                         f"not installed ({install})")
     try:
         return get_model(name)
     except ImportError as missing:  # RecBole's exlib package imports xgboost and lightgbm (any name reaching it)
@@ -261,6 +272,7 @@ def merge_config(model=None, dataset=None, config_file_list=None, config_dict=No
         raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
     if "load_col" not in user_keys:
         follow_renamed_fields(config, user_keys)
+        load_what_the_model_reads(config)
     return config, model_class, model, user_keys
 
 
@@ -279,6 +291,24 @@ def follow_renamed_fields(config, user_keys):
     columns = [renamed.get(name, name) for name in load_col["inter"]]
     columns += [name for name in renamed.values() if name not in columns]
     config["load_col"] = {**load_col, "inter": list(dict.fromkeys(columns))}
+
+
+def check_training_stage(config, model_name):
+    """RecBole's staged models (RaCT, S3Rec) pretrain with RecBole's ``PretrainTrainer``, which saves its files
+    pickled with the configuration, and their next stage reads them with a plain ``torch.load``, which PyTorch >= 2.6
+    refuses; a pretraining stage also leaves no model to test. Refused before anything runs, as is a finetune stage
+    without a pretrained file."""
+    stage = config["train_stage"]
+    if not isinstance(stage, str) or model_name in MODELS:
+        return
+    if "pretrain" in stage:
+        raise ValueError(f"train_stage={stage!r}: {model_name}'s pretraining stage runs in RecBole's PretrainTrainer, "
+                         "which saves pickled files that its next stage loads with torch.load, refused by PyTorch "
+                         f">= 2.6 (and it leaves no model to test), so this runner does not run it. Run train_stage "
+                         "finetune with pre_model_path naming a file of tensors (a dict with 'state_dict').")
+    if stage == "finetune" and not config["pre_model_path"]:
+        raise ValueError(f"train_stage='finetune': {model_name} loads its pretrained weights from pre_model_path, "
+                         "which is not set; name a file of tensors (a dict with 'state_dict').")
 
 
 def check_threshold(config, model_name):
@@ -303,25 +333,42 @@ def check_threshold(config, model_name):
               file=sys.stderr)
 
 
+def load_what_the_model_reads(config):
+    """The protocol's ``load_col`` loads the interaction file alone (RecBole loads no other atomic file a
+    ``load_col`` does not name). A knowledge-aware model also gets the knowledge graph and the item-entity links
+    (``.kg``, ``.link``), and a model that reads item features (``selected_features`` of SASRecF, GRU4RecF, FDSA)
+    the item file's id and those features."""
+    load_col = config["load_col"]
+    if not isinstance(load_col, dict):
+        return
+    added = {}
+    if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
+        added["kg"] = [config["HEAD_ENTITY_ID_FIELD"], config["RELATION_ID_FIELD"], config["TAIL_ENTITY_ID_FIELD"]]
+        added["link"] = [config["ITEM_ID_FIELD"], config["ENTITY_ID_FIELD"]]
+    features = config["selected_features"]
+    if isinstance(features, list) and features:
+        added["item"] = [config["ITEM_ID_FIELD"], *features]
+    if added:
+        config["load_col"] = {**load_col, **{key: value for key, value in added.items() if key not in load_col}}
+
+
 def needs_sampled_negatives(config, model_class):
     """Whether a RecBole model trains on what RecBole's negative sampler makes, which the protocol turns off
-    (``properties/overall.yaml``: CE over all items): a sequential model with ``loss_type: BPR`` or a pairwise
-    input (FPMC, TransRec), a general or knowledge-aware model with a pairwise input (BPR, LightGCN, KGAT, ...) or a
-    pointwise one that reads labels (NeuMF, DMF, ...). This package's models and every other RecBole model keep the
-    protocol."""
+    (``properties/overall.yaml``: CE over all items): a sequential model with ``loss_type: BPR``, any model with a
+    pairwise input (FPMC, TransRec, BPR, LightGCN, KGAT, ...), or a pointwise one that reads labels (NeuMF, DMF,
+    the context-aware FM, DeepFM, ..., and DIN, DIEN), which the sampler makes. This package's models and every other
+    RecBole model keep the protocol."""
     if model_class.__name__ in MODELS:
         return False
-    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
-        return config["loss_type"] == "BPR" or getattr(model_class, "input_type", None) == InputType.PAIRWISE
-    if config["MODEL_TYPE"] not in (ModelType.GENERAL, ModelType.KNOWLEDGE):
-        return False
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["loss_type"] == "BPR":
+        return True
     input_type = getattr(model_class, "input_type", None)
     if input_type == InputType.PAIRWISE:
         return True
     if input_type != InputType.POINTWISE:
         return False
-    try:
-        return "self.LABEL" in inspect.getsource(model_class.calculate_loss)
+    try:  # the whole class: MKR reads its labels in a helper of calculate_loss
+        return "self.LABEL" in inspect.getsource(model_class)
     except (OSError, TypeError):  # no source to read (a compiled or zipped install): keep the protocol
         return False
 
@@ -338,6 +385,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     warn_unknown_keys(user_keys, model, config["dataset"])
     check_model_config(model, config, declared_types(model, config["dataset"]))
     check_threshold(config, model)
+    check_training_stage(config, model)
     data_checks.check_inter_path_is_file(config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory

@@ -210,11 +210,21 @@ def encode_state(value):
         return value.item()
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
-    if isinstance(value, dict):
-        return {str(key): encode_state(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, dict):  # keys keep their type (RippleNet looks its ripple sets up by integer user id)
+        return {_state_key(key): encode_state(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(encode_state(item) for item in value)
+    if isinstance(value, list):
         return [encode_state(item) for item in value]
     raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors and plain data only)")
+
+
+def _state_key(key):
+    """A dict key as plain data: numbers, text, booleans and None as themselves (numpy's as Python's), anything
+    else as its text."""
+    if isinstance(key, (np.integer, np.floating, np.bool_)):
+        return key.item()
+    return key if isinstance(key, (bool, int, float, str)) or key is None else str(key)
 
 
 def decode_state(value, device):
@@ -230,6 +240,8 @@ def decode_state(value, device):
         return {key: decode_state(item, device) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_state(item, device) for item in value]
+    if isinstance(value, tuple):
+        return tuple(decode_state(item, device) for item in value)
     return value
 
 
