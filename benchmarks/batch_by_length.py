@@ -3,6 +3,7 @@
     python benchmarks/batch_by_length.py run        # both arms of every model and seed (resumable)
     python benchmarks/batch_by_length.py report     # the non-inferiority tests, as stated in BENCHMARKS.md
     python benchmarks/batch_by_length.py run --models PreferDiff --arms recbole   # a part, e.g. one per core
+    python benchmarks/batch_by_length.py run --models PreferDiff --arms by-length --seeds 2023,2024
 
 Each model of :data:`ARMS` trains with the CPU protocol of ``benchmarks/beauty.py`` on full Amazon Beauty, once with
 RecBole's batches and once with ``batch_by_length: True``, with the same seeds (``python -m
@@ -40,12 +41,14 @@ def output(root, model, by_length):
 ARM_NAMES = {"recbole": False, "by-length": True}
 
 
-def run(root, data_path, models=tuple(ARMS), arms=tuple(ARM_NAMES)):
+def run(root, data_path, models=tuple(ARMS), arms=tuple(ARM_NAMES), seeds=None):
+    """Both arms of ``models``; ``seeds`` (e.g. "2023,2024") runs those of a model's seeds only, so that two
+    processes can share a model's seeds."""
     for model in models:
-        family, seeds, extra = ARMS[model]
+        family, count, extra = ARMS[model]
         for by_length in (ARM_NAMES[arm] for arm in arms):
             arguments = compare_arguments(family, True, output(root, model, by_length), data_path,
-                                          ["--models", model, "--seeds", str(seeds), "--threads", "1",
+                                          ["--models", model, "--seeds", seeds or str(count), "--threads", "1",
                                            "--batch_by_length", str(by_length), *extra])
             compare.main(arguments)
     return 0
@@ -95,13 +98,16 @@ def main(argv=None):
     parser.add_argument("--data_path", default=os.path.join(HERE, "..", "..", "shared", "data"))
     parser.add_argument("--models", default=",".join(ARMS), help="comma-separated, of: " + ", ".join(ARMS))
     parser.add_argument("--arms", default=",".join(ARM_NAMES), help="comma-separated, of: " + ", ".join(ARM_NAMES))
+    parser.add_argument("--seeds", help="comma-separated seeds, a part of each model's (default: all of them)")
     args = parser.parse_args(argv)
     models, arms = args.models.split(","), args.arms.split(",")
     unknown = sorted(set(models) - set(ARMS)) + sorted(set(arms) - set(ARM_NAMES))
     if unknown:
         parser.error(f"unknown model or arm: {', '.join(unknown)}")
     root = os.path.abspath(args.root)
-    return run(root, os.path.abspath(args.data_path), models, arms) if args.stage == "run" else report(root)
+    if args.stage == "report":
+        return report(root)
+    return run(root, os.path.abspath(args.data_path), models, arms, args.seeds)
 
 
 if __name__ == "__main__":
