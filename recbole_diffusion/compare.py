@@ -2,6 +2,12 @@
 
     python -m recbole_diffusion.compare --models DiffuRec,PreferDiff,SASRec --dataset amazon-beauty \\
         --seeds 5 --output results/beauty --epochs 50
+    python -m recbole_diffusion.compare --models PreferDiff,SASRec --dataset amazon-beauty --seeds 3 \\
+        --model_config PreferDiff=studies/pd/best.yaml --model_config SASRec=studies/sasrec/best.yaml --epochs 200
+
+``--model_config MODEL=FILE`` (repeated, or comma-separated) applies a config file, such as ``tune``'s
+``best.yaml``, to that model's runs only: after ``--config_files``, before the command line's keys, which win
+(the final runs lift a search's epoch cap that way). Each run's JSON records its file and the file's SHA-256.
 
 Writes to ``--output``: ``runs/<model>-seed<seed>.json`` per run (config, metrics, per-epoch validation,
 train and inference seconds, peak memory, head/tail and sequence-length group metrics), ``runs.csv``,
@@ -15,17 +21,20 @@ is rank 0's) and its record says so.
 """
 
 import csv
+import hashlib
 import os
 import sys
 import time
 import traceback
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from matplotlib import pyplot as plt
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from recbole_diffusion.config.checks import check_config_file
 from recbole_diffusion.config.configurator import resolve_model
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics
 from recbole_diffusion.evaluation.statistics import paired_t_test
@@ -110,26 +119,38 @@ def load_runs(output):
     return [read_json(os.path.join(runs_dir, name)) for name in names if name.endswith(".json")]
 
 
+def _sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
 def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
-                   threads=None, keep_checkpoints=False):
+                   threads=None, keep_checkpoints=False, model_configs=None):
     """Train every (model, seed) pair not finished yet, then write the summary files; returns the records.
 
     ``threads`` sets torch's CPU threads in each run: on a machine shared with other jobs, fewer threads than
-    cores avoids OpenMP oversubscription, which can slow small operations down many times.
+    cores avoids OpenMP oversubscription, which can slow small operations down many times. ``model_configs``:
+    ``{model: config file}`` applied to that model's runs only, after ``config_files`` (``--model_config``).
     """
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     output = os.path.abspath(output)
     config_files = [os.path.abspath(path) for path in config_files]
+    model_configs = {model: os.path.abspath(path) for model, path in (model_configs or {}).items()}
     overrides = dict(overrides or {})
     if "data_path" in overrides:
         overrides["data_path"] = os.path.abspath(overrides["data_path"])
+
+    def files_of(model):
+        return config_files + ([model_configs[model]] if model in model_configs else [])
+
     finished = [r for r in load_runs(output) if r["status"] == "ok"]
-    settings = run_settings(dataset, config_files, overrides)
-    other = [r for r in finished if "settings" in r and r["settings"] != settings]
+    other = [r for r in finished
+             if "settings" in r and r["settings"] != run_settings(dataset, files_of(r["model"]), overrides)]
     if other:
+        now = run_settings(dataset, files_of(other[0]["model"]), overrides)
         raise ValueError(f"{output} holds {len(other)} finished run(s) made with other settings "
                          f"(first: {run_name(other[0]['model'], other[0]['seed'])}: {other[0]['settings']}; "
-                         f"now: {settings}); choose another --output so that runs are never mixed")
+                         f"now: {now}); choose another --output so that runs are never mixed")
     done = {(r["model"], r["seed"]) for r in finished}
     todo = [(model, seed) for model in models for seed in seeds if (model, seed) not in done]
     if done:
@@ -138,12 +159,15 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         run_dir = os.path.join(output, "work", run_name(model, seed))
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         start = time.perf_counter()
-        record, exit_code = run_in_child(_trial, (model, dataset, seed, config_files, overrides, keep_checkpoints,
+        record, exit_code = run_in_child(_trial, (model, dataset, seed, files_of(model), overrides, keep_checkpoints,
                                                   run_dir), path, run_dir, threads=threads, isolate=isolate)
         if record is None:
             record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                       "error": f"the run ended without a record (exit code {exit_code})"}
-        record.update(settings=settings, wall_seconds=time.perf_counter() - start)
+        model_config = model_configs.get(model)
+        record.update(settings=run_settings(dataset, files_of(model), overrides), model_config=model_config,
+                      model_config_sha256=_sha256(model_config) if model_config else None,
+                      wall_seconds=time.perf_counter() - start)
         write_json(path, record)
         if record["status"] == "ok":
             line = f"{MAIN_METRIC} {record['test'][MAIN_METRIC]:.4f}, {record['epochs']} epochs"
@@ -209,8 +233,12 @@ def write_reports(records, output, models, reference=None):
     parts = [f"# Comparison on {records[0]['dataset'] if records else '?'}", "",
              f"Test metrics over seeds (mean ± sample std). In brackets: relative improvement over `{reference}` "
              f"and the two-sided paired t-test p-value (scipy.stats.ttest_rel), both on the seeds the two models "
-             f"share.", "",
-             comparison_table(records, models, reference, lambda r, m: r["test"][m], "All test users")]
+             f"share.", ""]
+    model_configs = {r["model"]: r["model_config"] for r in records if r.get("model_config")}
+    if model_configs:
+        parts += ["Per-model config files (`--model_config`, after `--config_files`, before the command line's "
+                  "keys): " + "; ".join(f"{model}: `{path}`" for model, path in sorted(model_configs.items())), ""]
+    parts.append(comparison_table(records, models, reference, lambda r, m: r["test"][m], "All test users"))
     group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
     for group in group_names:
         users = ok[0]["groups"][group]["users"]
@@ -274,8 +302,40 @@ def plot_figures(records, models, output):
     plt.close(fig)
 
 
+class CompareArguments(NamedTuple):
+    """What :func:`parse_args` reads from the command line."""
+
+    models: list
+    dataset: str
+    seeds: list
+    output: str
+    config_files: list
+    overrides: dict
+    reference: str
+    isolate: bool
+    threads: int
+    keep_checkpoints: bool
+    model_configs: dict
+
+
+def _model_configs(parser, entries, models):
+    """``{model: file}`` from ``--model_config MODEL=FILE`` entries (each may hold several, comma-separated)."""
+    configs = {}
+    for entry in entries or []:
+        for part in (piece.strip() for piece in entry.split(",") if piece.strip()):
+            model, separator, path = part.partition("=")
+            if not separator or not model or not path:
+                parser.error(f"--model_config {part!r}: write MODEL=FILE, e.g. --model_config PreferDiff=best.yaml")
+            if model not in models:
+                parser.error(f"--model_config {part!r}: {model!r} is not among --models ({', '.join(models)})")
+            if model in configs:
+                parser.error(f"--model_config: {model!r} is given two files ({configs[model]}, {path})")
+            configs[model] = path
+    return configs
+
+
 def parse_args(argv=None):
-    """``(models, dataset, seeds, output, config files, overrides, reference, isolate, threads, keep checkpoints)``."""
+    """The command line as :class:`CompareArguments`."""
     parser = entry_parser(__doc__.split("\n\n")[0],
                           epilog="Any other --key value (or --key=value) overrides that RecBole key in every run.")
     parser.add_argument("--models", required=True, help="comma-separated model names")
@@ -285,6 +345,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="one run per model with this seed (--seeds N,)")
     parser.add_argument("--output", default=None, help="results folder (default: comparison-<timestamp>)")
     add_config_files(parser)
+    parser.add_argument("--model_config", action="append", metavar="MODEL=FILE",
+                        help="a config file for that model's runs only (e.g. tune's best.yaml), after --config_files; "
+                             "the command line's keys still win; repeat it, or comma-separate, for several models")
     parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
     parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
@@ -311,22 +374,26 @@ def parse_args(argv=None):
         if args.nproc < 1:
             parser.error("--nproc must be at least 1")
         overrides["nproc"] = args.nproc
-    return (models, args.dataset, seeds, output, args.config_files, overrides, args.reference, not args.in_process,
-            args.threads, args.keep_checkpoints)
+    return CompareArguments(models, args.dataset, seeds, output, args.config_files, overrides, args.reference,
+                            not args.in_process, args.threads, args.keep_checkpoints,
+                            _model_configs(parser, args.model_config, models))
 
 
 def main(argv=None):
-    models, dataset, seeds, output, files, overrides, reference, isolate, threads, keep = parse_args(argv)
+    args = parse_args(argv)
     try:
-        for model in models:
+        for model in args.models:
             resolve_model(model)
-    except ValueError as error:
+        for path in args.model_configs.values():
+            check_config_file(path)
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    records = run_comparison(models, dataset, seeds, output, files, overrides, isolate, reference, threads, keep)
+    records = run_comparison(args.models, args.dataset, args.seeds, args.output, args.config_files, args.overrides,
+                             args.isolate, args.reference, args.threads, args.keep_checkpoints, args.model_configs)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} run(s) finished, {len(failed)} failed; summary: "
-          f"{os.path.join(output, 'summary.md')}")
+          f"{os.path.join(args.output, 'summary.md')}")
     return 1 if failed else 0
 
 

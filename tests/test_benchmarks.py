@@ -30,7 +30,7 @@ def test_subsample_keeps_every_row_of_the_first_users_only(tmp_path):
 
 def test_cpu_presets_reach_compare_and_user_arguments_win():
     arguments = beauty.compare_arguments("guided", True, "out", "/data", ["--epochs", "3", "--seeds", "2"])
-    models, dataset, seeds, output, _, overrides, _, _, _, _ = parse_args(arguments)
+    models, dataset, seeds, output, _, overrides, _, _, _, _, _ = parse_args(arguments)
     assert models == ["DreamRec", "DreamRec-DDIM", "PreferDiff", "PreferDiff-DDPM", "SASRec"]
     assert (dataset, seeds, output) == ("amazon-beauty", [2020, 2021], "out")
     assert overrides["epochs"] == "3" and overrides["MAX_ITEM_LIST_LENGTH"] == "10"

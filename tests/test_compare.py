@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -24,13 +25,13 @@ DATASET = "ml-100k-tiny"  # the runs check the comparison's bookkeeping, not the
 
 
 def test_parse_args_accepts_both_override_forms_and_seed_lists():
-    models, dataset, seeds, output, files, overrides, reference, isolate, threads, keep = parse_args(
+    models, dataset, seeds, output, files, overrides, reference, isolate, threads, keep, configs = parse_args(
         ["--models", "SASRec,DiffuRec", "--dataset", "ml-1m", "--seeds", "3", "--epochs", "50",
          "--hidden_size=64", "--output", "out", "--reference", "DiffuRec", "--threads", "1", "--keep_checkpoints"])
     assert (models, dataset, seeds, output) == (["SASRec", "DiffuRec"], "ml-1m", [2020, 2021, 2022], "out")
     assert overrides == {"epochs": "50", "hidden_size": "64"} and reference == "DiffuRec" and isolate
     assert threads == 1 and parse_args(["--models", "Pop", "--dataset", "x"])[8] is None
-    assert keep and not parse_args(["--models", "Pop", "--dataset", "x"])[9]
+    assert keep and not parse_args(["--models", "Pop", "--dataset", "x"])[9] and configs == {}
     assert parse_args(["--models", "Pop", "--dataset", "x", "--seeds", "7,11"])[2] == [7, 11]
     assert parse_args(["--models", "Pop", "--dataset", "x"])[3].startswith("comparison-")
 
@@ -212,6 +213,48 @@ def test_a_variant_s_runs_are_recorded_under_its_name_and_resume(data_root, tmp_
     assert run_comparison(["DiffuRec-smallinit"], DATASET, [2020], output, overrides=overrides, isolate=False)
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         assert "| DiffuRec-smallinit |" in handle.read()
+
+
+def test_a_model_config_applies_to_its_model_only_and_the_command_line_wins(data_root, tmp_path, capsys):
+    """--model_config SASRec=best.yaml: the file reaches SASRec's runs (its eval_step), not GRU4Rec's; a key also on
+    the command line (epochs) takes the command line's value; each record names its file and the file's hash."""
+    best = tmp_path / "best.yaml"
+    best.write_text("eval_step: 2\nepochs: 1\n", encoding="utf-8")
+    output = str(tmp_path / "tuned")
+    argv = ["--models", "SASRec,GRU4Rec", "--dataset", DATASET, "--seeds", "1", "--output", output, "--in-process",
+            "--model_config", f"SASRec={best}"]
+    for key, value in {**_overrides(data_root), "epochs": "2"}.items():
+        argv += [f"--{key}", value]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    records = _records(output)
+    sasrec, gru4rec = records[("SASRec", 2020)], records[("GRU4Rec", 2020)]
+    assert sasrec["epochs"] == gru4rec["epochs"] == 2
+    assert len(sasrec["validation_curve"]) == 1 and len(gru4rec["validation_curve"]) == 2
+    assert sasrec["model_config"] == str(best) and gru4rec["model_config"] is None
+    assert sasrec["model_config_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
+        assert f"SASRec: `{best}`" in handle.read()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model_config", "Pop=a.yaml"], "'Pop' is not among --models"),
+    (["--model_config", "SASRec"], "write MODEL=FILE"),
+    (["--model_config", "SASRec=a.yaml,SASRec=b.yaml"], "given two files"),
+])
+def test_a_bad_model_config_is_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--models", "SASRec,GRU4Rec", "--dataset", "x", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_model_configs_are_read_from_repeated_or_comma_separated_options():
+    parsed = parse_args(["--models", "SASRec,GRU4Rec,BPR", "--dataset", "x", "--model_config", "SASRec=a.yaml",
+                         "--model_config", "GRU4Rec=b.yaml,BPR=c.yaml"])
+    assert parsed.model_configs == {"SASRec": "a.yaml", "GRU4Rec": "b.yaml", "BPR": "c.yaml"}
 
 
 def test_a_folder_of_runs_with_other_settings_is_refused(comparison, data_root, monkeypatch):
