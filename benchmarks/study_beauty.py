@@ -2,12 +2,18 @@
 
     python benchmarks/study_beauty.py tune                      # every model, in the study's order
     python benchmarks/study_beauty.py tune --models SASRec,GRU4Rec
+    python benchmarks/study_beauty.py final --models SASRec,GRU4Rec   # tuned configurations on full Beauty
 
 Stage ``tune``: each model gets the same search (``python -m recbole_diffusion.tune``): :data:`TUNING`'s trials,
 epoch cap, early stopping and pruning, on the first :data:`TUNING_USERS` users of Amazon Beauty (the same
 validation data for every model), over its space in ``benchmarks/spaces/study/<model>.hyper`` (sources in each
 file), at the CPU protocol's sizes of ``benchmarks/beauty.py`` (d 64; L 20 for the DiffuRec family, SeqDiffRec and
 the RecBole baselines, L 10 for DreamRec and PreferDiff). Trial 0 of every search is the model's defaults.
+
+Stage ``final``: each model whose search finished trains its ``best.yaml`` (``compare --model_config``) on full
+Beauty with :data:`FINAL_SEEDS` seeds and :data:`FINAL_TRAINING` (the command line's keys beat the file's: the
+search's epoch cap and validation interval are lifted), all models in one comparison folder ``final/`` (paired
+tests against tuned SASRec in its ``summary.md``).
 
 Everything is resumable: a finished search is skipped, an interrupted one continues (``tune``'s own resume). The
 records (each search's ``study.db``, ``best.yaml``, ``trials.csv``, ``summary.md``) are written under ``--root``
@@ -16,6 +22,7 @@ folders, the data slice to ``data-<N>-users/``.
 """
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -35,6 +42,10 @@ TUNING_USERS = 5000
 TUNING = {"trials": 8, "sampler": "tpe", "pruner": "median", "prune_startup_trials": 3, "prune_warmup_epochs": 3}
 TUNING_TRAINING = {"epochs": 20, "eval_step": 1, "stopping_step": 4, "eval_batch_size": 1024,
                    "show_progress": False}
+
+
+FINAL_SEEDS = 3
+FINAL_TRAINING = {"epochs": 200, "eval_step": 2, "stopping_step": 3, "eval_batch_size": 1024, "show_progress": False}
 
 
 def sizes(model):
@@ -67,9 +78,44 @@ def tune(models, root, data_root):
     return 0
 
 
+def search_finished(study_dir):
+    """Whether a model's search ran all its trials: :data:`TUNING`'s count completed or pruned in its
+    ``trials.csv`` (a failed trial that was retried does not count), none still running."""
+    path = os.path.join(study_dir, "trials.csv")
+    if not os.path.isfile(os.path.join(study_dir, "best.yaml")) or not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as handle:
+        states = [row.get("state") for row in csv.DictReader(handle)]
+    return sum(state in ("COMPLETE", "PRUNED") for state in states) >= TUNING["trials"] and "RUNNING" not in states
+
+
+def final_command(models, root, data_root):
+    """The ``recbole_diffusion.compare`` command line of the final runs of ``models``."""
+    command = [sys.executable, "-m", "recbole_diffusion.compare", "--models", ",".join(models), "--dataset", DATASET,
+               "--seeds", str(FINAL_SEEDS), "--output", os.path.join(root, "final"), "--threads", "1"]
+    for model in models:
+        command += ["--model_config", f"{model}={os.path.join(root, 'tune', model, 'best.yaml')}"]
+    for key, value in {"data_path": data_root, **FINAL_TRAINING}.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
+def final(models, root, data_root):
+    """The final runs of every model in ``models`` whose search finished (the others are named and left out)."""
+    ready = [model for model in models if search_finished(os.path.join(root, "tune", model))]
+    waiting = [model for model in models if model not in ready]
+    if waiting:
+        print(f"searches not finished, left out: {', '.join(waiting)}", flush=True)
+    if not ready:
+        return 1
+    command = final_command(ready, root, data_root)
+    print("$ " + " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("tune",))
+    parser.add_argument("stage", choices=("tune", "final"))
     parser.add_argument("--models", default=",".join(STUDY_MODELS), help="comma-separated (default: all, in order)")
     parser.add_argument("--root", default=os.path.join(HERE, "study-beauty"))
     parser.add_argument("--data_path", default=os.path.join(HERE, "..", "..", "shared", "data"))
@@ -78,7 +124,8 @@ def main(argv=None):
     unknown = sorted(set(models) - set(STUDY_MODELS))
     if unknown:
         parser.error(f"not a model of the study: {', '.join(unknown)} (the study's: {', '.join(STUDY_MODELS)})")
-    return tune(models, os.path.abspath(args.root), os.path.abspath(args.data_path))
+    stage = tune if args.stage == "tune" else final
+    return stage(models, os.path.abspath(args.root), os.path.abspath(args.data_path))
 
 
 if __name__ == "__main__":

@@ -90,3 +90,31 @@ def test_geometry_script_measures_a_checkpoint(data_root, tmp_path, monkeypatch,
     assert record["checkpoint"] == checkpoint and 0 <= record["valid_ndcg@10"] <= 1
     assert record["share_of_steps_snr_below_1"] == 1.0 and record["snr_first_step"] < 1
     assert len(record["row_norm_quartiles"]) == 3
+
+
+STUDY_SPEC = importlib.util.spec_from_file_location("study_beauty", os.path.join(BENCHMARKS_DIR, "study_beauty.py"))
+study_beauty = importlib.util.module_from_spec(STUDY_SPEC)
+STUDY_SPEC.loader.exec_module(study_beauty)
+
+
+def test_the_study_s_final_runs_use_each_search_s_best_yaml_with_the_cap_lifted(tmp_path):
+    command = study_beauty.final_command(["SASRec", "PreferDiff"], str(tmp_path), "/data")
+    args = parse_args(command[3:])  # after: python -m recbole_diffusion.compare
+    assert args.model_configs == {model: str(tmp_path / "tune" / model / "best.yaml")
+                                  for model in ("SASRec", "PreferDiff")}
+    assert args.seeds == [2020, 2021, 2022] and args.output == str(tmp_path / "final")
+    assert args.overrides["epochs"] == "200" and args.overrides["eval_step"] == "2"
+    assert args.overrides["data_path"] == "/data"
+
+
+@pytest.mark.parametrize("states, finished", [
+    (["COMPLETE"] * 5 + ["PRUNED"] * 3, True),
+    (["COMPLETE"] * 7, False),
+    (["COMPLETE"] * 7 + ["RUNNING"], False),
+    (["COMPLETE"] * 4 + ["FAIL"] + ["COMPLETE"] * 4, True),  # a failed trial, retried
+])
+def test_a_search_counts_as_finished_when_its_trials_ran(tmp_path, states, finished):
+    (tmp_path / "best.yaml").write_text("learning_rate: 0.001\n", encoding="utf-8")
+    rows = "".join(f"{number},{state}\n" for number, state in enumerate(states))
+    (tmp_path / "trials.csv").write_text("number,state\n" + rows, encoding="utf-8")
+    assert study_beauty.search_finished(str(tmp_path)) is finished
