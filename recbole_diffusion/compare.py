@@ -91,10 +91,20 @@ def _keep_checkpoints(config, trainer, data, result):
     return run_record(config, trainer, data, result, keep_checkpoint=True)
 
 
-def run_settings(dataset, config_files, overrides):
-    """What must be equal for two runs to sit in one comparison: dataset, config files and overrides."""
-    return {"dataset": dataset, "config_files": list(config_files),
-            "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
+def run_settings(dataset, config_files, overrides, model_config=None):
+    """What must be equal for two runs to sit in one comparison: dataset, config files and overrides, and a
+    model's own config file (``--model_config``) with the SHA-256 of its content when the run started (a search
+    that ran on rewrites its ``best.yaml``)."""
+    settings = {"dataset": dataset, "config_files": list(config_files),
+                "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
+    if model_config:
+        settings.update(model_config=model_config, model_config_sha256=_sha256(model_config))
+    return settings
+
+
+def _shared_settings(settings):
+    """``settings`` without the model's own config file: what runs of every model of a comparison share."""
+    return {key: value for key, value in settings.items() if not key.startswith("model_config")}
 
 
 def _trial(model, dataset, seed, config_files, overrides, keep_checkpoint, run_dir):
@@ -140,14 +150,19 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     if "data_path" in overrides:
         overrides["data_path"] = os.path.abspath(overrides["data_path"])
 
-    def files_of(model):
-        return config_files + ([model_configs[model]] if model in model_configs else [])
+    settings = {model: run_settings(dataset, config_files, overrides, model_configs.get(model)) for model in models}
+    shared = run_settings(dataset, config_files, overrides)
+
+    def differs(record):
+        """A finished run of another setting: in full for the models run now, the shared part for the others."""
+        if record["model"] in settings:
+            return record["settings"] != settings[record["model"]]
+        return _shared_settings(record["settings"]) != shared
 
     finished = [r for r in load_runs(output) if r["status"] == "ok"]
-    other = [r for r in finished
-             if "settings" in r and r["settings"] != run_settings(dataset, files_of(r["model"]), overrides)]
+    other = [r for r in finished if "settings" in r and differs(r)]
     if other:
-        now = run_settings(dataset, files_of(other[0]["model"]), overrides)
+        now = settings.get(other[0]["model"], shared)
         raise ValueError(f"{output} holds {len(other)} finished run(s) made with other settings "
                          f"(first: {run_name(other[0]['model'], other[0]['seed'])}: {other[0]['settings']}; "
                          f"now: {now}); choose another --output so that runs are never mixed")
@@ -159,14 +174,13 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         run_dir = os.path.join(output, "work", run_name(model, seed))
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         start = time.perf_counter()
-        record, exit_code = run_in_child(_trial, (model, dataset, seed, files_of(model), overrides, keep_checkpoints,
+        files = config_files + ([model_configs[model]] if model in model_configs else [])
+        record, exit_code = run_in_child(_trial, (model, dataset, seed, files, overrides, keep_checkpoints,
                                                   run_dir), path, run_dir, threads=threads, isolate=isolate)
         if record is None:
             record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                       "error": f"the run ended without a record (exit code {exit_code})"}
-        model_config = model_configs.get(model)
-        record.update(settings=run_settings(dataset, files_of(model), overrides), model_config=model_config,
-                      model_config_sha256=_sha256(model_config) if model_config else None,
+        record.update(settings=settings[model], model_config=settings[model].get("model_config"),
                       wall_seconds=time.perf_counter() - start)
         write_json(path, record)
         if record["status"] == "ok":

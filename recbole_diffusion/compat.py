@@ -35,6 +35,7 @@ import contextlib
 import functools
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
@@ -202,7 +203,7 @@ def require_recbole():
     dependencies itself (setup.cfg); a user who skipped that step gets this message rather than a bare
     ``ModuleNotFoundError``. A dependency of RecBole that is missing is named as such."""
     try:
-        import recbole  # noqa: F401
+        import recbole
     except ModuleNotFoundError as error:
         if error.name != "recbole":
             raise
@@ -211,15 +212,21 @@ def require_recbole():
             f"({sys.executable}). Install it with\n    {INSTALL_RECBOLE}\nthen this package (README, Install); "
             "--no-deps because RecBole's pin of ray has no wheels for Python 3.12 and newer, and this package "
             "installs RecBole's other dependencies itself.", name="recbole") from error
-    try:
-        import recbole.utils  # noqa: F401  (the first of RecBole's modules that imports its dependencies)
+    if getattr(recbole, "__version__", RECBOLE_VERSION) != RECBOLE_VERSION:
+        warnings.warn(f"recbole-diffusion patches RecBole {RECBOLE_VERSION} (recbole_diffusion/compat.py); this is "
+                      f"RecBole {recbole.__version__}, on which its patches and checks are untested", stacklevel=2)
+    try:  # RecBole's modules that import its dependencies (colorlog, tensorboard, scikit-learn, ...)
+        import recbole.data  # noqa: F401
+        import recbole.evaluator  # noqa: F401
+        import recbole.utils  # noqa: F401
     except ModuleNotFoundError as error:
         if error.name.split(".")[0] == "recbole":
             raise
+        missing = error.name.split(".")[0]
         raise ModuleNotFoundError(
-            f"RecBole cannot be imported: its dependency {error.name!r} is missing. Installing this package "
+            f"RecBole cannot be imported: its dependency {missing!r} is missing. Installing this package "
             "(pip install -e . or pip install recbole-diffusion) installs RecBole's dependencies.",
-            name=error.name) from error
+            name=missing) from error
 
 
 def apply():

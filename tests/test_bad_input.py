@@ -85,6 +85,10 @@ FILE_CASES = {
                                ["tiny.inter:1:", "separated by ','", "field_separator"]),
     "commas in a tab file": (lines(HEADER, *rows()[:2], "1,5,3", *rows()[3:]),
                              ["tiny.inter:4:", "the line has 1 field(s), the header 3", "separated by ','"]),
+    "a first data line longer than the header": (lines(HEADER, "1\t2\t3\t", *rows()),
+                                                ["tiny.inter:2:", "first data line has 4 fields", "row index"]),
+    "a quoted first data line longer than the header": (lines(HEADER, '1\t"2"\t3\t7', *rows()),
+                                                       ["tiny.inter:2:", "first data line has 4 fields"]),
     "a row with a field missing": (lines(HEADER, "1\t2", *rows()), ["tiny.inter:2:", "2 field(s)"]),
     "non-numeric timestamp": (lines(HEADER, *rows()[:4], "1\t7\tabc", *rows()[5:]),
                               ["tiny.inter:6:", "timestamp 'abc' is not a number"]),
@@ -310,11 +314,36 @@ def test_renamed_id_and_time_fields_are_loaded_without_setting_load_col(workdir)
     assert config["load_col"]["inter"] == ["uid", "iid", "ts"]
 
 
+def test_lines_that_pandas_strips_to_nothing_are_skipped(workdir):
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.data.checks import check_interaction_files
+
+    content = lines(HEADER, *rows()[:3], "\x1c", " \x0b", *rows()[3:])
+    config, _ = build_config("SASRec", NAME, config_dict={"data_path": write_inter(workdir, content)})
+    assert check_interaction_files(config)[:2] == (48, 8)
+
+
+def test_exact_duplicates_in_pre_split_files_are_refused_whatever_the_filters(workdir, capsys):
+    """RecBole runs no filter on benchmark_filename files: drop_exact_duplicates (or rm_dup_inter) would not
+    remove them, so they are refused, saying so."""
+    folder = workdir / "data" / NAME
+    folder.mkdir(parents=True)
+    train = rows()[:40]
+    for part, content in (("train", train + [train[3]]), ("valid", rows()[40:44]), ("test", rows()[44:])):
+        (folder / f"{NAME}.{part}.inter").write_text(lines(HEADER, *content), encoding="utf-8")
+    message = refused(workdir, capsys, arguments(str(workdir / "data"), "--drop_exact_duplicates=True",
+                                                 "--benchmark_filename=['train','valid','test']"))
+    assert_mentions(message, "tiny.train.inter:42:", "exact duplicate of line 5", "no filter to pre-split files")
+
+
 def test_threshold_is_refused_on_an_unloaded_column_and_noted_for_sequential_models(workdir, capsys):
     rated = [f"{row}\t{1 + index % 5}" for index, row in enumerate(rows())]
     data_path = write_inter(workdir, lines(HEADER + "\trating:float", *rated))
     message = refused(workdir, capsys, arguments(data_path, "--threshold={'rating': 4}"))
-    assert_mentions(message, "threshold={'rating': 4}", "column 'rating' is not loaded", "load_col")
+    assert_mentions(message, "tiny.inter:1:", "threshold={'rating': 4}", "column 'rating' is not loaded", "load_col")
+    message = refused(workdir, capsys, arguments(data_path, "--threshold={'stars': 4}",
+                                                 "--load_col={'inter': ['user_id', 'item_id', 'timestamp', 'stars']}"))
+    assert_mentions(message, "column 'stars' is not loaded", "the file has no such column")
     loaded = "--load_col={'inter': ['user_id', 'item_id', 'timestamp', 'rating']}"
     assert main(arguments(data_path, "--threshold={'rating': 4}", loaded)) == 0
     assert_mentions(capsys.readouterr().err, "SASRec (a sequential model) does not read",

@@ -235,9 +235,20 @@ def test_a_model_config_applies_to_its_model_only_and_the_command_line_wins(data
     assert sasrec["epochs"] == gru4rec["epochs"] == 2
     assert len(sasrec["validation_curve"]) == 1 and len(gru4rec["validation_curve"]) == 2
     assert sasrec["model_config"] == str(best) and gru4rec["model_config"] is None
-    assert sasrec["model_config_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert sasrec["settings"]["model_config_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         assert f"SASRec: `{best}`" in handle.read()
+    import recbole_diffusion.compare as compare
+
+    overrides = {**_overrides(data_root), "epochs": "2"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
+        # GRU4Rec alone, later: SASRec's own file is no reason to refuse the folder
+        assert run_comparison(["GRU4Rec"], DATASET, [2020], output, overrides=overrides, isolate=False)
+        best.write_text("eval_step: 1\nepochs: 1\n", encoding="utf-8")  # the search ran on: another setting
+        with pytest.raises(ValueError, match="other settings"):
+            run_comparison(["SASRec"], DATASET, [2020], output, overrides=overrides, isolate=False,
+                           model_configs={"SASRec": str(best)})
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -95,3 +95,23 @@ def test_a_missing_dependency_of_recbole_is_named_as_such():
     result = _import_without("colorlog")  # recbole.utils imports it
     assert result.returncode != 0
     assert "its dependency 'colorlog' is missing" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_missing_dependency_of_recbole_s_evaluator_is_named_too():
+    result = _import_without("sklearn")  # recbole.evaluator imports scikit-learn
+    assert result.returncode != 0
+    assert "its dependency 'sklearn' is missing" in result.stderr, result.stderr[-2000:]
+
+
+def test_another_recbole_release_is_warned_about(monkeypatch):
+    import warnings
+
+    import recbole
+
+    from recbole_diffusion import compat
+
+    monkeypatch.setattr(recbole, "__version__", "1.3.0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compat.require_recbole()
+    assert any("patches RecBole 1.2.1" in str(w.message) and "1.3.0" in str(w.message) for w in caught)

@@ -72,7 +72,7 @@ def check_recbole_types(config, declared=None):
     the kind of its default's value, so a float key whose default is written as an integer (FEARec's
     ``global_ratio: 1  # (float)``) takes a float, and an annotation its own default contradicts (DiffRec's
     ``noise_scale: 0.001  # (int)``) refuses nothing RecBole runs. A key with neither annotation nor a typed
-    default, or a default of None, is left to RecBole; an integer default without annotation takes any number."""
+    default, or a default of None, is left to RecBole; without annotation a default's kind decides."""
     declared = declared or {}
     for key, default in config.internal_config_dict.items():
         annotated = declared.get(key, "").removesuffix(" or none")
@@ -81,8 +81,8 @@ def check_recbole_types(config, declared=None):
             continue  # annotated (float) with a default of 'cosine' (KGIN's ind): the annotation is wrong
         kinds = {kind for kind in (annotated if annotated in KIND_NAMES else None, _kind_of_default(default))
                  if kind is not None}
-        if "float" in kinds or (key not in declared and kinds == {"int"}):
-            kinds = (kinds - {"int"}) | {"float"}
+        if "float" in kinds:
+            kinds = {"float"} | (kinds - {"int"})
         value = config[key]
         if default is None or not kinds or any(_admits(kind, value) for kind in kinds):
             continue

@@ -293,6 +293,14 @@ def follow_renamed_fields(config, user_keys):
     config["load_col"] = {**load_col, "inter": list(dict.fromkeys(columns))}
 
 
+def check_optional_library(config, model_name):
+    """LDiffRec clusters its items with ``kmeans_pytorch`` when ``n_cate`` > 1: named before anything runs."""
+    if model_name == "LDiffRec" and isinstance(config["n_cate"], int) and config["n_cate"] > 1 \
+            and importlib.util.find_spec("kmeans_pytorch") is None:
+        raise ValueError(f"n_cate={config['n_cate']}: LDiffRec then clusters items with kmeans_pytorch, which is not "
+                         "installed (pip install kmeans-pytorch); n_cate: 1 needs no library")
+
+
 def check_training_stage(config, model_name):
     """RecBole's staged models (RaCT, S3Rec) pretrain with RecBole's ``PretrainTrainer``, which saves its files
     pickled with the configuration, and their next stage reads them with a plain ``torch.load``, which PyTorch >= 2.6
@@ -312,20 +320,15 @@ def check_training_stage(config, model_name):
 
 
 def check_threshold(config, model_name):
-    """RecBole's ``threshold`` turns one loaded column into 0/1 labels (and drops the column): refused when that
-    column is not loaded, and noted for a sequential model, which reads no labels, so thresholding changes nothing
-    it trains or is evaluated on."""
+    """RecBole's ``threshold`` turns one loaded column into 0/1 labels (and drops the column): one column and its
+    value (the data check refuses a column that is not loaded), noted for a sequential model, which reads no labels,
+    so thresholding changes nothing it trains or is evaluated on."""
     threshold = config["threshold"]
     if threshold is None:
         return
     if not isinstance(threshold, dict) or len(threshold) != 1:
         raise ValueError(f"threshold={threshold!r}: must name one column and its value, e.g. {{'rating': 4}}")
     (field, value), = threshold.items()
-    load_col = config["load_col"]
-    inter = load_col.get("inter") if isinstance(load_col, dict) else None
-    if isinstance(inter, list) and field not in inter:
-        raise ValueError(f"threshold={threshold!r}: column {field!r} is not loaded (load_col['inter'] is {inter}); "
-                         f"add it, e.g. --load_col=\"{{'inter': {inter + [field]}}}\"")
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         print(f"note: threshold={threshold!r} gives each interaction a 0/1 label, which {model_name} (a sequential "
               "model) does not read: every interaction stays in the histories and can be a target. To keep only the "
@@ -386,6 +389,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     check_model_config(model, config, declared_types(model, config["dataset"]))
     check_threshold(config, model)
     check_training_stage(config, model)
+    check_optional_library(config, model)
     data_checks.check_inter_path_is_file(config)
     resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory

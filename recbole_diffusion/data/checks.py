@@ -35,7 +35,6 @@ QUOTE = '"'  # pandas' quote character: RecBole's reader treats it as CSV quotin
 LINES_SHOWN = 5
 HEADER_EXAMPLE = "user_id:token<TAB>item_id:token<TAB>timestamp:float"
 NOT_BLANK = re.compile(r"\S")
-WHITESPACE_BYTES = np.frombuffer(b" \t\r\x0b\x0c", dtype=np.uint8)
 
 
 class FileSummary(NamedTuple):
@@ -44,6 +43,15 @@ class FileSummary(NamedTuple):
     rows: int   # data lines
     users: int  # distinct user tokens (summed over benchmark files)
     notes: tuple = ()  # (level, message) pairs for the run's log: what was read differently from the file
+
+
+def _first_line_longer(path, line, fields, header):
+    """Refuse a first data line with more fields than the header: pandas (RecBole's reader) then takes the extra
+    leading fields as the row index, and every column of every row shifts."""
+    _fail(path, line, f"the first data line has {fields} fields, the header {len(header.columns)}: pandas (RecBole's "
+                      "reader) would take the extra leading field(s) as the row index and shift every column of "
+                      "every row (user ids read from the item column, and so on). Remove the extra field(s) of this "
+                      "line (a trailing separator counts as one), or name every column in the header.")
 
 
 def _longer_rows_note(path, lines, fields, header):
@@ -237,10 +245,13 @@ def _table_fast(raw, text, path, separator, header, wanted, encoding):
         return None  # the csv module's field limit decides: the row-by-row reader reports it
     separators = np.flatnonzero(data == ord(separator))
     field_counts = np.searchsorted(separators, ends) - np.searchsorted(separators, starts) + 1
-    # pandas skips a line of whitespace without a separator as blank, as it does an empty one
-    printed = np.concatenate(([0], np.cumsum(~np.isin(data, WHITESPACE_BYTES))))
-    blank = (printed[ends] == printed[starts]) & (field_counts == 1)
+    # pandas skips a line without a separator that str.strip() empties as blank, as it does an empty one
+    blank = np.zeros(len(ends), dtype=bool)
+    for index in np.flatnonzero(field_counts == 1):
+        blank[index] = not raw[starts[index]:ends[index]].decode(encoding, errors="replace").strip()
     data_lines = np.flatnonzero(~blank[1:]) + 1  # 0-based indices of non-blank lines after the header
+    if len(data_lines) and field_counts[data_lines[0]] > len(header.columns):
+        _first_line_longer(path, data_lines[0] + 1, field_counts[data_lines[0]], header)
     longer = data_lines[field_counts[data_lines] > len(header.columns)]
     wrong = data_lines[field_counts[data_lines] < len(header.columns)]
     if len(wrong):
@@ -286,6 +297,8 @@ def _table_rows(text, path, separator, header, wanted):
                 _fail(path, start, f"a quote character {QUOTE} opens a field that runs on to line {line}; RecBole "
                                    f"reads {QUOTE} as CSV quoting. Remove the quote characters or close the quote.")
             if len(record) > len(header.columns):
+                if not lines:
+                    _first_line_longer(path, start, len(record), header)
                 longer_fields = longer_fields or len(record)
                 longer.append(start)
             elif len(record) < len(header.columns):
@@ -356,8 +369,9 @@ def _check_duplicates(config, columns, lines, path):
     """Refuse rows equal in user, item and time unless ``rm_dup_inter`` says how RecBole should remove them."""
     keys = [name for name in (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"])
             if name in columns]
-    if config["rm_dup_inter"] is not None or config["drop_exact_duplicates"] or len(keys) < 2:
-        return
+    removed = config["rm_dup_inter"] is not None or config["drop_exact_duplicates"]
+    if (removed and not config["benchmark_filename"]) or len(keys) < 2:
+        return  # RecBole's filters (which drop_exact_duplicates joins) do not run on pre-split benchmark files
     frame = pd.DataFrame({name: columns[name].codes if hasattr(columns[name], "codes") else columns[name]
                           for name in keys})
     if not pd.util.hash_pandas_object(frame, index=False).duplicated().any():
@@ -368,13 +382,14 @@ def _check_duplicates(config, columns, lines, path):
     row = np.flatnonzero(repeated)[0]
     original = np.flatnonzero((frame.to_numpy() == frame.to_numpy()[row]).all(axis=1))[0]
     shown = ", ".join(f"{name} {_value_text(columns[name][row])}" for name in keys)
+    remedy = ("RecBole applies no filter to pre-split files (benchmark_filename), so delete them from the file."
+              if config["benchmark_filename"] else
+              "Delete the duplicates, or set drop_exact_duplicates: True (drops only rows equal in these columns, "
+              "keeping the first; repeats at other times stay), or rm_dup_inter: first (RecBole keeps the first "
+              "interaction of each user-item pair, which also drops repeats at other times).")
     _fail(path, lines[row], f"exact duplicate of line {lines[original]} ({shown}){_more_lines(lines[repeated])}. "
                             "With leave-one-out a duplicated last interaction makes the "
-                            "validation target equal the test target and inflates the metrics. Delete the "
-                            "duplicates, or set drop_exact_duplicates: True (drops only rows equal in these "
-                            "columns, keeping the first; repeats at other times stay), or rm_dup_inter: first "
-                            "(RecBole keeps the first interaction of each user-item pair, which also drops repeats "
-                            "at other times).")
+                            f"validation target equal the test target and inflates the metrics. {remedy}")
 
 
 def _ascii_compatible(encoding):
@@ -402,6 +417,13 @@ def scan_interaction_file(path, config):
     header = parse_header(text, path, separator)
     loaded = loaded_columns(config, header, path)
     check_required_columns(config, header, loaded, path)
+    threshold = config["threshold"]
+    field = next(iter(threshold)) if isinstance(threshold, dict) and len(threshold) == 1 else None
+    if field is not None and field not in loaded:
+        remedy = (f"add it to load_col, e.g. --load_col=\"{{'inter': {loaded + [field]}}}\"" if field in header.types
+                  else f"the file has no such column (columns: {header.columns})")
+        _fail(path, 1, f"threshold={threshold!r}: column {field!r} is not loaded, and RecBole labels interactions by "
+                       f"it; {remedy}.")
     header_end = text.find("\n")
     if header_end < 0 or not NOT_BLANK.search(text, header_end):
         _fail(path, None, "the file has a header but no interactions; add one line per interaction "
@@ -435,7 +457,7 @@ def check_interaction_files(config):
     under the same settings is not read again."""
     settings = tuple(repr(config[key]) for key in ("field_separator", "encoding", "load_col", "unload_col",
                                                    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "rm_dup_inter",
-                                                   "drop_exact_duplicates",
+                                                   "drop_exact_duplicates", "threshold", "benchmark_filename",
                                                    "eval_args", "MODEL_TYPE"))
     paths = inter_file_paths(config)
     if not config["benchmark_filename"] and not os.path.exists(paths[0]):
