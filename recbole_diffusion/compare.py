@@ -34,8 +34,7 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from recbole_diffusion.config.checks import check_config_file
-from recbole_diffusion.config.configurator import resolve_model
+from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics
 from recbole_diffusion.evaluation.statistics import paired_t_test
 from recbole_diffusion.quick_start.child_process import run_in_child
@@ -374,12 +373,20 @@ def parse_args(argv=None):
     args, overrides = parse_entry(parser, argv)
     if args.seed is not None and args.seeds is not None:
         parser.error("--seed and --seeds both set the seeds: give one of them")
-    if args.seed is not None:
-        seeds = [args.seed]
-    elif args.seeds and "," in args.seeds:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
-    else:
-        seeds = [DEFAULT_SEED + i for i in range(int(args.seeds or 1))]
+    try:
+        if args.seed is not None:
+            seeds = [args.seed]
+        elif args.seeds and "," in args.seeds:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        else:
+            seeds = [DEFAULT_SEED + i for i in range(int(args.seeds or 1))]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: a count (e.g. 3) or a comma-separated list of seeds (e.g. 7,11)")
+    if not seeds:
+        parser.error(f"--seeds {args.seeds!r}: no run to make; give a count of at least 1 or a list of seeds")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        parser.error(f"--seeds {args.seeds!r}: seed {repeated[0]} is listed twice")
     models = [m for m in args.models.split(",") if m]
     output = args.output or f"comparison-{datetime.now():%Y%m%d-%H%M%S}"
     if args.threads is not None and args.threads < 1:
@@ -395,11 +402,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    try:  # every model's configuration and the data, checked before anything is written
         for model in args.models:
-            resolve_model(model)
-        for path in args.model_configs.values():
-            check_config_file(path)
+            files = list(args.config_files) + ([args.model_configs[model]] if model in args.model_configs else [])
+            build_config(model, args.dataset, files, {**args.overrides, "seed": args.seeds[0]})
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,9 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
   FutureWarning in every run); it gets an ``amp`` namespace that calls ``torch.amp`` with ``"cuda"`` instead.
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
   package never imports it: :mod:`recbole_diffusion.quick_start` builds the pipeline from RecBole's parts.
+* RecBole's evaluation collector calls ``.cpu()`` on an int and a Counter, so ItemCoverage, GiniIndex,
+  AveragePopularity and TailPercentage failed at the first validation; it moves tensors only
+  (:func:`collect_tensors_only`).
 * RecBole's distributed mode asserts a GPU per process and joins with NCCL in ``Config``, and wraps CPU modules
   with ``device_ids`` in its trainer: ``recbole_diffusion.config.configurator.PluginConfig`` and the trainer layer
   set the processes up instead (:mod:`recbole_diffusion.utils.collectives`). Every process would also open its own
@@ -32,6 +35,7 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
 """
 
 import contextlib
+import copy
 import functools
 import sys
 import types
@@ -229,6 +233,26 @@ def require_recbole():
             name=missing) from error
 
 
+def collect_tensors_only():
+    """RecBole's evaluation ``Collector.get_data_struct`` moves every collected resource to the CPU with ``.cpu()``,
+    but the item count it collects for ItemCoverage (``data.num_items``) is an int and the item counter for
+    GiniIndex, AveragePopularity and TailPercentage (``data.count_items``) a Counter: those metrics failed at the
+    first validation. It is replaced by the same collection that moves tensors only."""
+    from recbole.evaluator.collector import Collector
+
+    def get_data_struct(self):
+        for key, value in self.data_struct._data_dict.items():
+            if isinstance(value, torch.Tensor):
+                self.data_struct._data_dict[key] = value.cpu()
+        returned_struct = copy.deepcopy(self.data_struct)
+        for key in ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label"):
+            if key in self.data_struct:
+                del self.data_struct[key]
+        return returned_struct
+
+    Collector.get_data_struct = get_data_struct
+
+
 def apply():
     """Apply every fix; safe to call more than once."""
     require_recbole()
@@ -239,3 +263,4 @@ def apply():
     sort_interactions_as_arrays()
     use_torch_amp_in_recbole_trainer()
     tensorboard_on_rank_zero()
+    collect_tensors_only()

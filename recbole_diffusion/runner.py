@@ -41,7 +41,8 @@ def parse_args(argv=None):
     return args.model, args.dataset, args.config_files, overrides
 
 
-METRIC_LABELS = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision"}
+METRIC_LABELS = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision",
+                 "map": "MAP"}
 
 
 def _number(value):

@@ -270,6 +270,12 @@ CONFIG_CASES = {
     "unknown rm_dup_inter": (["--rm_dup_inter=bogus"], ["rm_dup_inter='bogus'", "first", "last"]),
     "topk not a list": (["--topk=abc"], ["topk", "wrong type"]),
     "history length 0": (["--MAX_ITEM_LIST_LENGTH=0"], ["MAX_ITEM_LIST_LENGTH=0"]),
+    "valid_metric's cut-off not computed": (["--topk=[5]"], ["valid_metric='NDCG@10'", "cut-off @10 in topk [5]"]),
+    "valid_metric not among metrics": (["--valid_metric=MRR@10"], ["valid_metric='MRR@10'", "not among metrics"]),
+    "unknown metric": (["--metrics=['Recall','NDGC']"], ["RecBole refuses", "no metric named 'NDGC'"]),
+    "value metric in a full ranking": (["--metrics=['AUC']", "--valid_metric=AUC"], ["RecBole refuses", "Full sort"]),
+    "no metrics": (["--metrics=[]"], ["metrics names at least one metric"]),
+    "empty topk": (["--topk=[]"], ["topk=[]", "non-empty list"]),
 }
 
 
@@ -312,6 +318,15 @@ def test_renamed_id_and_time_fields_are_loaded_without_setting_load_col(workdir)
     config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "USER_ID_FIELD": "uid",
                                                           "ITEM_ID_FIELD": "iid", "TIME_FIELD": "ts"})
     assert config["load_col"]["inter"] == ["uid", "iid", "ts"]
+
+
+def test_coverage_and_popularity_metrics_are_computed(workdir, capsys):
+    """RecBole 1.2.1's collector called .cpu() on the item count and counter these metrics read (compat.py)."""
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    metrics = "--metrics=['Recall','ItemCoverage','GiniIndex','AveragePopularity','TailPercentage']"
+    assert main(arguments(data_path, metrics, "--topk=[10]", "--valid_metric=Recall@10")) == 0
+    out = capsys.readouterr().out
+    assert "itemcoverage" in out and "giniindex" in out and "tailpercentage" in out
 
 
 def test_lines_that_pandas_strips_to_nothing_are_skipped(workdir):

@@ -17,6 +17,7 @@ import pytest
 import torch
 from scipy import stats
 
+from recbole_diffusion import PreferDiff
 from recbole_diffusion.compare import METRICS, main, parse_args, run_comparison
 from conftest import TINY
 
@@ -37,7 +38,7 @@ def test_parse_args_accepts_both_override_forms_and_seed_lists():
 
 
 def _overrides(data_root):
-    settings = {**TINY, "data_path": data_root, "epochs": 2, "neg_samples": 10_000}
+    settings = {**TINY, "data_path": data_root, "epochs": 2}
     return {key: str(value) for key, value in settings.items()}
 
 
@@ -61,7 +62,8 @@ def _cell(summary, title, model, metric):
 @pytest.fixture(scope="module")
 def comparison(data_root, tmp_path_factory):
     """A comparison killed after its first finished run (each run in its own process), then resumed to the end
-    with ``--in-process``: the resume logic is the same, and five runs need not each import torch and RecBole."""
+    with ``--in-process``: the resume logic is the same, and five runs need not each import torch and RecBole.
+    PreferDiff fails in training there (its loss raises), as a run that fails at run time does."""
     output = str(tmp_path_factory.mktemp("comparison") / "out")
     process = subprocess.Popen([sys.executable, "-m", "recbole_diffusion.compare", *_cli(data_root, output)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -75,8 +77,12 @@ def comparison(data_root, tmp_path_factory):
     first_written = os.stat(first).st_mtime_ns
     printed = io.StringIO()
     threads = torch.get_num_threads()
+    def failing_loss(self, interaction):
+        raise RuntimeError("simulated failure in training")
+
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(PreferDiff, "calculate_loss", failing_loss)
             code = main([*_cli(data_root, output), "--in-process"])
     finally:
         torch.set_num_threads(threads)  # --threads 1 applies to this process in-process
@@ -128,7 +134,7 @@ def test_a_failing_model_is_recorded_and_the_others_finish(comparison):
     records = _records(output)
     for seed in SEEDS:
         assert records[("PreferDiff", seed)]["status"] == "failed"
-        assert "neg_samples=10000" in records[("PreferDiff", seed)]["error"]
+        assert "simulated failure in training" in records[("PreferDiff", seed)]["error"]
         assert records[("SASRec", seed)]["status"] == records[("DiffuRec", seed)]["status"] == "ok"
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         failed = handle.read().split("### Failed runs")[1]
@@ -251,7 +257,19 @@ def test_a_model_config_applies_to_its_model_only_and_the_command_line_wins(data
                            model_configs={"SASRec": str(best)})
 
 
+def test_a_bad_configuration_is_refused_before_anything_is_written(data_root, tmp_path, capsys):
+    """A key every run would refuse (one model's or all models') ends the command at once, exit status 2."""
+    output = tmp_path / "never"
+    argv = ["--models", "SASRec,PreferDiff", "--dataset", DATASET, "--output", str(output), "--in-process",
+            "--data_path", data_root, "--neg_samples", "10000"]
+    assert main(argv) == 2
+    assert "neg_samples=10000" in capsys.readouterr().err and not output.exists()
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "no run to make"),
+    (["--seeds", "x"], "a count (e.g. 3) or a comma-separated list"),
+    (["--seeds", "1,1"], "seed 1 is listed twice"),
     (["--model_config", "Pop=a.yaml"], "'Pop' is not among --models"),
     (["--model_config", "SASRec"], "write MODEL=FILE"),
     (["--model_config", "SASRec=a.yaml,SASRec=b.yaml"], "given two files"),

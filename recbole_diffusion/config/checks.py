@@ -93,10 +93,32 @@ def check_recbole_types(config, declared=None):
         fail(key, value, "must be " + " or ".join(KIND_NAMES[kind] for kind in sorted(kinds)))
 
 
+def check_metrics(config):
+    """``topk`` a non-empty list of positive integers, and ``valid_metric`` one that the run computes (a name of
+    ``metrics``, with a cut-off of ``topk`` for a ranking metric): RecBole looks it up in the validation result
+    and ends in a KeyError after the first epoch otherwise (``--topk=[5]`` alone leaves NDCG@10 uncomputed)."""
+    topk = config["topk"]
+    if isinstance(topk, int) and not isinstance(topk, bool):
+        topk = [topk]  # RecBole reads a single cut-off as a list of one
+    if not isinstance(topk, list) or not topk or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                                                   for k in topk):
+        fail("topk", config["topk"], "must be a non-empty list of integers >= 1, e.g. [5, 10, 20]")
+    metrics = [str(name).lower() for name in config["metrics"] or []]
+    valid_metric = str(config["valid_metric"])
+    name, _, cutoff = valid_metric.lower().partition("@")
+    computed = ", ".join(f"{metric}@{k}" for metric in config["metrics"] for k in topk)
+    if name not in metrics:
+        fail("valid_metric", valid_metric, f"is not among metrics {config['metrics']}: early stopping reads it from "
+             "every validation; add it to metrics or choose one of them")
+    if cutoff and (not cutoff.isdigit() or int(cutoff) not in topk):
+        fail("valid_metric", valid_metric, f"needs the cut-off @{cutoff} in topk {topk}; computed: {computed}")
+
+
 def check_training_values(config, declared=None):
     """RecBole's training keys, for every model: values that would train nothing or never step."""
     check_finite_numbers(config)
     check_recbole_types(config, declared)
+    check_metrics(config)
     require_int(config, "epochs", 1)
     require_int(config, "train_batch_size", 1)
     require_int(config, "eval_batch_size", 1)

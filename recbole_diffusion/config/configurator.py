@@ -270,6 +270,11 @@ def merge_config(model=None, dataset=None, config_file_list=None, config_dict=No
                   "apply to it; set train_neg_sample_args to choose)", file=sys.stderr)
     except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
         raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
+    except (NotImplementedError, RuntimeError) as error:  # RecBole's Config refusing metrics or eval_args
+        raise ValueError(f"RecBole refuses the configuration: {error}") from None
+    except KeyError as error:  # an empty metrics list: RecBole pops from an empty set of metric types
+        raise ValueError(f"RecBole cannot read the configuration (KeyError {error}); check that metrics names at "
+                         "least one metric, e.g. --metrics=\"['Hit', 'NDCG']\"") from None
     if "load_col" not in user_keys:
         follow_renamed_fields(config, user_keys)
         load_what_the_model_reads(config)
