@@ -3,6 +3,7 @@
     python benchmarks/study_beauty.py tune                      # every model, in the study's order
     python benchmarks/study_beauty.py tune --models SASRec,GRU4Rec
     python benchmarks/study_beauty.py final --models SASRec,GRU4Rec   # tuned configurations on full Beauty
+    python benchmarks/study_beauty.py report                    # the final runs against tuned SASRec (Holm)
 
 Stage ``tune``: each model gets the same search (``python -m recbole_diffusion.tune``): :data:`TUNING`'s trials,
 epoch cap, early stopping and pruning, on the first :data:`TUNING_USERS` users of Amazon Beauty (the same
@@ -13,7 +14,9 @@ the RecBole baselines, L 10 for DreamRec and PreferDiff). Trial 0 of every searc
 Stage ``final``: each model whose search finished trains its ``best.yaml`` (``compare --model_config``) on full
 Beauty with :data:`FINAL_SEEDS` seeds and :data:`FINAL_TRAINING` (the command line's keys beat the file's: the
 search's epoch cap and validation interval are lifted), all models in one comparison folder ``final/`` (paired
-tests against tuned SASRec in its ``summary.md``).
+tests against tuned SASRec in its ``summary.md``); each run's best checkpoint is kept (``final/work/``, git-ignored)
+for the checks of the generative part. Stage ``report``: every model's test NDCG@10 over the seeds it shares with
+SASRec, paired t-tests against tuned SASRec, Holm-adjusted over the models, with the cost beside (``final/study.md``).
 
 Everything is resumable: a finished search is skipped, an interrupted one continues (``tune``'s own resume). The
 records (each search's ``study.db``, ``best.yaml``, ``trials.csv``, ``summary.md``) are written under ``--root``
@@ -27,9 +30,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from beauty import DATASET, FAMILIES
 
+from recbole_diffusion.compare import load_runs
 from recbole_diffusion.data.slices import write_user_slice
+from recbole_diffusion.evaluation.statistics import holm_adjust, paired_t_test
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The study's order: the RecBole baselines first (nothing of this package's models touches them), then the
@@ -92,7 +98,8 @@ def search_finished(study_dir):
 def final_command(models, root, data_root):
     """The ``recbole_diffusion.compare`` command line of the final runs of ``models``."""
     command = [sys.executable, "-m", "recbole_diffusion.compare", "--models", ",".join(models), "--dataset", DATASET,
-               "--seeds", str(FINAL_SEEDS), "--output", os.path.join(root, "final"), "--threads", "1"]
+               "--seeds", str(FINAL_SEEDS), "--output", os.path.join(root, "final"), "--threads", "1",
+               "--keep_checkpoints"]
     for model in models:
         command += ["--model_config", f"{model}={os.path.join(root, 'tune', model, 'best.yaml')}"]
     for key, value in {"data_path": data_root, **FINAL_TRAINING}.items():
@@ -113,9 +120,58 @@ def final(models, root, data_root):
     return subprocess.call(command)
 
 
+def report_table(records, reference="SASRec", metric="ndcg@10"):
+    """Markdown: each model's test ``metric`` (mean ± std over seeds), its difference from ``reference`` on the
+    seeds both have, the paired t-test p-value and its Holm adjustment over the models compared, and the cost
+    (train seconds to convergence, epochs, inference seconds per 1,000 test users)."""
+    ok = [record for record in records if record["status"] == "ok"]
+    by_model = {}
+    for record in ok:
+        by_model.setdefault(record["model"], {})[record["seed"]] = record
+    base = by_model.get(reference, {})
+    models = [reference] * bool(base) + sorted(model for model in by_model if model != reference)
+    tests = {}
+    for model in models[1:] if base else []:
+        seeds = sorted(set(by_model[model]) & set(base))
+        values = [by_model[model][seed]["test"][metric] for seed in seeds]
+        reference_values = [base[seed]["test"][metric] for seed in seeds]
+        tests[model] = (seeds, values, reference_values, paired_t_test(values, reference_values))
+    adjusted = dict(zip(tests, holm_adjust([test[3] for test in tests.values()])))
+    lines = [f"| model | seeds | test {metric.upper()} | difference from {reference} (shared seeds) | p | p, Holm | "
+             "train s to convergence | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
+    for model in models:
+        runs = list(by_model[model].values())
+        values = np.array([run["test"][metric] for run in runs])
+        spread = f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""
+        if model in tests:
+            seeds, model_values, reference_values, p = tests[model]
+            difference = np.mean(model_values) - np.mean(reference_values)
+            relative = difference / np.mean(reference_values) * 100 if np.mean(reference_values) else float("nan")
+            cells = [f"{difference:+.4f} ({relative:+.1f} %, {len(seeds)} seeds)",
+                     "n/a" if p is None else f"{p:.3g}", "n/a" if adjusted[model] is None else f"{adjusted[model]:.3g}"]
+        else:
+            cells = ["reference" if model == reference else "no shared seed", "", ""]
+        cost = [np.mean([run["train_seconds"] for run in runs]), np.mean([run["epochs"] for run in runs]),
+                np.mean([run["seconds_per_1000_users"] for run in runs])]
+        lines.append(f"| {model} | {len(runs)} | {values.mean():.4f}{spread} | " + " | ".join(cells)
+                     + f" | {cost[0]:.0f} | {cost[1]:.1f} | {cost[2]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(models, root, data_root):
+    """Write and print ``final/study.md`` from the final runs' records (``models`` and ``data_root`` unused: every
+    finished run of the folder is reported)."""
+    output = os.path.join(root, "final")
+    table = report_table(load_runs(output))
+    with open(os.path.join(output, "study.md"), "w", encoding="utf-8") as handle:
+        handle.write(table)
+    print(table)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("tune", "final"))
+    parser.add_argument("stage", choices=("tune", "final", "report"))
     parser.add_argument("--models", default=",".join(STUDY_MODELS), help="comma-separated (default: all, in order)")
     parser.add_argument("--root", default=os.path.join(HERE, "study-beauty"))
     parser.add_argument("--data_path", default=os.path.join(HERE, "..", "..", "shared", "data"))
@@ -124,7 +180,7 @@ def main(argv=None):
     unknown = sorted(set(models) - set(STUDY_MODELS))
     if unknown:
         parser.error(f"not a model of the study: {', '.join(unknown)} (the study's: {', '.join(STUDY_MODELS)})")
-    stage = tune if args.stage == "tune" else final
+    stage = {"tune": tune, "final": final, "report": report}[args.stage]
     return stage(models, os.path.abspath(args.root), os.path.abspath(args.data_path))
 
 

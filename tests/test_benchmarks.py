@@ -118,3 +118,31 @@ def test_a_search_counts_as_finished_when_its_trials_ran(tmp_path, states, finis
     rows = "".join(f"{number},{state}\n" for number, state in enumerate(states))
     (tmp_path / "trials.csv").write_text("number,state\n" + rows, encoding="utf-8")
     assert study_beauty.search_finished(str(tmp_path)) is finished
+
+
+def _record(model, seed, ndcg):
+    return {"model": model, "seed": seed, "status": "ok", "test": {"ndcg@10": ndcg}, "train_seconds": 100.0,
+            "epochs": 10, "seconds_per_1000_users": 2.0}
+
+
+def test_the_study_report_holm_adjusts_the_paired_tests_against_sasrec():
+    from scipy import stats
+
+    records = [_record("SASRec", seed, value) for seed, value in zip((1, 2, 3), (0.040, 0.042, 0.041))]
+    records += [_record("DiffuRec", seed, value) for seed, value in zip((1, 2, 3), (0.030, 0.033, 0.031))]
+    records += [_record("GRU4Rec", seed, value) for seed, value in zip((1, 2), (0.041, 0.045))]
+    records.append({"model": "PreferDiff", "seed": 1, "status": "failed", "error": "x"})
+    table = study_beauty.report_table(records)
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines()[2:]}
+    assert list(rows) == ["SASRec", "DiffuRec", "GRU4Rec"]  # the reference first, the failed run left out
+    p_diffurec = stats.ttest_rel([0.030, 0.033, 0.031], [0.040, 0.042, 0.041]).pvalue
+    p_gru4rec = stats.ttest_rel([0.041, 0.045], [0.040, 0.042]).pvalue
+    holm = sorted([p_diffurec, p_gru4rec])
+    expected = {p_diffurec: None, p_gru4rec: None}
+    expected[holm[0]] = min(1, 2 * holm[0])
+    expected[holm[1]] = max(expected[holm[0]], min(1, holm[1]))
+    assert float(rows["DiffuRec"][5]) == pytest.approx(p_diffurec, rel=1e-2)
+    assert float(rows["DiffuRec"][6]) == pytest.approx(expected[p_diffurec], rel=1e-2)
+    assert float(rows["GRU4Rec"][6]) == pytest.approx(expected[p_gru4rec], rel=1e-2)
+    assert rows["DiffuRec"][3].strip().startswith("0.0313 ± ") and "-0.0097" in rows["DiffuRec"][4]
+    assert "2 seeds" in rows["GRU4Rec"][4] and rows["SASRec"][4].strip() == "reference"
