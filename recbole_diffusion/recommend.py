@@ -1,6 +1,7 @@
 """Recommend with a trained model: each user's next-item top-k item tokens, with scores.
 
 ``python -m recbole_diffusion.recommend --model_file=PATH --users=ID,ID,... [--k=10] [--output=FILE.csv]``
+(or ``--users_file=FILE``, one token per line, for tokens holding commas or spaces)
 
 A sequential model continues each user's whole history in the dataset (train, valid and test interactions,
 in time order, the last ``MAX_ITEM_LIST_LENGTH`` of them as the model reads it); a general model scores from the
@@ -23,7 +24,7 @@ from recbole_diffusion.data.dataloader import cut_to_longest
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.quick_start.inference import load_data_and_model
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
-from recbole_diffusion.utils.files import atomic_write
+from recbole_diffusion.utils.files import atomic_write, read_file_bytes
 
 SUPPORTED_MODEL_TYPES = (ModelType.SEQUENTIAL, ModelType.GENERAL)
 
@@ -190,7 +191,10 @@ def parse_args(argv=None):
         "splits); items the user already saw are left out unless --include_seen.")
     parser.prog = "python -m recbole_diffusion.recommend"
     parser.add_argument("--model_file", required=True, help="a checkpoint written by recbole_diffusion")
-    parser.add_argument("--users", required=True, help="user tokens as in the dataset, comma-separated")
+    users = parser.add_mutually_exclusive_group(required=True)
+    users.add_argument("--users", help="user tokens as in the dataset, comma-separated (spaces around them dropped)")
+    users.add_argument("--users_file", help="a UTF-8 file of user tokens, one per line, read verbatim (for tokens "
+                                            "holding commas or spaces)")
     parser.add_argument("--k", type=int, default=10, help="items per user (default 10)")
     parser.add_argument("--output", help="write CSV (user_id,rank,item_id,score) here instead of printing a table")
     parser.add_argument("--include_seen", action="store_true", help="also rank items the user already saw")
@@ -208,13 +212,27 @@ def parse_args(argv=None):
     return parse_entry(parser, argv, overrides=False)[0]
 
 
+def requested_users(args):
+    """The user tokens asked for, in order, each once: ``--users`` split on commas and stripped, or the lines of
+    ``--users_file`` as they are (blank lines skipped)."""
+    if args.users is not None:
+        tokens = [token.strip() for token in args.users.split(",")]
+    else:
+        try:
+            text = read_file_bytes(args.users_file, "users file").decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RecommendError(f"--users_file={args.users_file}: not UTF-8 ({error.reason} at byte {error.start})")
+        tokens = [line.rstrip("\r") for line in text.split("\n")]
+    return list(dict.fromkeys(token for token in tokens if token.strip()))
+
+
 def _check_request(args, user_tokens):
     if not os.path.isfile(args.model_file):
         raise RecommendError(f"--model_file={args.model_file}: no such file")
     if args.k < 1:
         raise RecommendError(f"--k={args.k}: must be at least 1")
     if not user_tokens:
-        raise RecommendError("--users: give at least one user token (comma-separated)")
+        raise RecommendError("--users / --users_file: give at least one user token")
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise RecommendError(f"--eval_batch_size={args.eval_batch_size}: must be at least 1")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
@@ -224,11 +242,11 @@ def _check_request(args, user_tokens):
 def main(argv=None):
     """Run the command; returns the exit status (2: a refused request, with one message on stderr)."""
     args = parse_args(argv)
-    user_tokens = list(dict.fromkeys(token.strip() for token in args.users.split(",") if token.strip()))
     overrides = {key: getattr(args, key) for key in ("data_path", "gpu_id", "use_gpu", "eval_batch_size", "state",
                                                      "sampler", "ddim_steps", "ddpm_steps")
                  if getattr(args, key) is not None}
     try:
+        user_tokens = requested_users(args)
         _check_request(args, user_tokens)
         config, model, dataset, _, _, test_data = load_data_and_model(
             args.model_file, trust_pickled=args.trust_pickled_checkpoint, write_logs=False, **overrides)

@@ -242,6 +242,20 @@ def test_short_users_are_counted_in_a_warning(workdir, capsys, caplog):
                     'user_inter_num_interval: "[4,inf)"')
 
 
+def test_a_sampled_ranking_larger_than_what_users_left_unseen_is_counted_in_a_warning(workdir, caplog):
+    """30 items, 6 per user: uni100 cannot draw 100 distinct negatives for anyone (RecBole repeats them)."""
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    mode = "--eval_args={'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'mode': 'uni100', 'group_by': 'user'}"
+    with caplog.at_level(logging.WARNING):
+        assert main(arguments(data_path, mode)) == 0
+    warnings = [record.getMessage() for record in caplog.records if "sampled negatives" in record.getMessage()]
+    assert len(warnings) == 2 and "8 of 8 users" in warnings[0] and "1-in-101" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(arguments(data_path, mode.replace("uni100", "uni10"))) == 0
+    assert not [record for record in caplog.records if "sampled negatives" in record.getMessage()]
+
+
 def test_duplicates_run_with_rm_dup_inter_and_filters_are_counted(workdir, capsys, caplog):
     duplicated = rows()[:6] + [rows()[5]] + rows()[6:]
     short = [f"20\t{item}\t{item}" for item in (1, 2)]

@@ -172,6 +172,22 @@ def test_unknown_user_tokens_are_named_and_nothing_is_written(trained, in_tmp_cw
     assert sorted(os.listdir(in_tmp_cwd)) == []
 
 
+def test_a_users_file_is_read_verbatim_one_token_per_line(trained, in_tmp_cwd, capsys):
+    """Tokens may hold commas or spaces, which --users splits and strips: --users_file keeps them as they are."""
+    listed = in_tmp_cwd / "users.txt"
+    listed.write_text("1\n\n2\n", encoding="utf-8")
+    model = f"--model_file={model_file(trained, 'SASRec')}"
+    assert recommend.main([model, f"--users_file={listed}", "--k=2"]) == 0
+    from_file = capsys.readouterr().out
+    assert recommend.main([model, "--users=1,2", "--k=2"]) == 0
+    assert capsys.readouterr().out == from_file
+    listed.write_text("1 \na,b\n", encoding="utf-8")
+    assert recommend.main([model, f"--users_file={listed}"]) == 2
+    assert "unknown user tokens 1 , a,b" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recommend.parse_args([model, "--users=1", f"--users_file={listed}"])
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model_file=missing.pth", "--users=1"], "no such file"),
     (["--users=1", "--k=0"], "must be at least 1"),

@@ -581,16 +581,44 @@ def check_split(config, dataset, train, valid, test, user_lengths):
                 f"for a {name} target: {rule}; the longest history here has {longest}. Use a dataset with longer "
                 "histories or change eval_args."
             )
+    messages = _sampled_ranking_notes(config, dataset, user_lengths)
     left_out = [f"{users - evaluated[name]} of {users} users have no {name} target"
                 for name in ("test", "validation") if expected[name] and evaluated[name] < users]
     if not left_out:
-        return []
+        return messages
     unused = users - _users_in(train, user_field)
     unused_text = f" ({unused} with a single interaction are not used at all)" if unused > 0 else ""
     drop_hint = (f" To leave them out explicitly, set user_inter_num_interval: \"[{max(minimum.values())},inf)\"."
                  if minimum else "")
-    return [(logging.WARNING, f"{'; '.join(left_out)}: {rule}. They only train the model{unused_text}; the test "
-                              f"metrics cover {evaluated['test']} users.{drop_hint}")]
+    return messages + [(logging.WARNING, f"{'; '.join(left_out)}: {rule}. They only train the model{unused_text}; "
+                                         f"the test metrics cover {evaluated['test']} users.{drop_hint}")]
+
+
+SAMPLED_MODE = re.compile(r"^(uni|pop)(\d+)$")
+
+
+def _sampled_ranking_notes(config, dataset, user_lengths):
+    """A counted warning for a sampled ranking (``uni100``, ``pop100``) that some users cannot fill with distinct
+    items they have not interacted with: RecBole then draws repeated negatives, and their metrics are not those of
+    a 1-in-(N + 1) ranking."""
+    modes = (config["eval_args"] or {}).get("mode") or {}
+    items = dataset.item_num - 1  # without the padding id
+    lengths = user_lengths[user_lengths > 0]  # the users (id 0 pads)
+    notes = []
+    for split, mode in sorted(modes.items()) if isinstance(modes, dict) else []:
+        match = SAMPLED_MODE.match(str(mode))
+        if not match:
+            continue
+        negatives = int(match.group(2))
+        short = int(np.count_nonzero(lengths > items - negatives))
+        if short:
+            notes.append((logging.WARNING, f"eval_args mode {mode} ({split}): {short} of {len(lengths)} users have "
+                                           f"fewer than {negatives} "
+                                           f"of the {items} items left that they did not interact with, so their "
+                                           f"{negatives} sampled negatives repeat items and their metrics are not "
+                                           f"those of a 1-in-{negatives + 1} ranking. Use a full ranking (mode full) "
+                                           "or fewer negatives on a catalogue this small."))
+    return notes
 
 
 @contextlib.contextmanager
