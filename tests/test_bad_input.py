@@ -320,6 +320,8 @@ def test_values_recbole_accepts_are_accepted(workdir):
         build_config("SASRec", NAME, [str(clipped)], {"data_path": data_path})
     with pytest.raises(ValueError, match="topk_factor=1.5: must be an integer"):
         build_config("FEARec", NAME, config_dict={"data_path": data_path, "topk_factor": 1.5, "n_layers": 2})
+    with pytest.raises(ValueError, match="n_layers=1: must be at least 2 for FEARec"):  # RecBole divides by 0
+        build_config("FEARec", NAME, config_dict={"data_path": data_path, "n_layers": 1})
 
 
 def test_renamed_id_and_time_fields_are_loaded_without_setting_load_col(workdir):

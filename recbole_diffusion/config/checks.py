@@ -204,12 +204,23 @@ def check_eval_history_mask(config):
              "(benchmark_filename); use auto or none")
 
 
+def check_fearec(config):
+    """RecBole 1.2.1's FEARec divides by ``n_layers - 1`` when it builds its filters (ZeroDivisionError)."""
+    if isinstance(config["n_layers"], int) and config["n_layers"] < 2:
+        fail("n_layers", config["n_layers"], "must be at least 2 for FEARec (RecBole's FEARec divides by n_layers - 1 "
+             "when it builds its frequency filters)")
+
+
+# Limits of RecBole's own models that end in a traceback inside RecBole otherwise.
+RECBOLE_MODEL_CHECKS = {"FEARec": check_fearec}
+
+
 def check_model_config(model_name, config, declared=None):
     """RecBole's training keys (typed by ``declared``, see :func:`check_recbole_types`) and the trainer keys for
     every model, then the checks registered for ``model_name``."""
     check_training_values(config, declared)
     check_trainer(config)
     check_eval_history_mask(config)
-    check = MODEL_CHECKS.get(model_name)
+    check = MODEL_CHECKS.get(model_name) or RECBOLE_MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)
