@@ -9,7 +9,7 @@ evaluation noise keyed by the checkpoint's ``eval_seed``) in these settings, eac
 
 * ``one call``: the reverse process replaced by one network call (``one_step``: ``x0_hat`` from pure noise at the
   last step), or, where the last step keeps more than ``ONE_STEP_MAX_ALPHA_BAR`` of the signal, DDIM with one
-  stride (two calls);
+  stride (two calls); left out where it is the model's default (SeqDiffRec, the ``-fast`` variants);
 * ``x_t = 0``: the default sampler with the noisy input of every denoiser call replaced by zeros, so the model
   ranks from the history (and the step) alone;
 * ``lambda = 0`` (DiffuRec, DiffuRecSys): the default sampler with ``lambda_uncertainty`` 0, which removes ``x_t``
@@ -32,6 +32,7 @@ import csv
 import os
 import sys
 
+import numpy as np
 import torch
 
 from embedding_geometry import forward_snr
@@ -70,7 +71,9 @@ def settings_of(model):
             m.sampler, m.sampler_steps = chosen, chosen_steps
         return prepare
 
-    settings = [("as trained", set_sampler(*default)), (name, set_sampler(sampler, steps))]
+    settings = [("as trained", set_sampler(*default))]
+    if (sampler, steps) != (default[0], None if sampler == "one_step" else default[1]):
+        settings.append((name, set_sampler(sampler, steps)))  # left out where it is the default (SeqDiffRec, -fast)
     settings.append(("x_t = 0", lambda m: (set_sampler(*default)(m), zero_input(m))))
     if isinstance(model, DiffuRec):
         settings.append(("lambda = 0", lambda m: (set_sampler(*default)(m), setattr(m, "lambda_uncertainty", 0.0))))
@@ -83,10 +86,19 @@ def snr_summary(model):
             "share_of_steps_snr_below_1": (snr < 1).double().mean().item()}
 
 
-def verdict(tost_p, wilcoxon_p, mean_difference):
+def signed_rank_direction(differences):
+    """``lower`` / ``higher``: the side of the Wilcoxon signed-rank statistic (the sum of the signed ranks of the
+    non-zero differences), the direction the test's p-value speaks of."""
+    differences = differences[differences != 0]
+    ranks = np.argsort(np.argsort(np.abs(differences), kind="stable"), kind="stable") + 1.0
+    return "lower" if float((np.sign(differences) * ranks).sum()) < 0 else "higher"
+
+
+def verdict(tost_p, wilcoxon_p, direction):
+    """``equivalent`` (Holm-adjusted TOST p < alpha), ``lower`` / ``higher`` (Holm-adjusted Wilcoxon p < alpha, in
+    ``direction``), both, or ``inconclusive``."""
     equivalent = tost_p is not None and tost_p < ALPHA
     moved = wilcoxon_p is not None and wilcoxon_p < ALPHA
-    direction = "lower" if mean_difference < 0 else "higher"
     return ("equivalent and " + direction if equivalent and moved else "equivalent" if equivalent
             else direction if moved else "inconclusive")
 
@@ -118,18 +130,19 @@ def check_run(record, margin_share):
     for row in rows[1:]:
         values = per_user[row["setting"]]
         tost_p = tost_paired(values, default, margin)["p"] if margin > 0 else None
-        tests.append((row, tost_p, wilcoxon_signed_rank(values, default), float((values - default).mean())))
+        tests.append((row, tost_p, wilcoxon_signed_rank(values, default), values - default))
     tost_holm = holm_adjust([test[1] for test in tests])
     wilcoxon_holm = holm_adjust([test[2] for test in tests])
-    for (row, _, _, mean_difference), tost_p, wilcoxon_p in zip(tests, tost_holm, wilcoxon_holm):
-        row.update(mean_user_difference=mean_difference, margin=margin, tost_p_holm=tost_p,
-                   wilcoxon_p_holm=wilcoxon_p, verdict=verdict(tost_p, wilcoxon_p, mean_difference))
+    for (row, tost_p, wilcoxon_p, differences), tost_holm_p, wilcoxon_holm_p in zip(tests, tost_holm, wilcoxon_holm):
+        row.update(mean_user_difference=float(differences.mean()), margin=margin, tost_p=tost_p,
+                   tost_p_holm=tost_holm_p, wilcoxon_p=wilcoxon_p, wilcoxon_p_holm=wilcoxon_holm_p,
+                   verdict=verdict(tost_holm_p, wilcoxon_holm_p, signed_rank_direction(differences)))
     rows[0].update(verdict="reference", **snr_summary(model))
     return rows
 
 
-COLUMNS = ["run", "model", "seed", "setting", MAIN_METRIC, "mean_user_difference", "margin", "tost_p_holm",
-           "wilcoxon_p_holm", "verdict", "seconds_per_1000_users", "snr_first_step", "snr_last_step",
+COLUMNS = ["run", "model", "seed", "setting", MAIN_METRIC, "mean_user_difference", "margin", "tost_p", "tost_p_holm",
+           "wilcoxon_p", "wilcoxon_p_holm", "verdict", "seconds_per_1000_users", "snr_first_step", "snr_last_step",
            "share_of_steps_snr_below_1"]
 
 

@@ -123,7 +123,8 @@ def final(models, root, data_root):
 def report_table(records, reference="SASRec", metric="ndcg@10"):
     """Markdown: each model's test ``metric`` (mean ± std over seeds), its difference from ``reference`` on the
     seeds both have, the paired t-test p-value and its Holm adjustment over the models compared, and the cost
-    (train seconds to convergence, epochs, inference seconds per 1,000 test users)."""
+    (train seconds of every epoch run, the early-stopping patience included; epochs; inference seconds per 1,000
+    test users)."""
     ok = [record for record in records if record["status"] == "ok"]
     by_model = {}
     for record in ok:
@@ -138,7 +139,7 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
         tests[model] = (seeds, values, reference_values, paired_t_test(values, reference_values))
     adjusted = dict(zip(tests, holm_adjust([test[3] for test in tests.values()])))
     lines = [f"| model | seeds | test {metric.upper()} | difference from {reference} (shared seeds) | p | p, Holm | "
-             "train s to convergence | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
+             "train s (every epoch run) | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
     for model in models:
         runs = list(by_model[model].values())
         values = np.array([run["test"][metric] for run in runs])

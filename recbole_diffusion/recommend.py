@@ -219,7 +219,7 @@ def requested_users(args):
         tokens = [token.strip() for token in args.users.split(",")]
     else:
         try:
-            text = read_file_bytes(args.users_file, "users file").decode("utf-8")
+            text = read_file_bytes(args.users_file, "users file").decode("utf-8-sig")  # a byte order mark dropped
         except UnicodeDecodeError as error:
             raise RecommendError(f"--users_file={args.users_file}: not UTF-8 ({error.reason} at byte {error.start})")
         tokens = [line.rstrip("\r") for line in text.split("\n")]

@@ -284,11 +284,12 @@ CONFIG_CASES = {
     "unknown rm_dup_inter": (["--rm_dup_inter=bogus"], ["rm_dup_inter='bogus'", "first", "last"]),
     "topk not a list": (["--topk=abc"], ["topk", "wrong type"]),
     "history length 0": (["--MAX_ITEM_LIST_LENGTH=0"], ["MAX_ITEM_LIST_LENGTH=0"]),
-    "valid_metric's cut-off not computed": (["--topk=[5]"], ["valid_metric='NDCG@10'", "cut-off @10 in topk [5]"]),
+    "valid_metric's cut-off not computed": (["--topk=[5]"], ["valid_metric='NDCG@10'", "needs a cut-off of topk [5]", "computed: Hit@5, NDCG@5"]),
     "valid_metric not among metrics": (["--valid_metric=MRR@10"], ["valid_metric='MRR@10'", "not among metrics"]),
-    "unknown metric": (["--metrics=['Recall','NDGC']"], ["RecBole refuses", "no metric named 'NDGC'"]),
+    "unknown metric": (["--metrics=['Recall','NDGC']"], ["RecBole refuses the metrics", "no metric named 'NDGC'"]),
     "value metric in a full ranking": (["--metrics=['AUC']", "--valid_metric=AUC"], ["RecBole refuses", "Full sort"]),
-    "no metrics": (["--metrics=[]"], ["metrics names at least one metric"]),
+    "no metrics": (["--metrics=[]"], ["metrics=[]", "name at least one metric"]),
+    "valid_metric without its cut-off": (["--valid_metric=NDCG"], ["valid_metric='NDCG'", "needs a cut-off"]),
     "empty topk": (["--topk=[]"], ["topk=[]", "non-empty list"]),
 }
 
@@ -334,6 +335,16 @@ def test_renamed_id_and_time_fields_are_loaded_without_setting_load_col(workdir)
     config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "USER_ID_FIELD": "uid",
                                                           "ITEM_ID_FIELD": "iid", "TIME_FIELD": "ts"})
     assert config["load_col"]["inter"] == ["uid", "iid", "ts"]
+
+
+def test_a_run_that_never_validates_may_leave_valid_metric_uncomputed(workdir):
+    """RecBole reads valid_metric only when it validates (eval_step > 0 and a validation split)."""
+    from recbole_diffusion.config.configurator import build_config
+
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    build_config("SASRec", NAME, config_dict={"data_path": data_path, "metrics": ["Recall"], "eval_step": 0})
+    test_only = {"split": {"LS": "test_only"}, "order": "TO", "mode": "full", "group_by": "user"}
+    build_config("SASRec", NAME, config_dict={"data_path": data_path, "metrics": ["Recall"], "eval_args": test_only})
 
 
 def test_coverage_and_popularity_metrics_are_computed(workdir, capsys):

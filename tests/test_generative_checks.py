@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recbole_diffusion.compare import load_runs, run_comparison
+from recbole_diffusion.evaluation.statistics import holm_adjust
 from conftest import TINY
 
 BENCHMARKS_DIR = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
@@ -26,7 +27,7 @@ def checked(data_root, tmp_path_factory):
     runs = str(tmp_path_factory.mktemp("generative") / "runs")
     threads = torch.get_num_threads()
     try:
-        run_comparison(["DiffuRec", "PreferDiff", "SASRec"], "ml-100k-tiny", [2020], runs,
+        run_comparison(["DiffuRec", "PreferDiff", "SeqDiffRec", "SASRec"], "ml-100k-tiny", [2020], runs,
                        overrides={**SETTINGS, "data_path": data_root}, isolate=False, threads=1,
                        keep_checkpoints=True)
         assert checks.main(["--runs", runs, "--threads", "1"]) == 0
@@ -42,7 +43,8 @@ def test_each_diffusion_run_gets_its_settings_and_sasrec_none(checked):
     for row in rows:
         settings.setdefault(row["model"], []).append(row["setting"])
     assert settings == {"DiffuRec": ["as trained", "one call (one_step)", "x_t = 0", "lambda = 0"],
-                        "PreferDiff": ["as trained", "one call (one_step)", "x_t = 0"]}
+                        "PreferDiff": ["as trained", "one call (one_step)", "x_t = 0"],
+                        "SeqDiffRec": ["as trained", "x_t = 0"]}  # its default is one call already
 
 
 def test_as_trained_reproduces_the_run_and_the_tests_are_holm_adjusted(checked):
@@ -53,9 +55,11 @@ def test_as_trained_reproduces_the_run_and_the_tests_are_holm_adjusted(checked):
         assert float(own[0]["ndcg@10"]) == pytest.approx(recorded[model], abs=5.1e-5)
         assert own[0]["verdict"] == "reference" and float(own[0]["share_of_steps_snr_below_1"]) >= 0
         for row in own[1:]:
-            assert row["verdict"] in ("equivalent", "lower", "higher", "inconclusive", "equivalent and lower",
-                                      "equivalent and higher")
             assert float(row["margin"]) == pytest.approx(0.02 * float(own[0]["ndcg@10"]), rel=1e-3)
+        for kind in ("tost", "wilcoxon"):  # Holm over the run's settings, from the raw p-values
+            raw = [float(row[f"{kind}_p"]) if row[f"{kind}_p"] else None for row in own[1:]]
+            adjusted = [float(row[f"{kind}_p_holm"]) if row[f"{kind}_p_holm"] else None for row in own[1:]]
+            assert adjusted == [p if p is None else pytest.approx(p, rel=1e-3) for p in holm_adjust(raw)]
     assert os.path.getsize(os.path.join(runs, "generative", "generative.md")) > 0
 
 
@@ -76,8 +80,35 @@ def test_zero_input_makes_every_denoiser_call_see_zeros(data_root):
     assert not torch.equal(type(model).denoise(model, condition, x_t, t), expected)
 
 
+def test_lambda_0_leaves_diffurec_blind_to_x_t(data_root):
+    """DiffuRec's x_t (with the step embedding) enters only through lambda * query: at lambda 0 the denoiser's
+    output no longer depends on it, which is what the 'lambda = 0' setting removes."""
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data
+
+    config, model_class = build_config("DiffuRec", "ml-100k-tiny", config_dict={**SETTINGS, "data_path": data_root})
+    data = prepare_data(config)
+    model = build_trainer(config, model_class, data.train).model.eval()
+    batch = next(iter(data.test))[0]
+    condition = model.encode_condition(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    size = batch[model.ITEM_SEQ].size(0)
+    t, x_t = torch.full((size,), 3, dtype=torch.long), torch.randn(size, model.hidden_size)
+    with torch.no_grad():
+        assert not torch.allclose(model.denoise(condition, x_t, t), model.denoise(condition, 2 * x_t, t))
+        model.lambda_uncertainty = 0.0
+        assert torch.equal(model.denoise(condition, x_t, t), model.denoise(condition, 2 * x_t, t + 2))
+
+
+def test_the_direction_is_the_signed_rank_statistic_s():
+    import numpy as np
+
+    # the mean is positive (one large gain), the ranks say lower (many small losses): the test's side
+    differences = np.array([0.9, -0.1, -0.1, -0.1, -0.1, -0.1, 0.0])
+    assert differences.mean() > 0 and checks.signed_rank_direction(differences) == "lower"
+
+
 def test_verdicts_read_equivalence_and_direction_at_alpha():
-    assert checks.verdict(0.01, 0.2, -0.001) == "equivalent"
-    assert checks.verdict(0.3, 0.01, -0.1) == "lower" and checks.verdict(0.3, 0.01, 0.1) == "higher"
-    assert checks.verdict(0.01, 0.01, -0.001) == "equivalent and lower"
-    assert checks.verdict(0.3, 0.3, 0.1) == "inconclusive" and checks.verdict(None, None, 0.0) == "inconclusive"
+    assert checks.verdict(0.01, 0.2, "lower") == "equivalent"
+    assert checks.verdict(0.3, 0.01, "lower") == "lower" and checks.verdict(0.3, 0.01, "higher") == "higher"
+    assert checks.verdict(0.01, 0.01, "lower") == "equivalent and lower"
+    assert checks.verdict(0.3, 0.3, "higher") == "inconclusive" and checks.verdict(None, None, "lower") == "inconclusive"

@@ -12,6 +12,7 @@ import math
 
 import yaml
 
+from recbole_diffusion.data.checks import expected_splits
 from recbole_diffusion.evaluation.history_mask import EVAL_HISTORY_MASKS
 from recbole_diffusion.model.checks import MODEL_CHECKS
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
@@ -93,25 +94,39 @@ def check_recbole_types(config, declared=None):
         fail(key, value, "must be " + " or ".join(KIND_NAMES[kind] for kind in sorted(kinds)))
 
 
+# RecBole's metrics that report one value without a cut-off (the others report name@k for every k of topk).
+METRICS_WITHOUT_CUTOFF = {"auc", "gauc", "logloss", "mae", "rmse"}
+
+
 def check_metrics(config):
     """``topk`` a non-empty list of positive integers, and ``valid_metric`` one that the run computes (a name of
-    ``metrics``, with a cut-off of ``topk`` for a ranking metric): RecBole looks it up in the validation result
-    and ends in a KeyError after the first epoch otherwise (``--topk=[5]`` alone leaves NDCG@10 uncomputed)."""
+    ``metrics``, with a cut-off of ``topk`` for a metric reported per cut-off, without one otherwise): RecBole
+    looks it up in the validation result and ends in a KeyError after the first epoch otherwise (``--topk=[5]``
+    alone leaves NDCG@10 uncomputed). A run that never validates (``eval_step`` <= 0, or no validation split)
+    never reads it."""
     topk = config["topk"]
     if isinstance(topk, int) and not isinstance(topk, bool):
         topk = [topk]  # RecBole reads a single cut-off as a list of one
     if not isinstance(topk, list) or not topk or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
                                                    for k in topk):
         fail("topk", config["topk"], "must be a non-empty list of integers >= 1, e.g. [5, 10, 20]")
+    eval_step = config["eval_step"]
+    if (isinstance(eval_step, int) and eval_step <= 0) or not expected_splits(config)[0]:
+        return
     metrics = [str(name).lower() for name in config["metrics"] or []]
     valid_metric = str(config["valid_metric"])
-    name, _, cutoff = valid_metric.lower().partition("@")
-    computed = ", ".join(f"{metric}@{k}" for metric in config["metrics"] for k in topk)
+    name, at, cutoff = valid_metric.lower().partition("@")
+    computed = ", ".join(metric if metric.lower() in METRICS_WITHOUT_CUTOFF else f"{metric}@{k}"
+                         for metric in config["metrics"] for k in (topk if metric.lower() not in
+                                                                    METRICS_WITHOUT_CUTOFF else [None]))
     if name not in metrics:
         fail("valid_metric", valid_metric, f"is not among metrics {config['metrics']}: early stopping reads it from "
              "every validation; add it to metrics or choose one of them")
-    if cutoff and (not cutoff.isdigit() or int(cutoff) not in topk):
-        fail("valid_metric", valid_metric, f"needs the cut-off @{cutoff} in topk {topk}; computed: {computed}")
+    if name in METRICS_WITHOUT_CUTOFF and at:
+        fail("valid_metric", valid_metric, f"{name} has no cut-off; write {name}. Computed: {computed}")
+    if name not in METRICS_WITHOUT_CUTOFF and (not cutoff.isdigit() or int(cutoff) not in topk):
+        fail("valid_metric", valid_metric, f"needs a cut-off of topk {topk}, e.g. {name}@{topk[0]}; computed: "
+             f"{computed}")
 
 
 def check_training_values(config, declared=None):

@@ -270,15 +270,28 @@ def merge_config(model=None, dataset=None, config_file_list=None, config_dict=No
                   "apply to it; set train_neg_sample_args to choose)", file=sys.stderr)
     except (TypeError, AttributeError) as error:  # RecBole's Config on a value of the wrong type, e.g. topk
         raise ValueError(f"the configuration has a value of the wrong type: {error}") from None
-    except (NotImplementedError, RuntimeError) as error:  # RecBole's Config refusing metrics or eval_args
-        raise ValueError(f"RecBole refuses the configuration: {error}") from None
-    except KeyError as error:  # an empty metrics list: RecBole pops from an empty set of metric types
-        raise ValueError(f"RecBole cannot read the configuration (KeyError {error}); check that metrics names at "
-                         "least one metric, e.g. --metrics=\"['Hit', 'NDCG']\"") from None
+    except (NotImplementedError, RuntimeError, KeyError) as error:
+        refusal = _recbole_metrics_refusal(error)
+        if refusal is None:
+            raise
+        raise ValueError(refusal) from None
     if "load_col" not in user_keys:
         follow_renamed_fields(config, user_keys)
         load_what_the_model_reads(config)
     return config, model_class, model, user_keys
+
+
+# What RecBole's Config raises for metrics it cannot evaluate (recbole/config/configurator.py).
+RECBOLE_METRIC_REFUSALS = ("There is no metric named", "can not be used at the same time", "Full sort evaluation")
+
+
+def _recbole_metrics_refusal(error):
+    """The one-line message for RecBole's ``Config`` refusing ``metrics``; ``None`` for any other error."""
+    if isinstance(error, KeyError) and "pop from an empty set" in str(error):
+        return "metrics=[]: name at least one metric, e.g. --metrics=\"['Hit', 'NDCG']\""
+    if any(text in str(error) for text in RECBOLE_METRIC_REFUSALS):
+        return f"RecBole refuses the metrics: {error}"
+    return None
 
 
 # RecBole's default names of the columns a run needs (recbole/properties/overall.yaml).

@@ -599,11 +599,15 @@ SAMPLED_MODE = re.compile(r"^(uni|pop)(\d+)$")
 
 def _sampled_ranking_notes(config, dataset, user_lengths):
     """A counted warning for a sampled ranking (``uni100``, ``pop100``) that some users cannot fill with distinct
-    items they have not interacted with: RecBole then draws repeated negatives, and their metrics are not those of
-    a 1-in-(N + 1) ranking."""
+    items they have not interacted with: RecBole draws the negatives with replacement, and for those users
+    repeats are certain, so their metrics are not those of a 1-in-(N + 1) ranking."""
     modes = (config["eval_args"] or {}).get("mode") or {}
     items = dataset.item_num - 1  # without the padding id
-    lengths = user_lengths[user_lengths > 0]  # the users (id 0 pads)
+    frame = dataset.inter_feat
+    pairs = np.unique(np.asarray(frame[dataset.uid_field]).astype(np.int64) * dataset.item_num
+                      + np.asarray(frame[dataset.iid_field]))
+    distinct = np.bincount(pairs // dataset.item_num, minlength=len(user_lengths))
+    lengths = distinct[user_lengths > 0]  # distinct items of each user (id 0 pads)
     notes = []
     for split, mode in sorted(modes.items()) if isinstance(modes, dict) else []:
         match = SAMPLED_MODE.match(str(mode))
@@ -615,9 +619,10 @@ def _sampled_ranking_notes(config, dataset, user_lengths):
             notes.append((logging.WARNING, f"eval_args mode {mode} ({split}): {short} of {len(lengths)} users have "
                                            f"fewer than {negatives} "
                                            f"of the {items} items left that they did not interact with, so their "
-                                           f"{negatives} sampled negatives repeat items and their metrics are not "
-                                           f"those of a 1-in-{negatives + 1} ranking. Use a full ranking (mode full) "
-                                           "or fewer negatives on a catalogue this small."))
+                                           f"{negatives} sampled negatives (RecBole draws them with replacement) "
+                                           "certainly repeat items and their metrics are not those of a "
+                                           f"1-in-{negatives + 1} ranking. Use a full ranking (mode full) or fewer "
+                                           "negatives on a catalogue this small."))
     return notes
 
 
