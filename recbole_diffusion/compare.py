@@ -388,7 +388,14 @@ def parse_args(argv=None):
     if repeated:
         parser.error(f"--seeds {args.seeds!r}: seed {repeated[0]} is listed twice")
     models = [m for m in args.models.split(",") if m]
+    repeated = sorted({model for model in models if models.count(model) > 1})
+    if repeated:
+        parser.error(f"--models: {repeated[0]} is listed twice")
+    if args.reference is not None and args.reference not in models:
+        parser.error(f"--reference {args.reference}: not among --models ({', '.join(models)})")
     output = args.output or f"comparison-{datetime.now():%Y%m%d-%H%M%S}"
+    if os.path.exists(output) and not os.path.isdir(output):
+        parser.error(f"--output {output}: is a file; give a folder (new, or one of an earlier comparison)")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
     if args.nproc is not None:

@@ -268,6 +268,9 @@ def test_a_bad_configuration_is_refused_before_anything_is_written(data_root, tm
 
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "0"], "no run to make"),
+    (["--models", "SASRec,SASRec"], "SASRec is listed twice"),
+    (["--reference", "BERT4Rec"], "--reference BERT4Rec: not among --models"),
+    (["--output", __file__], "is a file"),
     (["--seeds", "x"], "a count (e.g. 3) or a comma-separated list"),
     (["--seeds", "1,1"], "seed 1 is listed twice"),
     (["--model_config", "Pop=a.yaml"], "'Pop' is not among --models"),

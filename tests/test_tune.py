@@ -303,3 +303,22 @@ def test_cli_refuses_bad_options_with_status_2(capsys):
     assert tune.main(["--model", "DiffuRec", "--sampler", "bayes"]) == 2
     assert "--sampler 'bayes'" in capsys.readouterr().err
 
+
+
+def test_a_study_path_that_is_a_file_is_refused(data_root, tmp_path, capsys):
+    space = write_space(tmp_path / "s.hyper", "learning_rate loguniform -7,-4\n")
+    taken = tmp_path / "taken"
+    taken.write_text("a file\n", encoding="utf-8")
+    argv = ["--model", "SASRec", "--dataset", "ml-100k-tiny", "--space", space, "--study", str(taken), "--trials", "1",
+            "--data_path", data_root, *[f"--{key}={value}" for key, value in FIXED.items()]]
+    assert tune.main(argv) == 2
+    assert "is a file; a study is a folder" in capsys.readouterr().err and taken.read_text() == "a file\n"
+
+
+def test_a_search_stopped_by_its_timeout_says_so(data_root, tmp_path, capsys):
+    space = write_space(tmp_path / "s.hyper", "learning_rate loguniform -7,-4\n")
+    search = tune.prepare_search("SASRec", "ml-100k-tiny", [], {**FIXED, "data_path": data_root}, space_file=space,
+                                 directory=str(tmp_path / "study"), trials=3, timeout=0.01, pruner="none",
+                                 **SEARCH_OPTIONS)
+    tune.run_search(search)
+    assert "holds 1 of 3 finished trials (--timeout stopped it" in capsys.readouterr().out

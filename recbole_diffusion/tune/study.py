@@ -184,6 +184,8 @@ def confirm(study, search):
 def run_search(search):
     """Run (or continue) the search; returns the study. Prints one line per finished trial."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if os.path.exists(search.directory) and not os.path.isdir(search.directory):
+        raise ValueError(f"--study {search.directory}: is a file; a study is a folder (give a new or a study's path)")
     os.makedirs(search.directory, exist_ok=True)
     with study_lock(search.directory):
         study = open_study(search)
@@ -203,6 +205,11 @@ def run_search(search):
         if remaining:
             study.optimize(objective(search), n_trials=remaining, timeout=search.timeout, catch=(TrialFailed,),
                            callbacks=[after_trial])
+        done = len(finished_trials(study))
+        if done < search.trials:
+            cause = "--timeout stopped it" if search.timeout is not None else "some trials failed"
+            print(f"the study holds {done} of {search.trials} finished trials ({cause}; see summary.md); the same "
+                  "command continues it", flush=True)
         chosen, confirmation = None, None
         if search.confirm_seeds and best_trial(study, search) is not None:
             chosen, confirmation = confirm(study, search)
