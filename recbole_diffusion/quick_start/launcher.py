@@ -180,8 +180,10 @@ def launcher_keys():
 def _run_rank(local_rank, fn, args, folder, parent_pid):
     """A spawned process: run ``fn``; rank 0 writes its value, a failing rank its error, as JSON in ``folder``."""
     end_with_parent(parent_pid)
+    finished = False
     try:
         value = fn(local_rank, *args)
+        finished = True
     except Exception as error:
         write_json(os.path.join(folder, f"error-{local_rank}.json"),
                    {"type": type(error).__name__, "message": str(error),
@@ -190,7 +192,7 @@ def _run_rank(local_rank, fn, args, folder, parent_pid):
                     "traceback": traceback.format_exc()})
         raise
     finally:
-        leave_group()
+        leave_group(finished)
     if local_rank == 0:
         write_json(os.path.join(folder, "result.json"), value)
 

@@ -212,10 +212,13 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     external = launcher.launcher_keys()
     if external:
         config, model_class = build_config(model, dataset, config_file_list, {**(config_dict or {}), **external})
+        finished = False
         try:
-            return train_in_process(config, model_class, saved, report=report)[1]
+            result = train_in_process(config, model_class, saved, report=report)[1]
+            finished = True
+            return result
         finally:
-            collectives.leave_group()
+            collectives.leave_group(finished)
     config, model_class = build_config(model, dataset, config_file_list, config_dict)
     launch = launcher.plan_launch(config, given_keys=set(config_dict or {}) | config_file_keys(config_file_list))
     if launch is None:

@@ -101,8 +101,13 @@ def join_group(config_dict):
         config_dict["show_progress"] = False  # one progress bar, rank 0's
 
 
-def leave_group():
+def leave_group(finished=False):
+    """Destroy this process's group. ``finished``: every rank got here normally, so they first wait for each other;
+    a gloo rank that tears its group down while a peer is still in its last collective can abort at exit
+    ("terminate called without an active exception"). After a failure no rank waits (its peers may be gone)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
