@@ -602,6 +602,11 @@ def _sampled_ranking_notes(config, dataset, user_lengths):
     items they have not interacted with: RecBole draws the negatives with replacement, and for those users
     repeats are certain, so their metrics are not those of a 1-in-(N + 1) ranking."""
     modes = (config["eval_args"] or {}).get("mode") or {}
+    sampled = [(split, mode, SAMPLED_MODE.match(str(mode))) for split, mode in
+               (sorted(modes.items()) if isinstance(modes, dict) else [])]
+    sampled = [(split, mode, int(match.group(2))) for split, mode, match in sampled if match]
+    if not sampled:
+        return []  # a full ranking: nothing to count
     items = dataset.item_num - 1  # without the padding id
     frame = dataset.inter_feat
     pairs = np.unique(np.asarray(frame[dataset.uid_field]).astype(np.int64) * dataset.item_num
@@ -609,11 +614,7 @@ def _sampled_ranking_notes(config, dataset, user_lengths):
     distinct = np.bincount(pairs // dataset.item_num, minlength=len(user_lengths))
     lengths = distinct[user_lengths > 0]  # distinct items of each user (id 0 pads)
     notes = []
-    for split, mode in sorted(modes.items()) if isinstance(modes, dict) else []:
-        match = SAMPLED_MODE.match(str(mode))
-        if not match:
-            continue
-        negatives = int(match.group(2))
+    for split, mode, negatives in sampled:
         short = int(np.count_nonzero(lengths > items - negatives))
         if short:
             notes.append((logging.WARNING, f"eval_args mode {mode} ({split}): {short} of {len(lengths)} users have "
