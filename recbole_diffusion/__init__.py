@@ -1,7 +1,7 @@
 """recbole-diffusion: diffusion sequential recommenders as a RecBole plugin.
 
 Importing the package first applies :mod:`recbole_diffusion.compat`, which makes RecBole 1.2.1 work on numpy 2 and
-PyTorch >= 2.6. The package's layout, bottom up: ``utils`` (leaves), ``diffusion`` (the core), ``model``, then
+PyTorch >= 2.6. The package's layout, bottom up: ``utils`` (leaves), ``diffusion`` (the core), ``text`` (item text as vectors), ``model``, then
 ``data``, ``evaluation``, ``trainer`` and ``config``, then ``quick_start`` (the pipeline) and the entries (``runner``,
 ``compare``, ``tune``, ``recommend``, ``selfcheck``); each imports only from below it.
 """

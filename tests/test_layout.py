@@ -15,6 +15,7 @@ PACKAGE = os.path.dirname(os.path.abspath(recbole_diffusion.__file__))
 LAYERS = [
     {"utils", "compat"},
     {"diffusion"},
+    {"text"},
     {"model"},
     {"data"},
     {"evaluation"},

@@ -8,13 +8,18 @@ are :mod:`recbole_diffusion.model.checks` (the models run them again when they a
 checked in :mod:`recbole_diffusion.data.checks`.
 """
 
+import importlib.util
 import math
+import os
 
 import yaml
 
 from recbole_diffusion.data.checks import expected_splits
 from recbole_diffusion.evaluation.history_mask import EVAL_HISTORY_MASKS
 from recbole_diffusion.model.checks import MODEL_CHECKS
+from recbole_diffusion.model.item_table import ITEM_TABLES
+from recbole_diffusion.text.encoder import ENCODERS, encoder_folder
+from recbole_diffusion.text.item_vectors import template_fields
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
 from recbole_diffusion.utils.files import read_file_bytes
 
@@ -226,6 +231,52 @@ def check_fearec(config):
              "when it builds its frequency filters)")
 
 
+def _atomic_header(path, config):
+    """The field names of an atomic file's header line."""
+    with open(path, encoding=config["encoding"]) as handle:
+        return [column.partition(":")[0] for column in handle.readline().rstrip("\r\n").split(config["field_separator"])]
+
+
+def check_item_table(config, model_name):
+    """``item_table`` and the text keys (:mod:`recbole_diffusion.model.item_table`): a text table only for this
+    package's models, from a vector file that exists, or from ``.item`` fields that exist (and a template naming
+    only those) through an encoder that is installed."""
+    require_in(config, "item_table", ITEM_TABLES)
+    if config["item_table"] != "text":
+        return
+    if model_name not in MODEL_CHECKS:
+        fail("item_table", "text", f"applies to this package's diffusion models ({', '.join(sorted(MODEL_CHECKS))}), "
+             f"not to {model_name}")
+    require_range(config, "text_whitening_floor", 0, 1, low_open=True, high_open=True)
+    if config["item_text_embeddings"]:
+        if not os.path.isfile(str(config["item_text_embeddings"])):
+            fail("item_text_embeddings", config["item_text_embeddings"], "is not a file")
+        return
+    fields = config["item_text_fields"]
+    if not fields or isinstance(fields, str) or not all(isinstance(field, str) for field in fields):
+        fail("item_text_fields", fields, "must list the .item fields that make an item's text (or give your own "
+             "vectors with item_text_embeddings)")
+    template = config["item_text_template"]
+    if template is not None:
+        unknown = [name for name in template_fields(str(template)) if name not in fields]
+        if unknown:
+            fail("item_text_template", template, f"names {', '.join(unknown)}, not among item_text_fields {fields}")
+    item_file = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    if not os.path.isfile(item_file):
+        fail("item_table", "text", f"item text comes from the .item file's item_text_fields, and {item_file} does "
+             "not exist (or give your own vectors with item_text_embeddings)")
+    header = _atomic_header(item_file, config)
+    missing = [field for field in [config["ITEM_ID_FIELD"], *fields] if field not in header]
+    if missing:
+        fail("item_text_fields", fields, f"{item_file} has no field {', '.join(missing)}; its fields are "
+             f"{', '.join(header)}")
+    require_in(config, "item_text_encoder", sorted(ENCODERS))
+    for library in ("tokenizers", "safetensors"):
+        if importlib.util.find_spec(library) is None:
+            fail("item_table", "text", f"the item-text encoder needs {library}: pip install -e \".[text]\"")
+    encoder_folder(ENCODERS[config["item_text_encoder"]])
+
+
 # Limits of RecBole's own models that end in a traceback inside RecBole otherwise.
 RECBOLE_MODEL_CHECKS = {"FEARec": check_fearec}
 
@@ -236,6 +287,7 @@ def check_model_config(model_name, config, declared=None):
     check_training_values(config, declared)
     check_trainer(config)
     check_eval_history_mask(config)
+    check_item_table(config, model_name)
     check = MODEL_CHECKS.get(model_name) or RECBOLE_MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)

@@ -8,12 +8,15 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_diffusion.diffusion.keyed_noise import KeyedNoise
+from recbole_diffusion.model.item_table import item_table
 
 
 class DiffusionRecommender(SequentialRecommender):
-    """Base of the diffusion models: ``self.diffusion`` (a ``GaussianDiffusion``) and ``self.item_embedding``.
+    """Base of the diffusion models: ``self.item_embedding``, built here (learned ids or frozen text vectors,
+    :mod:`recbole_diffusion.model.item_table`; ``self.hidden_size`` is its width), and ``self.diffusion`` (a
+    ``GaussianDiffusion``), built by the subclass.
 
-    Config keys read here: ``sampler``, ``ddpm_steps`` / ``ddim_steps`` (the reverse steps of that sampler,
+    Config keys read here: ``item_table`` and its keys, ``hidden_size``, ``embedding_init_std``, ``sampler``, ``ddpm_steps`` / ``ddim_steps`` (the reverse steps of that sampler,
     strided; ``None`` = all T), ``ddpm_variance``, ``n_ensemble``, ``eval_seed``.
     ``n_ensemble = k`` averages the scores of k independent reverse runs; scores are linear in ``x0``, so this
     equals scoring the mean of the k sampled ``x0`` (the k runs go through the network as one batch).
@@ -28,7 +31,9 @@ class DiffusionRecommender(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
+        self.item_embedding = item_table(config, dataset, self.n_items, config["hidden_size"],
+                                         config["embedding_init_std"])
+        self.hidden_size = self.item_embedding.embedding_dim
         self.sampler = config["sampler"]
         self.sampler_steps = config["ddim_steps"] if self.sampler == "ddim" else config["ddpm_steps"]
         self.ddpm_variance = config["ddpm_variance"]

@@ -50,7 +50,6 @@ class DiffuRec(DiffusionRecommender):
         self.lambda_uncertainty = config["lambda_uncertainty"]
         self.offset_noise_scale = config["offset_noise_scale"]
 
-        self.item_embedding = embedding_table(self.n_items, self.hidden_size, config["embedding_init_std"], padding_idx=0)
         self.position_embedding = (
             embedding_table(self.max_seq_length, self.hidden_size, config["embedding_init_std"])
             if config["position_embedding"] else None

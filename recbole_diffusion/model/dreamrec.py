@@ -35,7 +35,6 @@ class DreamRec(DiffusionRecommender):
         self.guidance_weight = config["guidance_weight"]
         self.cfg_dropout_prob = config["cfg_dropout_prob"]
 
-        self.item_embedding = embedding_table(self.n_items, self.hidden_size, config["embedding_init_std"], padding_idx=0)
         self.position_embedding = embedding_table(self.max_seq_length, self.hidden_size, config["embedding_init_std"])
         self.embedding_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.encoder = TransformerStack(self.hidden_size, config["n_layers"], config["n_heads"],

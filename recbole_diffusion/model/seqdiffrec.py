@@ -70,7 +70,6 @@ class SeqDiffRec(DiffusionRecommender):
         self.mse_weight = config["mse_weight"]
 
         init_std = config["embedding_init_std"]
-        self.item_embedding = embedding_table(self.n_items, self.hidden_size, init_std, padding_idx=0)
         self.position_embedding = embedding_table(self.max_seq_length + 1, self.hidden_size, init_std)
         self.embedding_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.encoder = TransformerStack(self.hidden_size, config["n_layers"], config["n_heads"],

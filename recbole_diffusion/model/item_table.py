@@ -1,0 +1,70 @@
+"""The item table a model diffuses and scores against: learned ids (``item_table: id``) or frozen, whitened text
+vectors (``item_table: text``, PreferDiff-T's table; MODELS.md, PreferDiff).
+
+A text table makes every item, seen in training or not, a point of the space the model denoises in: an item that
+never appeared in training is ranked by where its text puts it. It is built once, when the model is, from
+:func:`recbole_diffusion.text.item_vectors.item_vectors`, and never trained.
+
+Choices, against the authors' code:
+
+* The table's width sets the model's width (``hidden_size`` is not used; the log says so), as in the authors' code,
+  where d is the embedding's 3072. A learned projection would put a trained map between the text and the ranked
+  space; the authors have none, and none is offered here.
+* Whitening floors the eigenvalues at ``text_whitening_floor`` times the largest instead of adding the authors'
+  absolute 1e-7: with fewer items than dimensions (or any rank-deficient table) the covariance has zero
+  eigenvalues, whose directions then stay near zero instead of blowing numerical noise up by 1/sqrt(1e-7).
+  Directions above the floor come out at unit variance exactly as the authors' do.
+* One dataset's table is whitened once. The authors whiten each domain, stack the domains and whiten again; on one
+  domain the second pass is the identity (up to the floor).
+* The padding row is zero (never scored, masked in every history), where the authors' is random. Items without a
+  vector get the table's centre, a zero row after whitening: they score 0 against every sample, neither pushed up
+  nor down (:func:`~recbole_diffusion.text.item_vectors.item_vectors` warns with their count).
+"""
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from recbole_diffusion.model.layers import embedding_table
+from recbole_diffusion.text.item_vectors import item_vectors
+
+ITEM_TABLES = ("id", "text")
+
+
+def whiten(vectors, floor):
+    """Rows of ``vectors`` centred, rotated to the eigenvectors of their covariance and scaled by
+    ``1 / sqrt(max(eigenvalue, floor * largest eigenvalue))``: unit covariance on every direction above the floor
+    (computed in float64)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    centred = vectors - vectors.mean(axis=0)
+    covariance = centred.T @ centred / len(vectors)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    floored = np.maximum(eigenvalues, floor * max(eigenvalues.max(), np.finfo(np.float64).tiny))
+    return centred @ eigenvectors / np.sqrt(floored)
+
+
+def text_item_table(config, dataset):
+    """The frozen table of whitened item vectors; the padding row and items without a vector are zero."""
+    found = item_vectors(config, dataset)
+    rows = found.has_vector.copy()
+    rows[0] = False
+    table = np.zeros(found.vectors.shape, dtype=np.float32)
+    table[rows] = whiten(found.vectors[rows], config["text_whitening_floor"])
+    return nn.Embedding.from_pretrained(torch.from_numpy(table), freeze=True, padding_idx=0)
+
+
+def item_table(config, dataset, n_items, hidden_size, init_std):
+    """The model's item table: learned ``N(0, init_std^2)`` ids, or the frozen text table (whose width is then the
+    model's)."""
+    if config["item_table"] != "text":
+        return embedding_table(n_items, hidden_size, init_std, padding_idx=0)
+    table = text_item_table(config, dataset)
+    width = table.embedding_dim
+    if width % config["n_heads"]:
+        raise ValueError(f"item_table text: the text vectors' width {width} (the model's width) is not a multiple of "
+                         f"n_heads {config['n_heads']}")
+    logging.getLogger().info(f"item_table text: the model's width is the text table's, {width} "
+                             f"(hidden_size {hidden_size} is not used)")
+    return table

@@ -1,0 +1,224 @@
+"""Item tables from item text: the local encoder's real output, the cache, whitening, user vectors, refusals and a
+text-table model trained through RecBole's Trainer."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import create_dataset
+
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.model.item_table import whiten
+from recbole_diffusion.quick_start.quick_start import run
+from recbole_diffusion.runner import main
+from recbole_diffusion.text import item_vectors as item_vectors_module
+from recbole_diffusion.text.encoder import TextEncoder, checked_file, sha256_of
+from recbole_diffusion.text.item_vectors import item_texts, item_vectors, read_vector_file, write_vector_file
+from conftest import TINY, assert_full_ranking_result
+
+pytest.importorskip("tokenizers", reason="the text extra is not installed")
+ML100K_ITEM = os.path.join(os.path.dirname(__import__("recbole").__file__), "dataset_example", "ml-100k",
+                           "ml-100k.item")
+DATASET = "ml-100k-tiny"
+FAST_TEXT = {**TINY, "diffusion_steps": 10, "ddim_steps": 5, "epochs": 1}
+
+# sentence-transformers 6.3.0 (transformers 5.25.0, torch 2.13.0 CPU) on the same weights, 2026-12-06: the first six
+# values of each text's vector.
+REFERENCE = {
+    "Toy Story (1995). Genres: Animation Children's Comedy":
+        [-0.05679173, -0.02076261, 0.02532958, -0.00367012, -0.01424915, 0.01712982],
+    "GoldenEye (1995). Genres: Action Adventure Thriller":
+        [-0.03234994, -0.05605853, 0.00332887, -0.02213608, -0.03272542, 0.007379],
+    "Four Rooms (1995). Genres: Thriller":
+        [0.03260975, -0.03171058, -0.04380385, 0.02547335, -0.03272379, 0.05970165],
+}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def text_root(data_root, tmp_path_factory):
+    """``data_root``'s tiny ml-100k slice with ml-100k's ``.item`` file beside it, and a text cache shared by the
+    module's tests (the slice's items are encoded once)."""
+    root = tmp_path_factory.mktemp("text-data")
+    shutil.copytree(os.path.join(data_root, DATASET), root / DATASET)
+    shutil.copy(ML100K_ITEM, root / DATASET / f"{DATASET}.item")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def text_settings(text_root, tmp_path_factory):
+    return {"data_path": text_root, "text_cache_dir": str(tmp_path_factory.mktemp("text-cache")),
+            "item_text_fields": ["movie_title", "release_year", "class"],
+            "item_text_template": "{movie_title} ({release_year}). Genres: {class}"}
+
+
+def dataset_of(settings, model="PreferDiff", **overrides):
+    config, _ = build_config(model, DATASET, config_dict={**FAST_TEXT, **settings, **overrides})
+    return config, create_dataset(config)
+
+
+def test_encoder_matches_sentence_transformers(encoder):
+    vectors = encoder.encode(list(REFERENCE))
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(vectors[:, :6], np.array(list(REFERENCE.values())), atol=1e-6)
+
+
+def test_encoder_output_does_not_depend_on_the_batch(encoder):
+    texts = ["Heat (1995). Genres: Action Crime Thriller", "A", "Jumanji (1995). Genres: Adventure Children's Fantasy"]
+    together = encoder.encode(texts)
+    alone = np.concatenate([encoder.encode([text]) for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_similar_texts_are_closer_than_unrelated_ones(encoder):
+    space, astronauts, cooking = encoder.encode(["a film about space travel", "a movie about astronauts",
+                                                 "recipes for cooking pasta"])
+    assert space @ astronauts > 0.5 > space @ cooking + 0.4
+
+
+def test_a_weights_file_with_another_hash_is_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match="not the pinned"):
+        checked_file(str(tmp_path), "model.safetensors", "0" * 64)
+    assert checked_file(str(tmp_path), "model.safetensors", sha256_of(path)) == str(path)
+
+
+def test_item_text_follows_the_template_and_covers_the_dataset_items(text_settings):
+    config, dataset = dataset_of(text_settings)
+    texts = item_texts(config, dataset)
+    assert texts["1"] == "Toy Story (1995). Genres: Animation Children's Comedy"
+    assert set(texts) == set(dataset.field2token_id["item_id"]) - {"[PAD]"}
+
+
+def test_vectors_are_cached_once_and_reused(text_settings, monkeypatch):
+    config, dataset = dataset_of(text_settings)
+    first = item_vectors(config, dataset)
+    assert os.path.dirname(first.source) == text_settings["text_cache_dir"]
+    assert first.has_vector[1:].all() and not first.has_vector[0]
+    monkeypatch.setattr(TextEncoder, "encode", lambda *args, **kwargs: pytest.fail("the cache was not used"))
+    again = item_vectors(config, dataset)
+    assert again.source == first.source
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    other, _ = dataset_of(text_settings, item_text_template="{movie_title}")
+    assert item_vectors_module.cache_path(other, item_texts(other, dataset)) != first.source
+
+
+def test_the_cached_file_is_the_encoders_output_in_recbole_atomic_format(text_settings, encoder):
+    config, dataset = dataset_of(text_settings)
+    found = item_vectors(config, dataset)
+    with open(found.source, encoding="utf-8") as handle:
+        assert handle.readline() == "item_id:token\titem_text_emb:float_seq\n"
+    toy_story = dataset.field2token_id["item_id"]["1"]
+    np.testing.assert_allclose(found.vectors[toy_story], encoder.encode([item_texts(config, dataset)["1"]])[0],
+                               atol=1e-6)
+
+
+def test_whitening_gives_identity_covariance():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8)) + 3.0
+    whitened = whiten(vectors, 1e-6)
+    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(whitened.T @ whitened / len(whitened), np.eye(8), atol=1e-8)
+
+
+def test_whitening_fewer_items_than_dimensions_stays_finite_and_unit_on_the_spanned_directions():
+    vectors = np.random.default_rng(1).normal(size=(5, 16))
+    whitened = whiten(vectors, 1e-6)
+    assert np.isfinite(whitened).all() and np.abs(whitened).max() < 10
+    eigenvalues = np.sort(np.linalg.eigvalsh(whitened.T @ whitened / len(whitened)))
+    np.testing.assert_allclose(eigenvalues[-4:], 1.0, atol=1e-8)
+    np.testing.assert_allclose(eigenvalues[:-4], 0.0, atol=1e-8)
+
+
+def write_user_vectors(folder, dataset, width=8, skip=(), extra=()):
+    """A user's vector file for the dataset's items (less ``skip``, plus ``extra`` unknown tokens)."""
+    rng = np.random.default_rng(3)
+    tokens = [token for token in dataset.field2token_id["item_id"] if token != "[PAD]" and token not in skip]
+    tokens += list(extra)
+    path = os.path.join(folder, "vectors.itememb")
+    write_vector_file(path, "item_id", tokens, rng.normal(size=(len(tokens), width)))
+    return path
+
+
+def test_user_vectors_make_the_frozen_whitened_table_and_set_the_width(text_settings, tmp_path, caplog):
+    _, dataset = dataset_of(text_settings)
+    missing = ["50", "100"]
+    path = write_user_vectors(str(tmp_path), dataset, skip=missing, extra=["no-such-item"])
+    config, dataset = dataset_of(text_settings, item_table="text", item_text_embeddings=path, hidden_size=32)
+    from recbole_diffusion.model import PreferDiff
+
+    model = PreferDiff(config, dataset)
+    table = model.item_embedding.weight
+    assert model.hidden_size == 8 and table.shape == (dataset.item_num, 8) and not table.requires_grad
+    found = read_vector_file(path, dataset)
+    rows = found.has_vector.copy()
+    np.testing.assert_allclose(table[rows].numpy(), whiten(found.vectors[rows], 1e-6), atol=1e-5)
+    for token in missing:
+        assert torch.count_nonzero(table[dataset.field2token_id["item_id"][token]]) == 0
+    assert torch.count_nonzero(table[0]) == 0
+    assert "2 of" in caplog.text and "have no text vector" in caplog.text
+
+
+@pytest.mark.parametrize("content,message", [
+    ("item_id:token\tv:float_seq\n1\t1 2\n1\t1 2\n", "repeats item '1'"),
+    ("item_id:token\tv:float_seq\n1\t1 2\n2\t1 2 3\n", "every row must hold 2"),
+    ("item_id:token\tv:float_seq\n1\t1 nan\n", "not all finite"),
+    ("item_id:token\tv:float_seq\nnot-an-item\t1 2\n", "no row of"),
+    ("movie:token\tv:float_seq\n1\t1 2\n", "must have a column item_id:token"),
+])
+def test_a_vector_file_whose_rows_do_not_match_the_items_is_refused(text_settings, tmp_path, content, message):
+    _, dataset = dataset_of(text_settings)
+    path = tmp_path / "vectors.itememb"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_vector_file(str(path), dataset)
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--item_text_fields=['movie_title', 'plot']"], ["item_text_fields", "no field plot", "movie_title"]),
+    (["--item_text_template={title}"], ["item_text_template", "names title"]),
+    (["--item_text_embeddings=/no/such/file"], ["item_text_embeddings", "is not a file"]),
+    (["--item_text_encoder=bert-huge"], ["item_text_encoder", "all-MiniLM-L6-v2"]),
+    (["--model=SASRec", "--item_table=text"], ["item_table", "this package's diffusion models", "SASRec"]),
+])
+def test_bad_text_settings_are_refused_before_anything_is_written(text_root, tmp_path, monkeypatch, capsys, extra,
+                                                                  fragments):
+    monkeypatch.chdir(tmp_path)
+    argv = [f"--model=PreferDiff-T", f"--dataset={DATASET}", f"--data_path={text_root}", "--epochs=1", *extra]
+    if not any(argument.startswith("--item_text_fields") for argument in extra):
+        argv.append("--item_text_fields=['movie_title']")
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), errors
+    assert not os.listdir(tmp_path)
+
+
+def test_preferdiff_t_trains_through_recbole_with_a_frozen_text_table(text_settings, in_tmp_cwd):
+    result = run("PreferDiff-T", DATASET, config_dict={**FAST_TEXT, **text_settings})
+    assert_full_ranking_result(result)
+    state = torch.load(result["saved_model_file"], weights_only=False)["state_dict"]
+    config, dataset = dataset_of(text_settings, item_table="text")
+    found = item_vectors(config, dataset)
+    rows = found.has_vector
+    np.testing.assert_allclose(state["item_embedding.weight"][rows].numpy(), whiten(found.vectors[rows], 1e-6),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["DiffuRec", "DreamRec", "SeqDiffRec"])
+def test_every_model_takes_a_text_table(text_settings, tmp_path, model):
+    _, dataset = dataset_of(text_settings, model=model, diffusion_steps=1000)
+    path = write_user_vectors(str(tmp_path), dataset, width=16)
+    config, dataset = dataset_of(text_settings, model=model, item_table="text", item_text_embeddings=path,
+                                 diffusion_steps=1000)
+    from recbole_diffusion.model import MODELS
+
+    instance = MODELS[model](config, dataset)
+    assert instance.hidden_size == 16 and not instance.item_embedding.weight.requires_grad
