@@ -82,6 +82,14 @@ def format_run_summary(result):
         lines += ["Test metrics:"] + ["  " + line for line in _metric_table(test)]
     elif "test_result" in result:
         lines.append("Test metrics: none (no test users)")
+    heldout = result.get("test_result_heldout_items")
+    if heldout is not None:
+        metrics = {key: value for key, value in heldout.items() if key != "users"}
+        if heldout["users"]:
+            lines += [f"Test metrics of the {heldout['users']} users whose target is held out of training:"]
+            lines += ["  " + line for line in _metric_table(metrics)]
+        else:
+            lines.append("Test metrics of users whose target is held out of training: none (no such test user)")
     if result.get("best_valid_score") is not None:
         epoch = f" at epoch {result['best_epoch']}" if result.get("best_epoch") is not None else ""
         lines.append(f"Best validation score {_number(result['best_valid_score'])}{epoch}")

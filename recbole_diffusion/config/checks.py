@@ -277,6 +277,13 @@ def check_item_table(config, model_name):
     encoder_folder(ENCODERS[config["item_text_encoder"]])
 
 
+def check_holdout_items(config):
+    """``holdout_items_ratio`` in [0, 1) and its seed (:mod:`recbole_diffusion.data.heldout_items`)."""
+    require_range(config, "holdout_items_ratio", 0, 1, high_open=True)
+    if config["holdout_items_seed"] is not None:
+        require_int(config, "holdout_items_seed", 0)
+
+
 # Limits of RecBole's own models that end in a traceback inside RecBole otherwise.
 RECBOLE_MODEL_CHECKS = {"FEARec": check_fearec}
 
@@ -288,6 +295,7 @@ def check_model_config(model_name, config, declared=None):
     check_trainer(config)
     check_eval_history_mask(config)
     check_item_table(config, model_name)
+    check_holdout_items(config)
     check = MODEL_CHECKS.get(model_name) or RECBOLE_MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)

@@ -62,3 +62,14 @@ def group_metrics(positions, targets, lengths, item_counts, user_lengths):
         members = lengths[quintile == q]
         result[f"length Q{q + 1}"]["lengths"] = [int(members.min()), int(members.max())] if members.size else None
     return result
+
+
+def heldout_test_result(ranks, targets, heldout, ks):
+    """Mean HR@k / NDCG@k (``ks``) over the test users whose target is in ``heldout``, and their number (metrics
+    ``None`` if there are none): the zero-shot result of ``holdout_items_ratio``
+    (:mod:`recbole_diffusion.data.heldout_items`)."""
+    chosen = np.isin(targets, heldout)
+    metrics = per_user_metrics(np.asarray(ranks)[chosen], tuple(ks))
+    ordered = sorted(metrics, key=lambda metric: (metric.partition("@")[0], int(metric.partition("@")[2])))
+    return {"users": int(chosen.sum()),
+            **{metric: float(metrics[metric].mean()) if chosen.any() else None for metric in ordered}}

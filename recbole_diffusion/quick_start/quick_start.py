@@ -28,7 +28,9 @@ import recbole_diffusion.quick_start.launcher as launcher
 import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.config.configurator import build_config, config_file_keys, merge_config
 from recbole_diffusion.data.dataloader import LengthBatchedTrainLoader
+from recbole_diffusion.data.heldout_items import drop_heldout_items, heldout_items
 from recbole_diffusion.evaluation.history_mask import apply_eval_history_mask
+from recbole_diffusion.evaluation.metrics import heldout_test_result
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.trainer import get_trainer
 from recbole_diffusion.utils import collectives
@@ -43,6 +45,7 @@ class RunData(NamedTuple):
     test: object
     item_counts: np.ndarray   # interactions per item id over the whole file
     user_lengths: np.ndarray  # interactions per user id over the whole file
+    heldout_items: np.ndarray  # item ids held out of training (holdout_items_ratio; empty when 0)
 
 
 def prepare_data(config, summary=None, log_file=True):
@@ -68,6 +71,10 @@ def prepare_data(config, summary=None, log_file=True):
         user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
         train_data, valid_data, test_data = data_preparation(config, dataset)
         messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
+        heldout = heldout_items(config, dataset)
+        if heldout.size:
+            train_data, valid_data, note = drop_heldout_items(config, train_data, valid_data, heldout)
+            messages.append((logging.INFO, note))
         ours = config["model"] in MODELS  # this package's models train and evaluate over real tokens
         if ours and config["batch_by_length"]:
             train_data = LengthBatchedTrainLoader(config, train_data._dataset, train_data._sampler,
@@ -84,7 +91,7 @@ def prepare_data(config, summary=None, log_file=True):
         logger.handle(record)
     for level, message in messages:
         logger.log(level, message)
-    return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths)
+    return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths, heldout)
 
 
 def init_log(config, log_file=True):
@@ -173,6 +180,11 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     trainer.collect_target_ranks = False
     logger.info(f"best valid : {ckpt.plain(best_valid_result)}")
     logger.info(f"test result: {ckpt.plain(test_result)}")
+    heldout_result = None
+    if len(data.heldout_items):
+        ranks, targets, _ = trainer.collected_target_ranks()
+        heldout_result = heldout_test_result(ranks, targets, data.heldout_items, config["topk"])
+        logger.info(f"test result, users whose target is held out of training: {heldout_result}")
     on_cuda = device.type == "cuda"
     peak = (torch.cuda.max_memory_allocated(device) if on_cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -181,6 +193,7 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": ckpt.plain(best_valid_result),
         "test_result": ckpt.plain(test_result),
+        **({"test_result_heldout_items": heldout_result} if heldout_result is not None else {}),
         "best_epoch": best_epoch(trainer),
         "epochs_trained": len(trainer.epoch_seconds),
         "resumed_from": resume_from,

@@ -1,0 +1,95 @@
+"""``holdout_items_ratio``: held-out items appear in no training target, training history or validation target;
+the test keeps every user and reports the held-out targets' users apart."""
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.data.heldout_items import heldout_items
+from recbole_diffusion.evaluation.metrics import heldout_test_result, per_user_metrics
+from recbole_diffusion.quick_start.quick_start import prepare_data, run
+from conftest import FAST, TINY
+
+
+def prepared(data_root, model="SASRec", ratio=0.3, **overrides):
+    settings = {**FAST, "data_path": data_root, "holdout_items_ratio": ratio, **overrides}
+    config, _ = build_config(model, "ml-100k-small", config_dict=settings)
+    return config, prepare_data(config, log_file=False)
+
+
+def rows_of(loader):
+    return loader._dataset.inter_feat
+
+
+def test_the_draw_is_seeded_and_sized(data_root):
+    config, data = prepared(data_root)
+    first = heldout_items(config, data.dataset)
+    assert np.array_equal(first, heldout_items(config, data.dataset)) and np.array_equal(first, data.heldout_items)
+    assert len(first) == round(0.3 * (data.dataset.item_num - 1)) and first.min() >= 1
+    config["holdout_items_seed"] = 7
+    assert not np.array_equal(first, heldout_items(config, data.dataset))
+
+
+@pytest.mark.parametrize("model", ["SASRec", "PreferDiff"])
+def test_heldout_items_are_in_no_training_target_history_or_validation_target(data_root, model):
+    config, data = prepared(data_root, model=model)
+    held = torch.as_tensor(data.heldout_items)
+    train = rows_of(data.train)
+    sequences, lengths = train["item_id_list"], train["item_length"]
+    real = torch.arange(sequences.size(1))[None, :] < lengths[:, None]
+    assert not torch.isin(train["item_id"], held).any()
+    assert not torch.isin(sequences[real], held).any()
+    assert (sequences[~real] == 0).all() and (train["timestamp_list"][~real] == 0).all() and (lengths > 0).all()
+    assert not torch.isin(rows_of(data.valid)["item_id"], held).any()
+    test_targets = rows_of(data.test)["item_id"]
+    assert torch.isin(test_targets, held).any()  # the test keeps the held-out targets' users
+    assert len(test_targets) == data.dataset.user_num - 1
+
+
+def test_histories_keep_their_order_and_times_without_the_heldout_items(data_root):
+    _, full = prepared(data_root, ratio=0.0)
+    config, data = prepared(data_root)
+    held = set(data.heldout_items.tolist())
+    original, kept = rows_of(full.train), rows_of(data.train)
+    # The last training row of user 1 in both: its history is the original one less the held-out items.
+    user = original["user_id"][0]
+    before = original[original["user_id"] == user]
+    after = kept[kept["user_id"] == user]
+    last_before = {int(target): i for i, target in enumerate(before["item_id"])}
+    row = len(after) - 1
+    source = last_before[int(after["item_id"][row])]
+    history = before["item_id_list"][source][:before["item_length"][source]].tolist()
+    times = before["timestamp_list"][source][:before["item_length"][source]].tolist()
+    expected = [(item, time) for item, time in zip(history, times) if item not in held]
+    length = int(after["item_length"][row])
+    assert list(zip(after["item_id_list"][row][:length].tolist(), after["timestamp_list"][row][:length].tolist())) \
+        == expected
+
+
+def test_heldout_test_result_is_the_mean_over_the_heldout_targets_users():
+    ranks, targets = np.array([0, 3, 20, 1, 7]), np.array([5, 6, 5, 9, 6])
+    result = heldout_test_result(ranks, targets, np.array([5, 9]), [5, 10, 20])
+    expected = per_user_metrics(np.array([0, 20, 1]))
+    assert result["users"] == 3
+    assert all(result[metric] == pytest.approx(values.mean()) for metric, values in expected.items())
+    assert heldout_test_result(ranks, targets, np.array([42]), [10]) == {"users": 0, "hit@10": None, "ndcg@10": None}
+
+
+def test_the_runner_reports_the_heldout_targets_users_apart(data_root, in_tmp_cwd):
+    settings = {**TINY, "data_path": data_root, "epochs": 1, "holdout_items_ratio": 0.5}
+    result = run("SASRec", "ml-100k-tiny", config_dict=settings, saved=False)
+    heldout = result["test_result_heldout_items"]
+    config, _ = build_config("SASRec", "ml-100k-tiny", config_dict=settings)
+    data = prepare_data(config, log_file=False)
+    expected_users = int(np.isin(rows_of(data.test)["item_id"].numpy(), data.heldout_items).sum())
+    assert heldout["users"] == expected_users > 0
+    assert set(heldout) == {"users"} | set(result["test_result"])
+    assert "test_result_heldout_items" not in run("SASRec", "ml-100k-tiny", config_dict={**settings,
+                                                  "holdout_items_ratio": 0.0}, saved=False)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "half"])
+def test_a_bad_ratio_is_refused(data_root, value):
+    with pytest.raises(ValueError, match="holdout_items_ratio"):
+        build_config("SASRec", "ml-100k-tiny", config_dict={"data_path": data_root, "holdout_items_ratio": value})
