@@ -90,6 +90,8 @@ def format_run_summary(result):
             lines += ["  " + line for line in _metric_table(metrics)]
         else:
             lines.append("Test metrics of users whose target is held out of training: none (no such test user)")
+    if result.get("transfer_from"):
+        lines.append(f"Zero-shot: {result['transfer_from']} (trained on {result['trained_on']}), not trained here")
     if result.get("best_valid_score") is not None:
         epoch = f" at epoch {result['best_epoch']}" if result.get("best_epoch") is not None else ""
         lines.append(f"Best validation score {_number(result['best_valid_score'])}{epoch}")

@@ -11,7 +11,8 @@ from recbole.data import create_dataset
 
 from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.model.item_table import whiten
-from recbole_diffusion.quick_start.quick_start import run
+from recbole_diffusion.data.slices import ML100K_INTER, write_item_subset
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, run, transfer_and_test
 from recbole_diffusion.runner import main
 from recbole_diffusion.text import item_vectors as item_vectors_module
 from recbole_diffusion.text.encoder import TextEncoder, checked_file, sha256_of
@@ -19,8 +20,7 @@ from recbole_diffusion.text.item_vectors import item_texts, item_vectors, read_v
 from conftest import TINY, assert_full_ranking_result
 
 pytest.importorskip("tokenizers", reason="the text extra is not installed")
-ML100K_ITEM = os.path.join(os.path.dirname(__import__("recbole").__file__), "dataset_example", "ml-100k",
-                           "ml-100k.item")
+ML100K_ITEM = ML100K_INTER[:-len(".inter")] + ".item"
 DATASET = "ml-100k-tiny"
 FAST_TEXT = {**TINY, "diffusion_steps": 10, "ddim_steps": 5, "epochs": 1}
 
@@ -58,8 +58,8 @@ def text_settings(text_root, tmp_path_factory):
             "item_text_template": "{movie_title} ({release_year}). Genres: {class}"}
 
 
-def dataset_of(settings, model="PreferDiff", **overrides):
-    config, _ = build_config(model, DATASET, config_dict={**FAST_TEXT, **settings, **overrides})
+def dataset_of(settings, model="PreferDiff", dataset=DATASET, **overrides):
+    config, _ = build_config(model, dataset, config_dict={**FAST_TEXT, **settings, **overrides})
     return config, create_dataset(config)
 
 
@@ -222,3 +222,76 @@ def test_every_model_takes_a_text_table(text_settings, tmp_path, model):
 
     instance = MODELS[model](config, dataset)
     assert instance.hidden_size == 16 and not instance.item_embedding.weight.requires_grad
+
+
+def _year(row):
+    return int(row["release_year"]) if row["release_year"].isdigit() else None
+
+
+@pytest.fixture(scope="module")
+def disjoint_settings(text_settings, tmp_path_factory):
+    """Two item-disjoint datasets cut from ml-100k by release year (before 1995: ``ml-old``; from 1995: ``ml-new``),
+    of the first 120 users, sharing the module's text cache."""
+    root = str(tmp_path_factory.mktemp("disjoint"))
+    write_item_subset(ML100K_INTER, ML100K_ITEM, "ml-old", lambda row: (_year(row) or 9999) < 1995, root, 120)
+    write_item_subset(ML100K_INTER, ML100K_ITEM, "ml-new", lambda row: 1995 <= (_year(row) or 0), root, 120)
+    return {**FAST_TEXT, **text_settings, "data_path": root}
+
+
+@pytest.fixture(scope="module")
+def trained_on_old(disjoint_settings, tmp_path_factory):
+    """A PreferDiff-T checkpoint trained one epoch on ``ml-old``, and a PreferDiff (id table) one."""
+    folder = str(tmp_path_factory.mktemp("checkpoints"))
+    settings = {**disjoint_settings, "checkpoint_dir": folder}
+    return {model: run(model, "ml-old", config_dict=settings)["saved_model_file"] for model in ("PreferDiff-T",
+                                                                                                 "PreferDiff")}
+
+
+def test_the_two_cut_datasets_share_no_item(disjoint_settings):
+    _, old = dataset_of(disjoint_settings, dataset="ml-old")
+    _, new = dataset_of(disjoint_settings, dataset="ml-new")
+    old_items, new_items = (set(data.field2token_id["item_id"]) - {"[PAD]"} for data in (old, new))
+    assert old_items and new_items and not old_items & new_items
+
+
+def test_zero_shot_transfer_keeps_every_weight_but_the_table_which_is_the_targets(disjoint_settings, trained_on_old,
+                                                                                   in_tmp_cwd):
+    checkpoint_path = trained_on_old["PreferDiff-T"]
+    config, model_class = build_config("PreferDiff-T", "ml-new",
+                                       config_dict={**disjoint_settings, "transfer_from": checkpoint_path})
+    data = prepare_data(config, log_file=False)
+    trainer = build_trainer(config, model_class, data.train)
+    result = transfer_and_test(trainer, data, checkpoint_path)
+    assert result["trained_on"] == "ml-old" and result["epochs_trained"] == 0
+    assert all(np.isfinite(value) for value in result["test_result"].values())
+    saved = torch.load(checkpoint_path, weights_only=False)["state_dict"]
+    state = trainer.model.state_dict()
+    assert all(torch.equal(saved[key], state[key]) for key in saved if key != "item_embedding.weight")
+    assert state["item_embedding.weight"].shape[0] == data.dataset.item_num != saved["item_embedding.weight"].shape[0]
+    found = item_vectors(config, data.dataset)
+    np.testing.assert_allclose(state["item_embedding.weight"][found.has_vector].numpy(),
+                               whiten(found.vectors[found.has_vector], 1e-6), atol=1e-5)
+
+
+def test_the_runner_transfers_and_reports_it(disjoint_settings, trained_on_old, in_tmp_cwd, capsys):
+    argv = ["--model=PreferDiff-T", "--dataset=ml-new", f"--transfer_from={trained_on_old['PreferDiff-T']}",
+            *(f"--{key}={value}" for key, value in disjoint_settings.items())]
+    assert main(argv) == 0
+    assert "Zero-shot: " in capsys.readouterr().out
+    assert not os.path.isdir("saved") or not os.listdir("saved")  # no checkpoint is written
+
+
+@pytest.mark.parametrize("model,extra,fragments", [
+    ("PreferDiff-T", {"checkpoint": "PreferDiff"}, ["id item table", "ml-old"]),
+    ("PreferDiff", {}, ["needs item_table text"]),
+    ("DreamRec", {"item_table": "text"}, ["holds a PreferDiff model, not DreamRec"]),
+])
+def test_a_transfer_that_cannot_hold_is_refused(disjoint_settings, trained_on_old, in_tmp_cwd, capsys, model, extra,
+                                                fragments):
+    checkpoint = trained_on_old[extra.pop("checkpoint", "PreferDiff-T")]
+    settings = {**disjoint_settings, **extra, "transfer_from": checkpoint}
+    argv = [f"--model={model}", "--dataset=ml-new", *(f"--{key}={value}" for key, value in settings.items())]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), errors
+    assert not os.listdir(in_tmp_cwd)

@@ -20,6 +20,7 @@ from recbole_diffusion.model.checks import MODEL_CHECKS
 from recbole_diffusion.model.item_table import ITEM_TABLES
 from recbole_diffusion.text.encoder import ENCODERS, encoder_folder
 from recbole_diffusion.text.item_vectors import template_fields
+from recbole_diffusion.trainer.checkpoint import saved_config
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
 from recbole_diffusion.utils.files import read_file_bytes
 
@@ -284,6 +285,36 @@ def check_holdout_items(config):
         require_int(config, "holdout_items_seed", 0)
 
 
+def check_transfer(config, model_name):
+    """``transfer_from`` (:func:`recbole_diffusion.quick_start.quick_start.transfer_and_test`): a checkpoint of
+    the same model with a text table, evaluated in one process on a text table of this dataset from the same
+    encoder. A model with an id table stays tied to its own items and is refused."""
+    path = config["transfer_from"]
+    if path is None:
+        return
+    if not os.path.isfile(str(path)):
+        fail("transfer_from", path, "is not a file")
+    if config["item_table"] != "text":
+        fail("transfer_from", path, "evaluates a model on this dataset's items, which needs item_table text (the "
+             "table is then built from this dataset's text; an id table belongs to the items it was trained on)")
+    if (config["nproc"] or 1) > 1 or (config["world_size"] or 1) > 1:
+        fail("transfer_from", path, "runs in one process (nproc 1)")
+    try:
+        saved = saved_config(path)
+    except Exception as error:  # any unreadable file: the message says which and why
+        fail("transfer_from", path, f"is not a recbole_diffusion checkpoint ({type(error).__name__}: {error})")
+    if saved.get("model") != model_name:
+        fail("transfer_from", path, f"holds a {saved.get('model')} model, not {model_name}")
+    if saved.get("item_table") != "text":
+        fail("transfer_from", path, f"holds a model with an id item table, trained on {saved.get('dataset')}'s "
+             f"items: its scores are tied to those items, so it cannot rank {config['dataset']}'s; train with "
+             "item_table text to transfer")
+    if not saved.get("item_text_embeddings") and not config["item_text_embeddings"] and \
+            saved.get("item_text_encoder") != config["item_text_encoder"]:
+        fail("transfer_from", path, f"was trained on vectors of {saved.get('item_text_encoder')}, not "
+             f"{config['item_text_encoder']}: both tables must come from the same encoder")
+
+
 # Limits of RecBole's own models that end in a traceback inside RecBole otherwise.
 RECBOLE_MODEL_CHECKS = {"FEARec": check_fearec}
 
@@ -296,6 +327,7 @@ def check_model_config(model_name, config, declared=None):
     check_eval_history_mask(config)
     check_item_table(config, model_name)
     check_holdout_items(config)
+    check_transfer(config, model_name)
     check = MODEL_CHECKS.get(model_name) or RECBOLE_MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)

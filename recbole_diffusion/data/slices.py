@@ -4,6 +4,7 @@ import os
 
 ML100K_INTER = os.path.join(os.path.dirname(__import__("recbole").__file__), "dataset_example", "ml-100k",
                             "ml-100k.inter")
+ML100K_ITEM = ML100K_INTER[:-len(".inter")] + ".item"
 
 
 def write_user_slice(source_inter, name, n_users, folder):
@@ -28,4 +29,40 @@ def write_user_slice(source_inter, name, n_users, folder):
             if user in kept:
                 target.write(line)
     os.replace(partial_path, target_path)
+    return folder
+
+
+def write_item_subset(source_inter, source_item, name, keep_item, folder, max_users=None):
+    """``folder/<name>/<name>.inter`` and ``.item`` with only the items whose ``.item`` row ``keep_item`` accepts
+    (called with ``{field name: value}``) and the interactions with them, of the first ``max_users`` users (in file
+    order; all by default). Two calls with disjoint ``keep_item`` cut two item-disjoint datasets from one, the
+    source and target of a zero-shot transfer (e.g. ml-100k's films by release year). Returns ``folder``."""
+    target_dir = os.path.join(folder, name)
+    os.makedirs(target_dir, exist_ok=True)
+    with open(source_item, encoding="utf-8") as source, \
+            open(os.path.join(target_dir, f"{name}.item"), "w", encoding="utf-8") as target:
+        header = source.readline()
+        target.write(header)
+        fields = [column.split(":")[0] for column in header.rstrip("\n").split("\t")]
+        kept_items = set()
+        for line in source:
+            row = dict(zip(fields, line.rstrip("\n").split("\t")))
+            if keep_item(row):
+                kept_items.add(row["item_id"])
+                target.write(line)
+    with open(source_inter, encoding="utf-8") as source, \
+            open(os.path.join(target_dir, f"{name}.inter"), "w", encoding="utf-8") as target:
+        header = source.readline()
+        target.write(header)
+        columns = [column.split(":")[0] for column in header.rstrip("\n").split("\t")]
+        user_column, item_column = columns.index("user_id"), columns.index("item_id")
+        users = set()
+        for line in source:
+            cells = line.split("\t")
+            user = cells[user_column]
+            if max_users is not None and user not in users and len(users) >= max_users:
+                continue
+            users.add(user)
+            if cells[item_column].rstrip("\n") in kept_items:
+                target.write(line)
     return folder

@@ -206,6 +206,42 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     }
 
 
+def transfer_and_test(trainer, data, path):
+    """Zero-shot on another dataset (``transfer_from``): the checkpoint's weights, all but its item table, which is
+    this dataset's (built from its text when the model was), evaluated on this dataset's validation and test splits
+    without training. Returns :func:`fit_and_test`'s keys that apply (no checkpoint is written) and
+    ``transfer_from``."""
+    config, logger = trainer.config, getLogger()
+    checkpoint = ckpt.load_checkpoint(path, map_location=trainer.device,
+                                      trust_pickled=bool(config["trust_pickled_checkpoint"]))
+    state = {key: value for key, value in checkpoint["state_dict"].items() if key != "item_embedding.weight"}
+    own = trainer.model.state_dict()
+    differing = sorted(key for key in set(state) ^ (set(own) - {"item_embedding.weight"})
+                       if key != "item_embedding.weight")
+    differing += sorted(key for key in state if key in own and state[key].shape != own[key].shape)
+    if differing:
+        raise ValueError(f"transfer_from: {path} holds another architecture than this configuration builds "
+                         f"(trained on {checkpoint['config'].get('dataset')}; differing: {', '.join(differing[:5])}); "
+                         "give the training's sizes")
+    trainer.model.load_state_dict(state, strict=False)
+    logger.info(f"transfer_from {path} (trained on {checkpoint['config'].get('dataset')}): every weight but the item "
+                f"table, which is {config['dataset']}'s; no training")
+    show = config["show_progress"]
+    valid_result = trainer.evaluate(data.valid, load_best_model=False, show_progress=show)
+    trainer.collect_target_ranks = True
+    start = time.perf_counter()
+    test_result = trainer.evaluate(data.test, load_best_model=False, show_progress=show)
+    test_seconds = time.perf_counter() - start
+    trainer.collect_target_ranks = False
+    logger.info(f"valid result: {ckpt.plain(valid_result)}")
+    logger.info(f"test result: {ckpt.plain(test_result)}")
+    return {"transfer_from": path, "trained_on": checkpoint["config"].get("dataset"),
+            "best_valid_score": float(valid_result[config["valid_metric"].lower()]),
+            "valid_score_bigger": config["valid_metric_bigger"], "best_valid_result": ckpt.plain(valid_result),
+            "test_result": ckpt.plain(test_result), "epochs_trained": 0, "log_file": _log_file(),
+            "test_seconds": test_seconds}
+
+
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, epoch_callback=None,
         report=None):
     """Train ``model`` on ``dataset`` and evaluate it on the test split; returns RecBole's result dict.
@@ -280,7 +316,10 @@ def train_in_process(config, model_class, saved, epoch_callback=None, report=Non
     resume_from = collectives.broadcast_object(resume_file(config) if collectives.is_rank_zero() else None)
     data = prepare_data(config, summary)
     trainer = build_trainer(config, model_class, data.train)
-    result = fit_and_test(trainer, data, saved=saved, resume_from=resume_from, epoch_callback=epoch_callback)
+    if config["transfer_from"]:
+        result = transfer_and_test(trainer, data, config["transfer_from"])
+    else:
+        result = fit_and_test(trainer, data, saved=saved, resume_from=resume_from, epoch_callback=epoch_callback)
     if report is not None:
         result = report(config, trainer, data, result)
     return trainer, collectives.broadcast_object(result)
