@@ -10,7 +10,8 @@
 (the final runs lift a search's epoch cap that way). Each run's JSON records its file and the file's SHA-256.
 
 Writes to ``--output``: ``runs/<model>-seed<seed>.json`` per run (config, metrics, per-epoch validation,
-train and inference seconds, peak memory, head/tail and sequence-length group metrics), ``runs.csv``,
+train and inference seconds, peak memory, head/tail and sequence-length group metrics, and with
+``holdout_items_ratio`` the users whose target is held out of training), ``runs.csv``,
 ``summary.md`` (mean +- std, relative improvement over ``--reference`` and paired t-test p-values across
 seeds), ``quality_vs_cost.png`` and ``validation_curves.png``. A finished run is never repeated: rerunning the
 same command resumes a killed comparison, and a run killed mid-training continues from its last checkpoint
@@ -35,7 +36,7 @@ from matplotlib import pyplot as plt
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from recbole_diffusion.config.configurator import build_config
-from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics
+from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics, heldout_test_result
 from recbole_diffusion.evaluation.statistics import paired_t_test
 from recbole_diffusion.quick_start.child_process import run_in_child
 from recbole_diffusion.quick_start.quick_start import run
@@ -56,6 +57,8 @@ def run_record(config, trainer, data, result, keep_checkpoint=False):
     distributed run, its peak memory is rank 0's). Deletes the run's checkpoints unless ``keep_checkpoint``."""
     ranks, targets, users = trainer.collected_target_ranks()
     groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
+    if len(data.heldout_items):
+        groups["held-out items"] = heldout_test_result(ranks, targets, data.heldout_items, config["topk"])
     checkpoint = trainer.saved_model_file
     if not keep_checkpoint and collectives.is_rank_zero():
         for path in (checkpoint, result["last_checkpoint_file"]):

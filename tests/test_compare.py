@@ -311,3 +311,14 @@ def test_relative_improvement_uses_only_the_seeds_both_models_share():
     row = next(line for line in table.splitlines() if line.startswith("| DiffuRec"))
     # seeds 1 and 2: (0.115 - 0.10) / 0.10 = +15 %; against all three SASRec seeds it would read -42.5 %
     assert "(+15.0%, p=" in row
+
+
+def test_held_out_items_get_their_own_group_and_table(data_root, tmp_path):
+    output = str(tmp_path / "heldout")
+    overrides = {**_overrides(data_root), "epochs": "1", "holdout_items_ratio": "0.5"}
+    records = run_comparison(["SASRec", "GRU4Rec"], DATASET, [2020], output, overrides=overrides, isolate=False)
+    for record in records:
+        group = record["groups"]["held-out items"]
+        assert 0 < group["users"] < record["test_users"] and set(METRICS) <= set(group)
+    with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
+        assert f"held-out items ({records[0]['groups']['held-out items']['users']} users)" in handle.read()
