@@ -28,6 +28,10 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
 * RecBole's evaluation collector calls ``.cpu()`` on an int and a Counter, so ItemCoverage, GiniIndex,
   AveragePopularity and TailPercentage failed at the first validation; it moves tensors only
   (:func:`collect_tensors_only`).
+* RecBole's ``Config`` points ml-100k at the copy inside the recbole package whatever ``data_path`` says, so a
+  user's own ml-100k (a slice, or one with other atomic files) was silently replaced by RecBole's. With a
+  ``data_path`` given, ml-100k is read from ``<data_path>/ml-100k`` like every other name; without one the copy
+  stays the default (:func:`follow_data_path_for_ml100k`).
 * RecBole's distributed mode asserts a GPU per process and joins with NCCL in ``Config``, and wraps CPU modules
   with ``device_ids`` in its trainer: ``recbole_diffusion.config.configurator.PluginConfig`` and the trainer layer
   set the processes up instead (:mod:`recbole_diffusion.utils.collectives`). Every process would also open its own
@@ -37,6 +41,7 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
 import contextlib
 import copy
 import functools
+import os
 import sys
 import types
 import warnings
@@ -253,6 +258,25 @@ def collect_tensors_only():
     Collector.get_data_struct = get_data_struct
 
 
+def follow_data_path_for_ml100k():
+    """After RecBole's ``Config._set_default_parameters``, a given ``data_path`` (config file, dict or command line)
+    holds ml-100k too, as it holds every other dataset."""
+    from recbole.config import Config
+
+    recbole_defaults = Config._set_default_parameters
+    if getattr(recbole_defaults, "follows_data_path", False):
+        return
+
+    def set_default_parameters(self):
+        recbole_defaults(self)
+        given = self.external_config_dict.get("data_path")
+        if self.dataset == "ml-100k" and given is not None:
+            self.final_config_dict["data_path"] = os.path.join(given, self.dataset)
+
+    set_default_parameters.follows_data_path = True
+    Config._set_default_parameters = set_default_parameters
+
+
 def apply():
     """Apply every fix; safe to call more than once."""
     require_recbole()
@@ -264,3 +288,4 @@ def apply():
     use_torch_amp_in_recbole_trainer()
     tensorboard_on_rank_zero()
     collect_tensors_only()
+    follow_data_path_for_ml100k()

@@ -174,3 +174,17 @@ def test_recboles_graph_models_can_fill_a_dok_matrix():
     matrix = sp.dok_matrix((3, 4), dtype=np.float32)
     matrix._update({(np.int32(0), np.int32(1)): 1, (2, 3): 1})
     assert matrix.tocsr().toarray().tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
+
+
+def test_a_given_data_path_holds_ml100k_too(tmp_path):
+    """RecBole points ml-100k at its own copy whatever data_path says; a given data_path is followed."""
+    import recbole
+
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.data.slices import ML100K_INTER, write_user_slice
+
+    folder = write_user_slice(ML100K_INTER, "ml-100k", 5, str(tmp_path))
+    config, _ = build_config("Pop", "ml-100k", config_dict={"data_path": folder})
+    assert config["data_path"] == os.path.join(folder, "ml-100k")
+    default, _ = build_config("Pop", "ml-100k")
+    assert os.path.realpath(default["data_path"]).startswith(os.path.realpath(os.path.dirname(recbole.__file__)))

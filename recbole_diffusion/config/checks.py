@@ -20,9 +20,8 @@ from recbole_diffusion.model.checks import MODEL_CHECKS
 from recbole_diffusion.model.item_table import ITEM_TABLES
 from recbole_diffusion.text.encoder import ENCODERS, encoder_folder
 from recbole_diffusion.text.item_vectors import template_fields
-from recbole_diffusion.trainer.checkpoint import saved_config
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
-from recbole_diffusion.utils.files import read_file_bytes
+from recbole_diffusion.utils.files import read_file_bytes, saved_config
 
 # The trainer layer's learning-rate schedules (recbole_diffusion.trainer.trainer.build_lr_scheduler).
 LR_SCHEDULERS = ("none", "step")
@@ -254,7 +253,10 @@ def check_item_table(config, model_name):
             fail("item_text_embeddings", config["item_text_embeddings"], "is not a file")
         return
     fields = config["item_text_fields"]
-    if not fields or isinstance(fields, str) or not all(isinstance(field, str) for field in fields):
+    if isinstance(fields, str):
+        fail("item_text_fields", fields, "must be a list of the .item fields that make an item's text; on the "
+             "command line quote the names: --item_text_fields=\"['movie_title','class']\"")
+    if not fields or not all(isinstance(field, str) for field in fields):
         fail("item_text_fields", fields, "must list the .item fields that make an item's text (or give your own "
              "vectors with item_text_embeddings)")
     template = config["item_text_template"]

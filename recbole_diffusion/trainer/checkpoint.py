@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_diffusion.utils.files import atomic_write
+from recbole_diffusion.utils.files import atomic_write, saved_config
 
 FORMAT = "recbole_diffusion.checkpoint/1"
 # Keys that Config derives from the others (and rebuilds when a configuration is read back).
@@ -363,8 +363,3 @@ def other_configuration_note(config_dict, checkpoint_dir):
             + ", ".join(f"{key} ({saved.get(key)!r} -> {config_dict.get(key)!r})" for key in differing)
             + f"; only {', '.join(RESUME_MAY_DIFFER + LOCATION_KEYS)} may change on resume. To continue that run, "
             "give its configuration.")
-
-
-def saved_config(path):
-    """The configuration a checkpoint stores, read without loading its tensors (memory-mapped)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]

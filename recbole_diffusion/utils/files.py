@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 
+import torch
+
 
 def read_file_bytes(path, what):
     """The file's bytes, or a ``FileNotFoundError`` that says why it cannot be read (missing, a directory,
@@ -53,3 +55,8 @@ def read_json(path):
         return None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def saved_config(path):
+    """The configuration a checkpoint of this package stores, read without loading its tensors (memory-mapped)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]

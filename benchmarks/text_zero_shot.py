@@ -1,0 +1,192 @@
+"""PreferDiff-T on ml-100k (BENCHMARKS.md run 22): zero-shot ranking of unseen items and of an unseen dataset.
+
+    python benchmarks/text_zero_shot.py encoder     # the encoder's time and peak memory on ml-100k's 1,682 items
+    python benchmarks/text_zero_shot.py heldout     # 20 % of the items held out of training; 3 seeds
+    python benchmarks/text_zero_shot.py transfer    # films before 1995 -> films from 1995, zero-shot; 3 seeds
+    python benchmarks/text_zero_shot.py report      # transfer.md from the transfer stage's records
+
+Stage ``heldout`` is one ``compare`` of SASRec (RecBole's defaults, d 64), PreferDiff with an id table and
+PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>). Genres: <genres>") on ml-100k
+(RecBole's copy) with ``holdout_items_ratio`` 0.2 (a different draw per seed); PreferDiff (ids) runs at d 384, the
+text table's width, so the two differ in the table alone. Its ``summary.md`` has every user's metrics and the
+"held-out items" table (the users whose test target no model saw in training), each with paired t-tests against
+SASRec. Stage ``transfer`` cuts ml-100k into two item-disjoint datasets by release year (``ml-100k-before-1995``,
+``ml-100k-from-1995``; ``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on the first
+(``compare``, checkpoints kept), evaluates each seed's checkpoint on the second with ``transfer_from`` (no
+training on it), and trains SASRec, Pop and PreferDiff-T in-domain on the second for reference (``compare``).
+
+Both stages resume (``compare`` keeps finished runs; a finished transfer record is not redone). Training is capped
+at :data:`TRAINING` (early stopping on validation NDCG@10, patience stated there).
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from recbole_diffusion.data.slices import ML100K_INTER, ML100K_ITEM, write_item_subset, write_user_slice
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ROOT = os.path.join(HERE, "text-zero-shot")
+SEEDS = 3
+TEXT = {"item_text_fields": "['movie_title','release_year','class']",
+        "item_text_template": "{movie_title} ({release_year}). Genres: {class}"}
+TRAINING = {"epochs": 60, "eval_step": 1, "stopping_step": 5, "show_progress": False}
+SOURCE, TARGET = "ml-100k-before-1995", "ml-100k-from-1995"
+MODEL_CONFIG = {"PreferDiff": {"hidden_size": 384, "inner_size": 384}}
+
+
+def release_year(row):
+    """A film's release year, ``None`` where ml-100k's field is not a year (2 films)."""
+    return int(row["release_year"]) if row["release_year"].isdigit() else None
+
+
+def write_transfer_datasets(folder, max_users=None):
+    """The two item-disjoint datasets of stage ``transfer`` (films with no year are in neither)."""
+    write_item_subset(ML100K_INTER, ML100K_ITEM, SOURCE, lambda row: (release_year(row) or 9999) < 1995, folder,
+                      max_users)
+    write_item_subset(ML100K_INTER, ML100K_ITEM, TARGET, lambda row: 1995 <= (release_year(row) or 0), folder,
+                      max_users)
+    return folder
+
+
+def compare_command(models, dataset, output, extra, data_path=None, keep_checkpoints=False, seeds=SEEDS):
+    """``recbole_diffusion.compare`` for ``models`` with the stage's settings (PreferDiff's width by file)."""
+    command = [sys.executable, "-m", "recbole_diffusion.compare", "--models", ",".join(models), "--dataset", dataset,
+               "--seeds", str(seeds), "--output", output, "--threads", "1"]
+    if keep_checkpoints:
+        command.append("--keep_checkpoints")
+    for model in models:
+        if model in MODEL_CONFIG:
+            path = os.path.join(os.path.dirname(output), f"{model}.yaml")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write("".join(f"{key}: {value}\n" for key, value in MODEL_CONFIG[model].items()))
+            command += ["--model_config", f"{model}={path}"]
+    settings = {**({"data_path": data_path} if data_path else {}), **TEXT, **TRAINING, **extra}
+    for key, value in settings.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
+def call(command):
+    print("$ " + " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def encoder_stage(root, cache_dir):
+    """Seconds and peak memory of encoding ml-100k's item texts once (no cache), written to ``encoder.json``."""
+    from recbole.data import create_dataset
+
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.text.encoder import TextEncoder
+    from recbole_diffusion.text.item_vectors import item_texts
+
+    config, _ = build_config("PreferDiff-T", "ml-100k", config_dict={"text_cache_dir": cache_dir, "state": "WARNING"})
+    texts = item_texts(config, create_dataset(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    encoder = TextEncoder()
+    loaded = time.perf_counter() - start
+    vectors = encoder.encode(list(texts.values()))
+    seconds = time.perf_counter() - start
+    record = {"items": len(texts), "width": int(vectors.shape[1]), "load_seconds": loaded,
+              "total_seconds": seconds, "items_per_second": len(texts) / (seconds - loaded),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_before_mb": before / 1024, "threads": int(__import__("torch").get_num_threads())}
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "encoder.json"), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    print(record)
+    return 0
+
+
+def transfer_stage(root, extra, seeds, max_users):
+    """Train on the source, evaluate every seed's checkpoint on the target, and the in-domain references."""
+    data_path = write_transfer_datasets(os.path.join(root, "data"), max_users)
+    source_output = os.path.join(root, "transfer", "source")
+    code = call(compare_command(["PreferDiff-T"], SOURCE, source_output, extra, data_path, keep_checkpoints=True,
+                                seeds=seeds))
+    if code:
+        return code
+    code = call(compare_command(["SASRec", "Pop", "PreferDiff-T"], TARGET, os.path.join(root, "transfer", "target"),
+                                extra, data_path, seeds=seeds))
+    if code:
+        return code
+    zero_shot = os.path.join(root, "transfer", "zero-shot")
+    os.makedirs(zero_shot, exist_ok=True)
+    for name in sorted(os.listdir(os.path.join(source_output, "runs"))):
+        with open(os.path.join(source_output, "runs", name), encoding="utf-8") as handle:
+            source = json.load(handle)
+        record_path = os.path.join(zero_shot, name)
+        if source.get("status") != "ok" or os.path.isfile(record_path):
+            continue
+        from recbole_diffusion.quick_start.quick_start import run
+
+        settings = {"data_path": data_path, **TEXT, **TRAINING, **extra, "seed": source["seed"],
+                    "transfer_from": source["checkpoint"]}
+        result = run("PreferDiff-T", TARGET, config_dict=settings, saved=False)
+        with open(record_path, "w", encoding="utf-8") as handle:
+            json.dump({"seed": source["seed"], "source_test": source["test"], **result}, handle, indent=2)
+    return 0
+
+
+def report_stage(root):
+    """``transfer.md``: zero-shot PreferDiff-T on the target beside the in-domain runs (mean ± std over seeds)."""
+    from recbole_diffusion.compare import load_runs
+
+    zero_shot = os.path.join(root, "transfer", "zero-shot")
+    records = [json.load(open(os.path.join(zero_shot, name), encoding="utf-8")) for name in sorted(os.listdir(zero_shot))]
+    target = load_runs(os.path.join(root, "transfer", "target"))
+    rows = {"PreferDiff-T, zero-shot (trained on films before 1995)": [r["test_result"] for r in records]}
+    for model in ("PreferDiff-T", "SASRec", "Pop"):
+        rows[f"{model}, trained on the target"] = [r["test"] for r in target if r["model"] == model and
+                                                   r["status"] == "ok"]
+    lines = ["| model | seeds | HR@10 | NDCG@10 | NDCG@20 |", "|---|---|---|---|---|"]
+    for label, results in rows.items():
+        cells = [f"{np.mean([r[m] for r in results]):.4f} ± {np.std([r[m] for r in results], ddof=1):.4f}"
+                 if len(results) > 1 else "-" for m in ("hit@10", "ndcg@10", "ndcg@20")]
+        lines.append(f"| {label} | {len(results)} | " + " | ".join(cells) + " |")
+    with open(os.path.join(root, "transfer", "transfer.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["encoder", "heldout", "transfer", "report"])
+    parser.add_argument("--root", default=DEFAULT_ROOT, help="where the records go (default %(default)s)")
+    parser.add_argument("--text_cache_dir", default=None, help="the text cache (default: the package's)")
+    parser.add_argument("--seeds", type=int, default=SEEDS, help="seeds per model (default %(default)s)")
+    parser.add_argument("--max_users", type=int, default=None,
+                        help="only the first N users of ml-100k (a smoke test; default all)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra settings for every run (e.g. epochs=1 for a smoke test)")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.set)
+    if args.text_cache_dir:
+        extra["text_cache_dir"] = args.text_cache_dir
+    if args.stage == "encoder":
+        return encoder_stage(args.root, args.text_cache_dir or os.path.join(args.root, "encoder-cache"))
+    if args.stage == "heldout":
+        data_path = None
+        if args.max_users:
+            data_path = write_user_slice(ML100K_INTER, "ml-100k", args.max_users, os.path.join(args.root, "data"))
+            shutil.copy(ML100K_ITEM, os.path.join(data_path, "ml-100k", "ml-100k.item"))
+        return call(compare_command(["SASRec", "PreferDiff", "PreferDiff-T"], "ml-100k",
+                                    os.path.join(args.root, "heldout"), {"holdout_items_ratio": 0.2, **extra},
+                                    data_path, seeds=args.seeds))
+    if args.stage == "transfer":
+        return transfer_stage(args.root, extra, args.seeds, args.max_users)
+    return report_stage(args.root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
