@@ -137,22 +137,45 @@ def transfer_stage(root, extra, seeds, max_users):
     return 0
 
 
+def random_ranking(n_items, k):
+    """HR@k and NDCG@k of a uniformly random full ranking of ``n_items`` items (one target per user)."""
+    return k / n_items, sum(1 / np.log2(rank + 2) for rank in range(k)) / n_items
+
+
 def report_stage(root):
-    """``transfer.md``: zero-shot PreferDiff-T on the target beside the in-domain runs (mean ± std over seeds)."""
+    """``transfer.md``: zero-shot PreferDiff-T on the target beside the in-domain runs and a random ranking (mean ±
+    std over seeds; the paired t-test, by seed, of each in-domain model's NDCG@10 against the zero-shot runs')."""
     from recbole_diffusion.compare import load_runs
+    from recbole_diffusion.evaluation.statistics import paired_t_test
 
     zero_shot = os.path.join(root, "transfer", "zero-shot")
-    records = [json.load(open(os.path.join(zero_shot, name), encoding="utf-8")) for name in sorted(os.listdir(zero_shot))]
+    records = []
+    for name in sorted(os.listdir(zero_shot)):
+        with open(os.path.join(zero_shot, name), encoding="utf-8") as handle:
+            records.append(json.load(handle))
     target = load_runs(os.path.join(root, "transfer", "target"))
-    rows = {"PreferDiff-T, zero-shot (trained on films before 1995)": [r["test_result"] for r in records]}
+    rows = {"PreferDiff-T, zero-shot (trained on films before 1995)":
+            {record["seed"]: record["test_result"] for record in records}}
     for model in ("PreferDiff-T", "SASRec", "Pop"):
-        rows[f"{model}, trained on the target"] = [r["test"] for r in target if r["model"] == model and
-                                                   r["status"] == "ok"]
-    lines = ["| model | seeds | HR@10 | NDCG@10 | NDCG@20 |", "|---|---|---|---|---|"]
+        rows[f"{model}, trained on the target"] = {r["seed"]: r["test"] for r in target
+                                                   if r["model"] == model and r["status"] == "ok"}
+    reference = next(iter(rows.values()))
+    lines = ["| model | seeds | HR@10 | NDCG@10 | NDCG@20 | p (NDCG@10 vs zero-shot) |", "|---|---|---|---|---|---|"]
     for label, results in rows.items():
-        cells = [f"{np.mean([r[m] for r in results]):.4f} ± {np.std([r[m] for r in results], ddof=1):.4f}"
-                 if len(results) > 1 else "-" for m in ("hit@10", "ndcg@10", "ndcg@20")]
-        lines.append(f"| {label} | {len(results)} | " + " | ".join(cells) + " |")
+        values = list(results.values())
+        cells = [f"{np.mean([r[m] for r in values]):.4f} ± {np.std([r[m] for r in values], ddof=1):.4f}"
+                 if len(values) > 1 else "-" for m in ("hit@10", "ndcg@10", "ndcg@20")]
+        shared = sorted(set(results) & set(reference))
+        p_value = None if results is reference else paired_t_test([results[s]["ndcg@10"] for s in shared],
+                                                                  [reference[s]["ndcg@10"] for s in shared])
+        lines.append(f"| {label} | {len(values)} | " + " | ".join(cells) +
+                     f" | {'-' if p_value is None else f'{p_value:.3g}'} |")
+    with open(os.path.join(root, "data", TARGET, f"{TARGET}.inter"), encoding="utf-8") as handle:
+        handle.readline()
+        n_items = len({line.split("\t")[1] for line in handle})
+    hit, ndcg = random_ranking(n_items, 10)
+    lines.append(f"| random ranking of the {n_items} items (expected) | - | {hit:.4f} | {ndcg:.4f} | "
+                 f"{random_ranking(n_items, 20)[1]:.4f} | - |")
     with open(os.path.join(root, "transfer", "transfer.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))

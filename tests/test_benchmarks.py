@@ -4,6 +4,7 @@ import importlib.util
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,33 @@ def test_the_study_report_holm_adjusts_the_paired_tests_against_sasrec():
     assert float(rows["GRU4Rec"][6]) == pytest.approx(expected[p_gru4rec], rel=1e-2)
     assert rows["DiffuRec"][3].strip().startswith("0.0313 ± ") and "-0.0097" in rows["DiffuRec"][4]
     assert "2 seeds" in rows["GRU4Rec"][4] and rows["SASRec"][4].strip() == "reference"
+
+
+def _load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_text_zero_shot_cuts_two_item_disjoint_datasets_by_release_year(tmp_path):
+    text_zero_shot = _load_benchmark("text_zero_shot")
+    folder = text_zero_shot.write_transfer_datasets(str(tmp_path), max_users=50)
+    items = {}
+    for name in (text_zero_shot.SOURCE, text_zero_shot.TARGET):
+        with open(os.path.join(folder, name, f"{name}.item"), encoding="utf-8") as handle:
+            handle.readline()
+            years = {line.split("\t")[0]: int(line.split("\t")[2]) for line in handle}
+        with open(os.path.join(folder, name, f"{name}.inter"), encoding="utf-8") as handle:
+            handle.readline()
+            rows = [line.split("\t") for line in handle]
+        assert rows and {row[1] for row in rows} <= set(years) and len({row[0] for row in rows}) <= 50
+        items[name] = years
+    assert max(items[text_zero_shot.SOURCE].values()) < 1995 <= min(items[text_zero_shot.TARGET].values())
+
+
+def test_random_ranking_closed_form():
+    text_zero_shot = _load_benchmark("text_zero_shot")
+    hit, ndcg = text_zero_shot.random_ranking(4, 2)
+    assert hit == 0.5 and ndcg == pytest.approx((1 + 1 / np.log2(3)) / 4)
