@@ -15,8 +15,10 @@ status is 1 if any check failed.
 The sizes are not the presets' (``-paper`` variants included): this checks code paths and devices, not quality.
 """
 
+import importlib.util
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +28,7 @@ import warnings
 import torch
 
 from recbole_diffusion.config.configurator import build_config, model_variants, resolve_model
-from recbole_diffusion.data.slices import ML100K_INTER, write_user_slice
+from recbole_diffusion.data.slices import ML100K_INTER, ML100K_ITEM, write_user_slice
 from recbole_diffusion.evaluation.metrics import METRICS, group_metrics
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data
@@ -46,8 +48,14 @@ RECBOLE_BASELINE = "SASRec"
 # start needs x_{T-1} to be noise, which the linear schedule does not give at T = 200; cosine does, so it is used
 # for every model or variant whose sampler is one step. Looked up by model or variant name, then by base model.
 ONE_STEP_AT_200 = {"diffusion_steps": 200, "beta_schedule": "cosine"}
+# PreferDiff-T reads the slice's copy of ml-100k's .item file (title, year, genres, as ml-100k's dataset YAML says);
+# its table's width is the encoder's 384 whatever hidden_size is. It is left out, with a line saying so, when the
+# text extra is not installed.
+TEXT_VARIANTS = {"PreferDiff-T"}
 TINY_PER_MODEL = {"DreamRec": {"diffusion_steps": 200}, "PreferDiff": {"diffusion_steps": 200},
-                  "SeqDiffRec": ONE_STEP_AT_200, "PreferDiff-fast": ONE_STEP_AT_200}
+                  "SeqDiffRec": ONE_STEP_AT_200, "PreferDiff-fast": ONE_STEP_AT_200,
+                  "PreferDiff-T": {"diffusion_steps": 200, "item_text_fields": ["movie_title", "release_year", "class"],
+                                   "item_text_template": "{movie_title} ({release_year}). Genres: {class}"}}
 
 
 class Report:
@@ -157,9 +165,15 @@ def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
     print(f"recbole-diffusion self-check on {device}{gpu}, torch {torch.__version__}, first {users} users of ml-100k",
           file=stream, flush=True)
     names = models or [*MODELS, *model_variants(), RECBOLE_BASELINE]
+    if importlib.util.find_spec("tokenizers") is None and TEXT_VARIANTS & set(names):
+        print(f"left out: {', '.join(sorted(TEXT_VARIANTS & set(names)))} (item tables from text need the text extra: "
+              'pip install -e ".[text]")', file=stream, flush=True)
+        names = [name for name in names if name not in TEXT_VARIANTS]
     with tempfile.TemporaryDirectory(prefix="recbole-diffusion-selfcheck-") as folder, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")  # RecBole 1.2.1's own noise
         data_path = write_user_slice(ML100K_INTER, DATASET, users, os.path.join(folder, "data"))
+        shutil.copy(ML100K_ITEM, os.path.join(data_path, DATASET, f"{DATASET}.item"))
+        settings = {**settings, "text_cache_dir": os.path.join(folder, "text-cache")}
         cwd = os.getcwd()
         os.chdir(folder)  # RecBole writes ./log and ./saved here, removed with the folder
         try:
