@@ -2,7 +2,7 @@
 
     python benchmarks/text_zero_shot.py encoder     # the encoder's time and peak memory on ml-100k's 1,682 items
     python benchmarks/text_zero_shot.py heldout     # 20 % of the items held out of training; 3 seeds
-    python benchmarks/text_zero_shot.py transfer    # films before 1995 -> films from 1995, zero-shot; 3 seeds
+    python benchmarks/text_zero_shot.py transfer    # older films -> films from 1995, zero-shot; 3 seeds
     python benchmarks/text_zero_shot.py report      # transfer.md from the transfer stage's records
 
 Stage ``heldout`` is one ``compare`` of SASRec (RecBole's defaults, d 64), PreferDiff with an id table and
@@ -10,10 +10,11 @@ PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>).
 (RecBole's copy) with ``holdout_items_ratio`` 0.2 (a different draw per seed); PreferDiff (ids) runs at d 384, the
 text table's width, so the two differ in the table alone. Its ``summary.md`` has every user's metrics and the
 "held-out items" table (the users whose test target no model saw in training), each with paired t-tests against
-SASRec. Stage ``transfer`` cuts ml-100k into two item-disjoint datasets by release year (``ml-100k-before-1995``,
-``ml-100k-from-1995``; ``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on the first
-(``compare``, checkpoints kept), evaluates each seed's checkpoint on the second with ``transfer_from`` (no
-training on it), and trains SASRec, Pop and PreferDiff-T in-domain on the second for reference (``compare``).
+SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint datasets by release year (:data:`CUTS`;
+``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on each of the two older ones and on their
+merge (``merge_datasets``: more pretraining data; ``compare``, checkpoints kept), evaluates each seed's checkpoint
+on the films from 1995 with ``transfer_from`` (no training on them), and trains SASRec, Pop and PreferDiff-T
+in-domain on those for reference (``compare``).
 
 Both stages resume (``compare`` keeps finished runs; a finished transfer record is not redone). Training is capped
 at :data:`TRAINING` (early stopping on validation NDCG@10, patience stated there).
@@ -38,7 +39,12 @@ SEEDS = 3
 TEXT = {"item_text_fields": "['movie_title','release_year','class']",
         "item_text_template": "{movie_title} ({release_year}). Genres: {class}"}
 TRAINING = {"epochs": 60, "eval_step": 1, "stopping_step": 5, "show_progress": False}
-SOURCE, TARGET = "ml-100k-before-1995", "ml-100k-from-1995"
+# Films by release year: two sources, their merge, and the target.
+CUTS = {"ml-100k-before-1990": (0, 1990), "ml-100k-1990-1994": (1990, 1995), "ml-100k-from-1995": (1995, 10000)}
+TARGET = "ml-100k-from-1995"
+MERGED = "ml-100k-before-1995"
+SOURCES = {"ml-100k-before-1990": {}, "ml-100k-1990-1994": {},
+           MERGED: {"merge_datasets": "['ml-100k-before-1990','ml-100k-1990-1994']"}}
 MODEL_CONFIG = {"PreferDiff": {"hidden_size": 384, "inner_size": 384}}
 
 
@@ -48,11 +54,11 @@ def release_year(row):
 
 
 def write_transfer_datasets(folder, max_users=None):
-    """The two item-disjoint datasets of stage ``transfer`` (films with no year are in neither)."""
-    write_item_subset(ML100K_INTER, ML100K_ITEM, SOURCE, lambda row: (release_year(row) or 9999) < 1995, folder,
-                      max_users)
-    write_item_subset(ML100K_INTER, ML100K_ITEM, TARGET, lambda row: 1995 <= (release_year(row) or 0), folder,
-                      max_users)
+    """The item-disjoint datasets of stage ``transfer`` (the two films with no year are in none)."""
+    for name, (low, high) in CUTS.items():
+        write_item_subset(ML100K_INTER, ML100K_ITEM, name,
+                          lambda row, low=low, high=high: release_year(row) is not None and low <= release_year(row) < high,
+                          folder, max_users)
     return folder
 
 
@@ -108,32 +114,36 @@ def encoder_stage(root, cache_dir):
 
 
 def transfer_stage(root, extra, seeds, max_users):
-    """Train on the source, evaluate every seed's checkpoint on the target, and the in-domain references."""
+    """Train PreferDiff-T on each source (and on their merge), evaluate every seed's checkpoint on the target, and
+    the in-domain references on the target."""
+    from recbole_diffusion.quick_start.quick_start import run
+
     data_path = write_transfer_datasets(os.path.join(root, "data"), max_users)
-    source_output = os.path.join(root, "transfer", "source")
-    code = call(compare_command(["PreferDiff-T"], SOURCE, source_output, extra, data_path, keep_checkpoints=True,
-                                seeds=seeds))
-    if code:
-        return code
+    for source, settings in SOURCES.items():
+        code = call(compare_command(["PreferDiff-T"], source, os.path.join(root, "transfer", source),
+                                    {**settings, **extra}, data_path, keep_checkpoints=True, seeds=seeds))
+        if code:
+            return code
     code = call(compare_command(["SASRec", "Pop", "PreferDiff-T"], TARGET, os.path.join(root, "transfer", "target"),
                                 extra, data_path, seeds=seeds))
     if code:
         return code
     zero_shot = os.path.join(root, "transfer", "zero-shot")
     os.makedirs(zero_shot, exist_ok=True)
-    for name in sorted(os.listdir(os.path.join(source_output, "runs"))):
-        with open(os.path.join(source_output, "runs", name), encoding="utf-8") as handle:
-            source = json.load(handle)
-        record_path = os.path.join(zero_shot, name)
-        if source.get("status") != "ok" or os.path.isfile(record_path):
-            continue
-        from recbole_diffusion.quick_start.quick_start import run
-
-        settings = {"data_path": data_path, **TEXT, **TRAINING, **extra, "seed": source["seed"],
-                    "transfer_from": source["checkpoint"]}
-        result = run("PreferDiff-T", TARGET, config_dict=settings, saved=False)
-        with open(record_path, "w", encoding="utf-8") as handle:
-            json.dump({"seed": source["seed"], "source_test": source["test"], **result}, handle, indent=2)
+    for source in SOURCES:
+        runs = os.path.join(root, "transfer", source, "runs")
+        for name in sorted(os.listdir(runs)):
+            with open(os.path.join(runs, name), encoding="utf-8") as handle:
+                trained = json.load(handle)
+            record_path = os.path.join(zero_shot, f"{source}-{name}")
+            if trained.get("status") != "ok" or os.path.isfile(record_path):
+                continue
+            settings = {"data_path": data_path, **TEXT, **TRAINING, **extra, "seed": trained["seed"],
+                        "transfer_from": trained["checkpoint"]}
+            result = run("PreferDiff-T", TARGET, config_dict=settings, saved=False)
+            with open(record_path, "w", encoding="utf-8") as handle:
+                json.dump({"source": source, "seed": trained["seed"], "source_test": trained["test"], **result},
+                          handle, indent=2)
     return 0
 
 
@@ -154,13 +164,15 @@ def report_stage(root):
         with open(os.path.join(zero_shot, name), encoding="utf-8") as handle:
             records.append(json.load(handle))
     target = load_runs(os.path.join(root, "transfer", "target"))
-    rows = {"PreferDiff-T, zero-shot (trained on films before 1995)":
-            {record["seed"]: record["test_result"] for record in records}}
+    rows = {f"PreferDiff-T, zero-shot, trained on {source}":
+            {record["seed"]: record["test_result"] for record in records if record["source"] == source}
+            for source in SOURCES}
     for model in ("PreferDiff-T", "SASRec", "Pop"):
         rows[f"{model}, trained on the target"] = {r["seed"]: r["test"] for r in target
                                                    if r["model"] == model and r["status"] == "ok"}
-    reference = next(iter(rows.values()))
-    lines = ["| model | seeds | HR@10 | NDCG@10 | NDCG@20 | p (NDCG@10 vs zero-shot) |", "|---|---|---|---|---|---|"]
+    reference = rows[f"PreferDiff-T, zero-shot, trained on {MERGED}"]
+    lines = ["| model | seeds | HR@10 | NDCG@10 | NDCG@20 | p (NDCG@10 vs zero-shot from the merge) |",
+             "|---|---|---|---|---|---|"]
     for label, results in rows.items():
         values = list(results.values())
         cells = [f"{np.mean([r[m] for r in values]):.4f} ± {np.std([r[m] for r in values], ddof=1):.4f}"

@@ -235,6 +235,9 @@ def disjoint_settings(text_settings, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("disjoint"))
     write_item_subset(ML100K_INTER, ML100K_ITEM, "ml-old", lambda row: (_year(row) or 9999) < 1995, root, 120)
     write_item_subset(ML100K_INTER, ML100K_ITEM, "ml-new", lambda row: 1995 <= (_year(row) or 0), root, 120)
+    write_item_subset(ML100K_INTER, ML100K_ITEM, "ml-80s", lambda row: (_year(row) or 9999) < 1990, root, 120)
+    write_item_subset(ML100K_INTER, ML100K_ITEM, "ml-early-90s", lambda row: 1990 <= (_year(row) or 0) < 1995, root,
+                      120)
     return {**FAST_TEXT, **text_settings, "data_path": root}
 
 
@@ -295,3 +298,51 @@ def test_a_transfer_that_cannot_hold_is_refused(disjoint_settings, trained_on_ol
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), errors
     assert not os.listdir(in_tmp_cwd)
+
+
+def test_a_merge_of_two_datasets_prefixes_every_token_and_whitens_each_source_then_all(disjoint_settings, in_tmp_cwd):
+    settings = {**disjoint_settings, "merge_datasets": ["ml-80s", "ml-early-90s"], "item_table": "text"}
+    config, dataset = dataset_of(settings, dataset="ml-before-1995")
+    assert config["data_path"].startswith(disjoint_settings["text_cache_dir"])
+    tokens = dataset.field2id_token["item_id"][1:]
+    assert all(token.split("/")[0] in ("ml-80s", "ml-early-90s") for token in tokens)
+    from recbole_diffusion.model import PreferDiff
+
+    table = PreferDiff(config, dataset).item_embedding.weight.numpy()
+    found = item_vectors(config, dataset)
+    parts = []
+    for source in ("ml-80s", "ml-early-90s"):
+        rows = found.has_vector & np.char.startswith(np.asarray(dataset.field2id_token["item_id"], dtype=str),
+                                                     source + "/")
+        parts.append((rows, whiten(found.vectors[rows], 1e-6)))
+    stacked = np.zeros(found.vectors.shape)
+    for rows, whitened in parts:
+        stacked[rows] = whitened
+    rows = found.has_vector
+    np.testing.assert_allclose(table[rows], whiten(stacked[rows], 1e-6), atol=1e-4)
+    result = run("PreferDiff-T", "ml-before-1995", config_dict=settings)
+    transferred = run("PreferDiff-T", "ml-new", config_dict={**disjoint_settings,
+                                                              "transfer_from": result["saved_model_file"]}, saved=False)
+    assert transferred["trained_on"] == "ml-before-1995" and transferred["epochs_trained"] == 0
+
+
+@pytest.mark.parametrize("sources,dataset,message", [
+    (["ml-80s"], "mix", "two or more different"),
+    (["ml-80s", "ml-80s"], "mix", "two or more different"),
+    (["ml-80s", "ml-new"], "ml-new", "a name of its own"),
+    (["ml-80s", "ml-none"], "mix", "no interaction file"),
+])
+def test_a_bad_merge_is_refused(disjoint_settings, sources, dataset, message):
+    with pytest.raises(ValueError, match=message):
+        build_config("PreferDiff", dataset, config_dict={**disjoint_settings, "merge_datasets": sources})
+
+
+def test_sources_with_different_headers_are_refused(tmp_path):
+    from recbole_diffusion.data.slices import write_merged_dataset
+
+    for name, header in (("a", "user_id:token\titem_id:token\ttimestamp:float"),
+                         ("b", "user_id:token\titem_id:token")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.inter").write_text(header + "\n1\t2\t3\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="headers differ"):
+        write_merged_dataset({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, "ab", str(tmp_path / "out"))

@@ -25,7 +25,10 @@ from recbole.utils import InputType, ModelType, argument_list, get_model
 
 from recbole_diffusion.config.checks import check_config_file, check_model_config
 from recbole_diffusion.data import checks as data_checks
+from recbole_diffusion.data.slices import write_merged_dataset
 from recbole_diffusion.model import MODELS
+from recbole_diffusion.text.item_vectors import default_cache_dir
+from recbole_diffusion.utils.checks import fail
 from recbole_diffusion.utils.collectives import join_group, single_device
 
 DEFAULT_MODEL = "DiffuRec"
@@ -394,6 +397,29 @@ def needs_sampled_negatives(config, model_class):
         return False
 
 
+def merge_source_datasets(config):
+    """``merge_datasets``: write the merge of the listed datasets (each ``<data_path>/<source>/``) to
+    ``<text_cache_dir>/merged/<dataset>/`` and read the run's data from there (the data folder may be read-only)."""
+    sources = config["merge_datasets"]
+    if isinstance(sources, str) or not isinstance(sources, (list, tuple)) or len(sources) < 2 or \
+            len(set(sources)) != len(sources) or not all(isinstance(source, str) for source in sources):
+        fail("merge_datasets", sources, "must list two or more different dataset names (on the command line: "
+             "--merge_datasets=\"['a','b']\")")
+    if config["dataset"] in sources:
+        fail("merge_datasets", sources, f"the merge needs a name of its own: --dataset={config['dataset']} is one "
+             "of its sources")
+    root = os.path.dirname(config["data_path"])
+    folders = {source: os.path.join(root, source) for source in sources}
+    missing = [folder for source, folder in folders.items()
+               if not os.path.isfile(os.path.join(folder, f"{source}.inter"))]
+    if missing:
+        fail("merge_datasets", sources, f"no interaction file in {', '.join(missing)} (the sources are read from "
+             "data_path)")
+    folder = os.path.join(config["text_cache_dir"] or default_cache_dir(), "merged")
+    write_merged_dataset(folders, config["dataset"], folder, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
+    config["data_path"] = os.path.join(folder, config["dataset"])
+
+
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
     """Merge the configuration, then check it and the interaction file before anything is written.
 
@@ -404,12 +430,14 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     """
     config, model_class, model, user_keys = merge_config(model, dataset, config_file_list, config_dict)
     warn_unknown_keys(user_keys, model, config["dataset"])
+    if config["merge_datasets"]:
+        merge_source_datasets(config)
     check_model_config(model, config, declared_types(model, config["dataset"]))
     check_threshold(config, model)
     check_training_stage(config, model)
     check_optional_library(config, model)
     data_checks.check_inter_path_is_file(config)
-    resolve_data_path(config, data_path_given="data_path" in user_keys)
+    resolve_data_path(config, data_path_given="data_path" in user_keys or bool(config["merge_datasets"]))
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory
     data_checks.check_interaction_files(config)
     return config, model_class

@@ -2,6 +2,8 @@
 
 import os
 
+from recbole_diffusion.text.item_vectors import SOURCE_SEPARATOR
+
 ML100K_INTER = os.path.join(os.path.dirname(__import__("recbole").__file__), "dataset_example", "ml-100k",
                             "ml-100k.inter")
 ML100K_ITEM = ML100K_INTER[:-len(".inter")] + ".item"
@@ -65,4 +67,50 @@ def write_item_subset(source_inter, source_item, name, keep_item, folder, max_us
             users.add(user)
             if cells[item_column].rstrip("\n") in kept_items:
                 target.write(line)
+    return folder
+
+
+def _header(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline()
+
+
+def write_merged_dataset(sources, name, folder, user_field="user_id", item_field="item_id"):
+    """``folder/<name>/<name>.inter`` (and ``.item`` when the sources have one) with every row of every source, each
+    user and item token prefixed by its source's name and ``/``, so that the sources share no user or item
+    (``merge_datasets``: pretraining on several datasets). ``sources``: ``{source name: folder holding
+    <source>.inter}``. The sources' headers must be equal, file by file. Returns ``folder``."""
+    target_dir = os.path.join(folder, name)
+    os.makedirs(target_dir, exist_ok=True)
+    for suffix, fields in (("inter", (user_field, item_field)), ("item", (item_field,))):
+        paths = {source: os.path.join(path, f"{source}.{suffix}") for source, path in sources.items()}
+        present = [source for source, path in paths.items() if os.path.isfile(path)]
+        if suffix == "item" and not present:
+            continue
+        if len(present) != len(paths):
+            missing = [path for source, path in paths.items() if source not in present]
+            raise FileNotFoundError(f"merge_datasets: {', '.join(missing)} missing (every source needs its .{suffix} "
+                                    "file when one has it)")
+        headers = {source: _header(path) for source, path in paths.items()}
+        if len(set(headers.values())) > 1:
+            raise ValueError(f"merge_datasets: the sources' .{suffix} headers differ: " + "; ".join(
+                f"{source}: {header.strip()}" for source, header in headers.items()))
+        header = next(iter(headers.values()))
+        names = [column.split(":")[0] for column in header.rstrip("\r\n").split("\t")]
+        columns = [names.index(field) for field in fields if field in names]
+        target_path = os.path.join(target_dir, f"{name}.{suffix}")
+        partial_path = f"{target_path}.{os.getpid()}.partial"
+        with open(partial_path, "w", encoding="utf-8") as target:
+            target.write(header)
+            for source, path in paths.items():
+                with open(path, encoding="utf-8") as handle:
+                    handle.readline()
+                    for line in handle:
+                        cells = line.rstrip("\r\n").split("\t")
+                        if not line.strip():
+                            continue
+                        for column in columns:
+                            cells[column] = source + SOURCE_SEPARATOR + cells[column]
+                        target.write("\t".join(cells) + "\n")
+        os.replace(partial_path, target_path)
     return folder

@@ -14,8 +14,9 @@ Choices, against the authors' code:
   absolute 1e-7: with fewer items than dimensions (or any rank-deficient table) the covariance has zero
   eigenvalues, whose directions then stay near zero instead of blowing numerical noise up by 1/sqrt(1e-7).
   Directions above the floor come out at unit variance exactly as the authors' do.
-* One dataset's table is whitened once. The authors whiten each domain, stack the domains and whiten again; on one
-  domain the second pass is the identity (up to the floor).
+* A dataset's table is whitened once. A merge of several datasets (``merge_datasets``, pretraining on several
+  domains) is whitened as the authors do: each source's rows alone, then all of them stacked, once more (on one
+  domain that second pass is the identity, up to the floor). A target dataset of a transfer is one domain.
 * The padding row is zero (never scored, masked in every history), where the authors' is random. Items without a
   vector get the table's centre, a zero row after whitening: they score 0 against every sample, neither pushed up
   nor down (:func:`~recbole_diffusion.text.item_vectors.item_vectors` warns with their count).
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from recbole_diffusion.model.layers import embedding_table
+from recbole_diffusion.text.item_vectors import SOURCE_SEPARATOR
 from recbole_diffusion.text.item_vectors import item_vectors
 
 ITEM_TABLES = ("id", "text")
@@ -50,8 +52,16 @@ def text_item_table(config, dataset):
     found = item_vectors(config, dataset)
     rows = found.has_vector.copy()
     rows[0] = False
+    floor = config["text_whitening_floor"]
+    vectors = found.vectors.astype(np.float64)
+    if config["merge_datasets"]:
+        tokens = np.asarray(dataset.field2id_token[dataset.iid_field], dtype=str)
+        for source in config["merge_datasets"]:
+            domain = rows & np.char.startswith(tokens, source + SOURCE_SEPARATOR)
+            if domain.any():
+                vectors[domain] = whiten(vectors[domain], floor)
     table = np.zeros(found.vectors.shape, dtype=np.float32)
-    table[rows] = whiten(found.vectors[rows], config["text_whitening_floor"])
+    table[rows] = whiten(vectors[rows], floor)
     return nn.Embedding.from_pretrained(torch.from_numpy(table), freeze=True, padding_idx=0)
 
 

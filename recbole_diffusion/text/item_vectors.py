@@ -27,6 +27,8 @@ import numpy as np
 from recbole_diffusion.text.encoder import ENCODERS, TextEncoder
 
 VECTOR_FIELD = "item_text_emb"
+# A merged dataset's tokens are "<source dataset>/<token>" (merge_datasets; recbole_diffusion.data.slices).
+SOURCE_SEPARATOR = "/"
 DEFAULT_JOINER = ". "
 
 
