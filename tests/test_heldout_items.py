@@ -93,3 +93,15 @@ def test_the_runner_reports_the_heldout_targets_users_apart(data_root, in_tmp_cw
 def test_a_bad_ratio_is_refused(data_root, value):
     with pytest.raises(ValueError, match="holdout_items_ratio"):
         build_config("SASRec", "ml-100k-tiny", config_dict={"data_path": data_root, "holdout_items_ratio": value})
+
+
+def test_eval_history_mask_all_still_masks_heldout_items_the_user_had(data_root):
+    _, full = prepared(data_root, model="PreferDiff", ratio=0.0, eval_history_mask="all")
+    _, held = prepared(data_root, model="PreferDiff", ratio=0.3, eval_history_mask="all")
+    assert np.array_equal(full.test.history.indptr, held.test.history.indptr)
+    assert np.array_equal(full.test.history.items, held.test.history.items)
+
+
+def test_holding_out_nearly_every_item_is_refused_with_a_reason(data_root):
+    with pytest.raises(ValueError, match="hold out a smaller share"):
+        prepared(data_root, ratio=0.999)

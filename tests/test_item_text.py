@@ -346,3 +346,58 @@ def test_sources_with_different_headers_are_refused(tmp_path):
         (tmp_path / name / f"{name}.inter").write_text(header + "\n1\t2\t3\n", encoding="utf-8")
     with pytest.raises(ValueError, match="headers differ"):
         write_merged_dataset({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, "ab", str(tmp_path / "out"))
+
+
+def test_the_item_file_is_read_as_recbole_reads_it(tmp_path):
+    """Quoted fields (with a tab inside), a short row and a literal NaN, as pandas (RecBole) reads them."""
+    folder = tmp_path / "quoted"
+    folder.mkdir()
+    (folder / "quoted.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
+        f"{user}\t{item}\t{time}\n" for user in (1, 2) for time, item in enumerate((1, 2, 3, 4))), encoding="utf-8")
+    (folder / "quoted.item").write_text(
+        'item_id:token\ttitle:token_seq\tgenre:token_seq\n1\t"Toy Story, The"\tAnimation\n'
+        '2\t"Tab\tInside"\tDrama\n3\tOnly title\n4\tNaN\tNaN\n', encoding="utf-8")
+    config, dataset = dataset_of({"data_path": str(tmp_path), "item_text_fields": ["title", "genre"]},
+                                 dataset="quoted")
+    assert item_texts(config, dataset) == {"1": "Toy Story, The. Animation", "2": "Tab\tInside. Drama",
+                                           "3": "Only title"}
+
+
+def test_a_dataset_found_without_data_path_gets_its_item_text(text_root, text_settings, monkeypatch, in_tmp_cwd):
+    monkeypatch.setenv("RECBOLE_DIFFUSION_DATA", text_root)
+    settings = {key: value for key, value in text_settings.items() if key != "data_path"}
+    config, _ = build_config("PreferDiff-T", DATASET, config_dict={**FAST_TEXT, **settings})
+    assert config["data_path"] == os.path.join(text_root, DATASET)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"item_text_template": "{} {movie_title}"}, "positional"),
+    ({"n_heads": 5}, "must divide the text table's width 384"),
+])
+def test_text_settings_refused_before_the_data_loads(text_settings, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config("PreferDiff-T", DATASET, config_dict={**FAST_TEXT, **text_settings, **overrides})
+
+
+def test_hidden_size_is_not_checked_where_the_text_table_sets_the_width(text_settings):
+    config, _ = build_config("PreferDiff-T", DATASET, config_dict={**FAST_TEXT, **text_settings, "hidden_size": 10,
+                                                                     "n_heads": 4})
+    assert config["n_heads"] == 4
+
+
+def test_a_transfer_with_other_model_keys_warns_and_names_them(disjoint_settings, trained_on_old, in_tmp_cwd,
+                                                                caplog):
+    settings = {**disjoint_settings, "guidance_weight": 0.5, "transfer_from": trained_on_old["PreferDiff-T"],
+                "holdout_items_ratio": 0.3}
+    result = run("PreferDiff-T", "ml-new", config_dict=settings, saved=False)
+    assert "guidance_weight (8.0 -> 0.5)" in caplog.text
+    assert result["test_result_heldout_items"]["users"] > 0
+
+
+def test_a_checkpoint_of_a_merge_reloads_from_its_merged_data(disjoint_settings, in_tmp_cwd):
+    from recbole_diffusion.quick_start.inference import load_data_and_model
+
+    settings = {**disjoint_settings, "merge_datasets": ["ml-80s", "ml-early-90s"]}
+    result = run("PreferDiff-T", "ml-before-1995", config_dict=settings)
+    config, model, dataset, *_ = load_data_and_model(result["saved_model_file"])
+    assert config["dataset"] == "ml-before-1995" and model.item_embedding.weight.shape[0] == dataset.item_num

@@ -249,8 +249,10 @@ def check_item_table(config, model_name):
              f"not to {model_name}")
     require_range(config, "text_whitening_floor", 0, 1, low_open=True, high_open=True)
     if config["item_text_embeddings"]:
-        if not os.path.isfile(str(config["item_text_embeddings"])):
-            fail("item_text_embeddings", config["item_text_embeddings"], "is not a file")
+        path = str(config["item_text_embeddings"])
+        if not os.path.isfile(path):
+            fail("item_text_embeddings", path, "is not a file")
+        _check_text_width(config, _vector_file_width(path, config), path)
         return
     fields = config["item_text_fields"]
     if isinstance(fields, str):
@@ -261,9 +263,14 @@ def check_item_table(config, model_name):
              "vectors with item_text_embeddings)")
     template = config["item_text_template"]
     if template is not None:
-        unknown = [name for name in template_fields(str(template)) if name not in fields]
+        try:
+            names = template_fields(str(template))
+        except ValueError as error:
+            fail("item_text_template", template, f"is not a str.format template ({error})")
+        unknown = [name for name in names if name not in fields]
         if unknown:
-            fail("item_text_template", template, f"names {', '.join(unknown)}, not among item_text_fields {fields}")
+            fail("item_text_template", template, f"names {', '.join(unknown) or 'a positional field {}'}, not among "
+                 f"item_text_fields {fields} (name each field: {{{fields[0]}}})")
     item_file = os.path.join(config["data_path"], f"{config['dataset']}.item")
     if not os.path.isfile(item_file):
         fail("item_table", "text", f"item text comes from the .item file's item_text_fields, and {item_file} does "
@@ -278,6 +285,29 @@ def check_item_table(config, model_name):
         if importlib.util.find_spec(library) is None:
             fail("item_table", "text", f"the item-text encoder needs {library}: pip install -e \".[text]\"")
     encoder_folder(ENCODERS[config["item_text_encoder"]])
+    _check_text_width(config, ENCODERS[config["item_text_encoder"]].width, config["item_text_encoder"])
+
+
+def _vector_file_width(path, config):
+    """The number of values in the first row of a vector file (``None`` if it has no row)."""
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n").split(config["field_separator"])
+        kinds = [column.partition(":")[2] for column in header]
+        for line in handle:
+            if line.strip() and "float_seq" in kinds:
+                cells = line.rstrip("\r\n").split(config["field_separator"])
+                column = kinds.index("float_seq")
+                return len([value for value in cells[column].split(config["seq_separator"]) if value]) \
+                    if column < len(cells) else None
+    return None
+
+
+def _check_text_width(config, width, source):
+    """The text table's width is the model's: it must split into ``n_heads``."""
+    heads = config["n_heads"]
+    if width and isinstance(heads, int) and heads > 0 and width % heads:
+        fail("n_heads", heads, f"must divide the text table's width {width} (the model's width with item_table "
+             f"text; from {source})")
 
 
 def check_holdout_items(config):
@@ -321,15 +351,20 @@ def check_transfer(config, model_name):
 RECBOLE_MODEL_CHECKS = {"FEARec": check_fearec}
 
 
+def check_data_keys(config, model_name):
+    """The checks that read the data folder (run once ``data_path`` is resolved): the text table's ``.item``
+    fields or vector file, and ``transfer_from``."""
+    check_item_table(config, model_name)
+    check_transfer(config, model_name)
+
+
 def check_model_config(model_name, config, declared=None):
     """RecBole's training keys (typed by ``declared``, see :func:`check_recbole_types`) and the trainer keys for
     every model, then the checks registered for ``model_name``."""
     check_training_values(config, declared)
     check_trainer(config)
     check_eval_history_mask(config)
-    check_item_table(config, model_name)
     check_holdout_items(config)
-    check_transfer(config, model_name)
     check = MODEL_CHECKS.get(model_name) or RECBOLE_MODEL_CHECKS.get(model_name)
     if check is not None:
         check(config)

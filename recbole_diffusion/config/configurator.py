@@ -23,7 +23,7 @@ import yaml
 from recbole.config import Config
 from recbole.utils import InputType, ModelType, argument_list, get_model
 
-from recbole_diffusion.config.checks import check_config_file, check_model_config
+from recbole_diffusion.config.checks import check_config_file, check_data_keys, check_model_config
 from recbole_diffusion.data import checks as data_checks
 from recbole_diffusion.data.slices import write_merged_dataset
 from recbole_diffusion.model import MODELS
@@ -238,7 +238,9 @@ def resolve_data_path(config, data_path_given):
     ours = os.path.isfile(properties_file("dataset", f"{dataset}.yaml"))
     if url and not ours and _url_reachable(url):
         return  # RecBole downloads it into data_path
-    reason = ("RecBole's copy under that name is a different preprocessing, so it is not downloaded" if ours
+    reason = ("with a data_path given, ml-100k is read from there (leave data_path out to use the copy inside the "
+              "recbole package)" if dataset == "ml-100k" and data_path_given
+              else "RecBole's copy under that name is a different preprocessing, so it is not downloaded" if ours
               else f"RecBole's download address {url} cannot be reached" if url
               else "RecBole knows no download for that name")
     raise FileNotFoundError(
@@ -397,6 +399,12 @@ def needs_sampled_negatives(config, model_class):
         return False
 
 
+def model_config_keys(model_name):
+    """The keys of a model class's own YAML (``properties/model/<Model>.yaml``), but the item-table keys."""
+    return sorted(key for key in config_file_keys([properties_file("model", f"{model_name}.yaml")])
+                  if not key.startswith(("item_table", "item_text", "text_")))
+
+
 def merge_source_datasets(config):
     """``merge_datasets``: write the merge of the listed datasets (each ``<data_path>/<source>/``) to
     ``<text_cache_dir>/merged/<dataset>/`` and read the run's data from there (the data folder may be read-only)."""
@@ -412,6 +420,8 @@ def merge_source_datasets(config):
     folders = {source: os.path.join(root, source) for source in sources}
     missing = [folder for source, folder in folders.items()
                if not os.path.isfile(os.path.join(folder, f"{source}.inter"))]
+    if missing and os.path.isfile(os.path.join(config["data_path"], f"{config['dataset']}.inter")):
+        return  # data_path holds the merge itself (a checkpoint's configuration, reloaded): it is read as it is
     if missing:
         fail("merge_datasets", sources, f"no interaction file in {', '.join(missing)} (the sources are read from "
              "data_path)")
@@ -430,14 +440,16 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     """
     config, model_class, model, user_keys = merge_config(model, dataset, config_file_list, config_dict)
     warn_unknown_keys(user_keys, model, config["dataset"])
-    if config["merge_datasets"]:
-        merge_source_datasets(config)
     check_model_config(model, config, declared_types(model, config["dataset"]))
     check_threshold(config, model)
     check_training_stage(config, model)
     check_optional_library(config, model)
     data_checks.check_inter_path_is_file(config)
-    resolve_data_path(config, data_path_given="data_path" in user_keys or bool(config["merge_datasets"]))
+    if config["merge_datasets"]:
+        merge_source_datasets(config)
+    else:
+        resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory
+    check_data_keys(config, model)
     data_checks.check_interaction_files(config)
     return config, model_class

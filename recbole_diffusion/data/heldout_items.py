@@ -64,6 +64,10 @@ def drop_heldout_items(config, train_data, valid_data, heldout):
         train_inter = _without_heldout_histories(train_set, train_inter, held)
     valid_inter = valid_set.inter_feat
     valid_kept = ~torch.isin(valid_inter[item_field], held)
+    if not len(train_inter) or not bool(valid_kept.any()):
+        raise ValueError(f"holdout_items_ratio={config['holdout_items_ratio']}: holding {len(heldout)} of "
+                         f"{train_set.item_num - 1} items out leaves {len(train_inter)} training rows and "
+                         f"{int(valid_kept.sum())} validation rows; hold out a smaller share")
     train = type(train_data)(config, train_set.copy(train_inter), train_data._sampler, shuffle=train_data.shuffle)
     valid = type(valid_data)(config, valid_set.copy(valid_inter[valid_kept]), valid_data._sampler,
                              shuffle=valid_data.shuffle)

@@ -79,7 +79,7 @@ def sequential_history(config, earlier, current):
     return UserItemIndex(keys[~np.isin(keys, targets)], current.user_num, item_num)
 
 
-def apply_eval_history_mask(config, train_data, valid_data, test_data, real_tokens=False):
+def apply_eval_history_mask(config, train_data, valid_data, test_data, real_tokens=False, history_from=None):
     """``(valid_data, test_data, note)``: the evaluation loaders under ``config['eval_history_mask']`` and a
     line for the log (``None`` when nothing changed).
 
@@ -87,15 +87,18 @@ def apply_eval_history_mask(config, train_data, valid_data, test_data, real_toke
     loaders themselves are returned unless ``real_tokens`` (this package's models) asks for full-ranking loaders
     that visit users by history length and cut padding
     (:class:`~recbole_diffusion.data.dataloader.FullSortEvalLoader`). The others are rebuilt from the same datasets
-    and samplers. A sampled-ranking loader is kept as it is.
+    and samplers. A sampled-ranking loader is kept as it is. ``history_from``: the ``(train, valid)`` loaders the
+    masked histories are read from when they differ from the ones trained and validated on (``holdout_items_ratio``
+    removes held-out items from those, not from what a user had).
     """
     policy = history_mask_policy(config)
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
     as_recbole = policy == "auto" or (policy == "all") != sequential
     if as_recbole and not real_tokens:
         return valid_data, test_data, None
+    history_train, history_valid = history_from or (train_data, valid_data)
     loaders = []
-    for earlier, loader in (((train_data,), valid_data), ((train_data, valid_data), test_data)):
+    for earlier, loader in (((history_train,), valid_data), ((history_train, history_valid), test_data)):
         if not isinstance(loader, FullSortEvalDataLoader):
             loaders.append(loader)
             continue

@@ -26,7 +26,7 @@ def check_transformer(config, hidden_key="hidden_size", heads_key="n_heads", lay
     hidden = require_int(config, hidden_key, 1)
     heads = require_int(config, heads_key, 1)
     require_int(config, layers_key, 1)
-    if hidden % heads:
+    if hidden % heads and config["item_table"] != "text":  # a text table's width replaces hidden_size
         fail(hidden_key, hidden, f"must be divisible by {heads_key}={heads}")
 
 

@@ -26,7 +26,7 @@ from recbole.utils import init_logger, init_seed
 import recbole_diffusion.data.checks as data_checks
 import recbole_diffusion.quick_start.launcher as launcher
 import recbole_diffusion.trainer.checkpoint as ckpt
-from recbole_diffusion.config.configurator import build_config, config_file_keys, merge_config
+from recbole_diffusion.config.configurator import build_config, config_file_keys, merge_config, model_config_keys
 from recbole_diffusion.data.dataloader import LengthBatchedTrainLoader
 from recbole_diffusion.data.heldout_items import drop_heldout_items, heldout_items
 from recbole_diffusion.evaluation.history_mask import apply_eval_history_mask
@@ -71,6 +71,7 @@ def prepare_data(config, summary=None, log_file=True):
         user_lengths = np.bincount(np.asarray(dataset.inter_feat[dataset.uid_field]), minlength=dataset.user_num)
         train_data, valid_data, test_data = data_preparation(config, dataset)
         messages += data_checks.check_split(config, dataset, train_data, valid_data, test_data, user_lengths)
+        history_from = (train_data, valid_data)  # what users had, held-out items included
         heldout = heldout_items(config, dataset)
         if heldout.size:
             train_data, valid_data, note = drop_heldout_items(config, train_data, valid_data, heldout)
@@ -80,7 +81,7 @@ def prepare_data(config, summary=None, log_file=True):
             train_data = LengthBatchedTrainLoader(config, train_data._dataset, train_data._sampler,
                                                   shuffle=train_data.shuffle)
         valid_data, test_data, note = apply_eval_history_mask(config, train_data, valid_data, test_data,
-                                                              real_tokens=ours)
+                                                              real_tokens=ours, history_from=history_from)
         if note:
             messages.append((logging.INFO, note))
     init_log(config, log_file)
@@ -146,6 +147,17 @@ def best_epoch(trainer):
     return None
 
 
+def _heldout_result(trainer, data):
+    """The last test's metrics over the users whose target is held out (``holdout_items_ratio``), logged; ``None``
+    when no item is held out."""
+    if not len(data.heldout_items):
+        return None
+    ranks, targets, _ = trainer.collected_target_ranks()
+    result = heldout_test_result(ranks, targets, data.heldout_items, trainer.config["topk"])
+    getLogger().info(f"test result, users whose target is held out of training: {result}")
+    return result
+
+
 def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=None):
     """Train with early stopping on validation, then evaluate the best checkpoint on the test split.
 
@@ -180,11 +192,7 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     trainer.collect_target_ranks = False
     logger.info(f"best valid : {ckpt.plain(best_valid_result)}")
     logger.info(f"test result: {ckpt.plain(test_result)}")
-    heldout_result = None
-    if len(data.heldout_items):
-        ranks, targets, _ = trainer.collected_target_ranks()
-        heldout_result = heldout_test_result(ranks, targets, data.heldout_items, config["topk"])
-        logger.info(f"test result, users whose target is held out of training: {heldout_result}")
+    heldout_result = _heldout_result(trainer, data)
     on_cuda = device.type == "cuda"
     peak = (torch.cuda.max_memory_allocated(device) if on_cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -219,10 +227,20 @@ def transfer_and_test(trainer, data, path):
     differing = sorted(key for key in set(state) ^ (set(own) - {"item_embedding.weight"})
                        if key != "item_embedding.weight")
     differing += sorted(key for key in state if key in own and state[key].shape != own[key].shape)
+    saved_width = checkpoint["state_dict"]["item_embedding.weight"].shape[1]
+    if saved_width != trainer.model.hidden_size:
+        raise ValueError(f"transfer_from: {path} was trained on text vectors {saved_width} wide, this dataset's are "
+                         f"{trainer.model.hidden_size} wide (the width of a text table is the model's): give vectors of "
+                         "the same encoder or width")
     if differing:
         raise ValueError(f"transfer_from: {path} holds another architecture than this configuration builds "
                          f"(trained on {checkpoint['config'].get('dataset')}; differing: {', '.join(differing[:5])}); "
                          "give the training's sizes")
+    changed = [f"{key} ({checkpoint['config'][key]!r} -> {config[key]!r})" for key in model_config_keys(config["model"])
+               if key in checkpoint["config"] and checkpoint["config"][key] != config[key]]
+    if changed:
+        logger.warning(f"transfer_from: model keys differ from the checkpoint's training: {', '.join(changed)}; this "
+                       "run uses its own values (a different T or schedule makes the trained denoiser meaningless)")
     trainer.model.load_state_dict(state, strict=False)
     logger.info(f"transfer_from {path} (trained on {checkpoint['config'].get('dataset')}): every weight but the item "
                 f"table, which is {config['dataset']}'s; no training")
@@ -235,7 +253,9 @@ def transfer_and_test(trainer, data, path):
     trainer.collect_target_ranks = False
     logger.info(f"valid result: {ckpt.plain(valid_result)}")
     logger.info(f"test result: {ckpt.plain(test_result)}")
-    return {"transfer_from": path, "trained_on": checkpoint["config"].get("dataset"),
+    heldout_result = _heldout_result(trainer, data)
+    return {**({"test_result_heldout_items": heldout_result} if heldout_result is not None else {}),
+            "transfer_from": path, "trained_on": checkpoint["config"].get("dataset"),
             "best_valid_score": float(valid_result[config["valid_metric"].lower()]),
             "valid_score_bigger": config["valid_metric_bigger"], "best_valid_result": ckpt.plain(valid_result),
             "test_result": ckpt.plain(test_result), "epochs_trained": 0, "log_file": _log_file(),

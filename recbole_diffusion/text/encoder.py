@@ -30,6 +30,7 @@ class EncoderFiles(NamedTuple):
     layers: int
     heads: int
     max_tokens: int
+    width: int
 
 
 ENCODERS = {
@@ -38,7 +39,7 @@ ENCODERS = {
         folder=os.path.join("data", "embeddings", "sentence-transformers__all-MiniLM-L6-v2"),
         weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         tokenizer_sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-        layers=6, heads=12, max_tokens=256,
+        layers=6, heads=12, max_tokens=256, width=384,
     ),
 }
 

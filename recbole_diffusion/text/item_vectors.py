@@ -13,16 +13,17 @@ user who has other vectors (say, the PreferDiff paper's 3072-d API embeddings) g
 the vectors.
 """
 
-import csv
 import hashlib
 import json
 import logging
 import os
+import re
 import string
 import time
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from recbole_diffusion.text.encoder import ENCODERS, TextEncoder
 
@@ -47,47 +48,52 @@ def default_cache_dir():
     return os.path.join(root, "recbole-diffusion")
 
 
-def _read_header(header, path):
+def _read_header(header, separator="\t"):
     """``[(name, type)]`` of an atomic file's header line."""
     fields = []
-    for column in header.rstrip("\r\n").split("\t"):
+    for column in header.rstrip("\r\n").split(separator):
         name, _, kind = column.partition(":")
         fields.append((name, kind))
     return fields
 
 
 def template_fields(template):
-    """The field names a ``str.format`` template refers to."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    """The field names a ``str.format`` template refers to (``{title}``, ``{title[0]}`` and ``{title!r}`` name
+    ``title``; a positional ``{}`` or ``{0}`` names the empty string or a number, which no field is)."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            names.append(re.split(r"[.\[]", name, maxsplit=1)[0])
+    return names
 
 
 def item_texts(config, dataset):
-    """``{item token: text}`` for the dataset's items whose ``item_text_fields`` are not all empty."""
+    """``{item token: text}`` for the dataset's items whose ``item_text_fields`` are not all missing or empty.
+
+    The ``.item`` file is read as RecBole reads it (pandas, RecBole's ``field_separator`` and ``encoding``): quoted
+    fields, short rows and missing values (``NaN``, empty) alike."""
     fields, template = config["item_text_fields"], config["item_text_template"]
     path = os.path.join(config["data_path"], f"{config['dataset']}.item")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"item_table is text, but {path} does not exist: item text comes from the dataset's "
                                 ".item file (item_text_fields), or give your own vectors with item_text_embeddings")
-    separator = config["field_separator"]
-    with open(path, encoding=config["encoding"], newline="") as handle:
-        reader = csv.reader(handle, delimiter=separator, quoting=csv.QUOTE_NONE)
-        header = [name for name, _ in _read_header(separator.join(next(reader)), path)]
-        item_field = config["ITEM_ID_FIELD"]
-        missing = [field for field in [item_field, *fields] if field not in header]
-        if missing:
-            raise ValueError(f"item_text_fields: {path} has no field {', '.join(map(repr, missing))}; its fields are "
-                             f"{', '.join(header)}")
-        columns = [header.index(field) for field in fields]
-        item_column = header.index(item_field)
-        known = dataset.field2token_id[dataset.iid_field]
-        texts = {}
-        for row in reader:
-            if len(row) <= max(columns + [item_column]) or row[item_column] not in known:
-                continue
-            values = {field: row[column].strip() for field, column in zip(fields, columns)}
-            if any(values.values()):
-                texts[row[item_column]] = (template.format(**values) if template
-                                           else DEFAULT_JOINER.join(value for value in values.values() if value))
+    frame = pd.read_csv(path, delimiter=config["field_separator"], dtype=str, encoding=config["encoding"],
+                        engine="python")
+    columns = {column.partition(":")[0]: column for column in frame.columns}
+    item_field = config["ITEM_ID_FIELD"]
+    missing = [field for field in [item_field, *fields] if field not in columns]
+    if missing:
+        raise ValueError(f"item_text_fields: {path} has no field {', '.join(map(repr, missing))}; its fields are "
+                         f"{', '.join(columns)}")
+    known = dataset.field2token_id[dataset.iid_field]
+    frame = frame[frame[columns[item_field]].isin(list(known))]
+    values = frame[[columns[field] for field in fields]].fillna("").apply(lambda column: column.str.strip())
+    values.columns = fields
+    texts = {}
+    for token, row in zip(frame[columns[item_field]], values.to_dict("records")):
+        if any(row.values()):
+            texts[token] = (template.format(**row) if template
+                            else DEFAULT_JOINER.join(value for value in row.values() if value))
     return texts
 
 
@@ -102,14 +108,14 @@ def write_vector_file(path, item_field, tokens, vectors, seq_separator=" "):
     os.replace(partial, path)
 
 
-def read_vector_file(path, dataset, seq_separator=" "):
+def read_vector_file(path, dataset, seq_separator=" ", field_separator="\t"):
     """``ItemVectors`` from an atomic feature file of item vectors (see the module's docstring).
 
     Rows of tokens the dataset lacks are skipped (the file may cover more items); a repeated token, rows of different
     lengths or a non-finite value are refused."""
     item_field = dataset.iid_field
     with open(path, encoding="utf-8") as handle:
-        header = _read_header(handle.readline(), path)
+        header = _read_header(handle.readline(), field_separator)
         names = [name for name, _ in header]
         float_columns = [index for index, (_, kind) in enumerate(header) if kind == "float_seq"]
         if item_field not in names or header[names.index(item_field)][1] != "token" or len(float_columns) != 1:
@@ -122,7 +128,7 @@ def read_vector_file(path, dataset, seq_separator=" "):
         for line_number, line in enumerate(handle, start=2):
             if not line.strip():
                 continue
-            cells = line.rstrip("\r\n").split("\t")
+            cells = line.rstrip("\r\n").split(field_separator)
             token = cells[item_column]
             if token in seen:
                 raise ValueError(f"item_text_embeddings: {path} line {line_number} repeats item {token!r}")
@@ -159,7 +165,8 @@ def cache_path(config, texts):
     """The cache file of these texts under the configured encoder: the dataset's name, the encoder's, and a digest
     of the encoder's pinned weights and every item's text (so another text or encoder is another file)."""
     name = config["item_text_encoder"]
-    digest = hashlib.sha256(json.dumps([name, ENCODERS[name].weights_sha256, sorted(texts.items())]).encode())
+    digest = hashlib.sha256(json.dumps([name, ENCODERS[name].weights_sha256, config["seq_separator"],
+                                        sorted(texts.items())]).encode())
     cache_dir = config["text_cache_dir"] or default_cache_dir()
     return os.path.join(cache_dir, f"{config['dataset']}-{name}-{digest.hexdigest()[:16]}.itememb")
 
@@ -186,7 +193,8 @@ def item_vectors(config, dataset):
 
     Items without a vector are counted in one warning; their rows stay zero (the caller says what that means)."""
     if config["item_text_embeddings"]:
-        result = read_vector_file(config["item_text_embeddings"], dataset, config["seq_separator"])
+        result = read_vector_file(config["item_text_embeddings"], dataset, config["seq_separator"],
+                                  config["field_separator"])
     else:
         result = encode_item_texts(config, dataset)
     without = np.flatnonzero(~result.has_vector[1:]) + 1
