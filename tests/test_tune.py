@@ -322,3 +322,24 @@ def test_a_search_stopped_by_its_timeout_says_so(data_root, tmp_path, capsys):
                                  **SEARCH_OPTIONS)
     tune.run_search(search)
     assert "holds 1 of 3 finished trials (--timeout stopped it" in capsys.readouterr().out
+
+
+def test_a_trial_rerun_by_an_older_search_is_not_rerun_again():
+    """A rerun recorded only by its ``retry_of`` (searches before Optuna's retry callback was used) counts as the
+    rerun of its interrupted trial: resuming queues only interrupted trials that no trial reruns."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from recbole_diffusion.tune.study import recover_interrupted
+
+    study = optuna.create_study()
+    distributions = {"learning_rate": FloatDistribution(1e-4, 1e-2)}
+    for number, (state, params, attrs) in enumerate([
+            (optuna.trial.TrialState.FAIL, {"learning_rate": 1e-3}, {}),
+            (optuna.trial.TrialState.PRUNED, {"learning_rate": 1e-3}, {"retry_of": 0}),
+            (optuna.trial.TrialState.FAIL, {"learning_rate": 5e-3}, {})]):
+        study.add_trial(create_trial(state=state, params=params, distributions=distributions, user_attrs=attrs,
+                                     value=None if state != optuna.trial.TrialState.COMPLETE else 0.0))
+    assert recover_interrupted(study) == 1
+    waiting = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.params for t in waiting] == [{"learning_rate": 5e-3}]

@@ -93,7 +93,8 @@ def recover_interrupted(study):
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
-    retried = {retried_trial_number(trial) for trial in trials}
+    # Optuna's retry record, or the rerun's own ``retry_of`` (which searches before the retry callback wrote alone)
+    retried = {retried_trial_number(trial) for trial in trials} | {trial.user_attrs.get("retry_of") for trial in trials}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryCallback(max_retry=1)
