@@ -401,3 +401,36 @@ def test_a_checkpoint_of_a_merge_reloads_from_its_merged_data(disjoint_settings,
     result = run("PreferDiff-T", "ml-before-1995", config_dict=settings)
     config, model, dataset, *_ = load_data_and_model(result["saved_model_file"])
     assert config["dataset"] == "ml-before-1995" and model.item_embedding.weight.shape[0] == dataset.item_num
+
+
+def test_the_optional_adapter_starts_at_the_identity_and_trains_while_the_table_stays(text_settings, tmp_path):
+    from recbole.data.interaction import Interaction
+
+    from recbole_diffusion.model import PreferDiff
+
+    _, dataset = dataset_of(text_settings)
+    path = write_user_vectors(str(tmp_path), dataset)
+    config, dataset = dataset_of(text_settings, item_table="text", item_text_embeddings=path, item_text_adapter=True)
+    model = PreferDiff(config, dataset)
+    table = model.item_embedding.table.weight.detach().clone()
+    assert torch.equal(model.item_embedding.weight.detach(), table) and not model.item_embedding.table.weight.requires_grad
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    items = torch.arange(1, 9)
+    interaction = Interaction({model.ITEM_SEQ: items.view(4, 2), model.ITEM_SEQ_LEN: torch.full((4,), 2),
+                               model.POS_ITEM_ID: torch.arange(10, 14)})
+    model.calculate_loss(interaction).backward()
+    optimizer.step()
+    assert torch.equal(model.item_embedding.table.weight, table)
+    assert not torch.equal(model.item_embedding.adapter.weight.detach(), torch.eye(8))
+
+
+def test_a_transfer_keeps_the_adapter_and_rebuilds_the_table(disjoint_settings, in_tmp_cwd):
+    settings = {**disjoint_settings, "item_text_adapter": True}
+    trained = run("PreferDiff-T", "ml-old", config_dict=settings)["saved_model_file"]
+    config, model_class = build_config("PreferDiff-T", "ml-new", config_dict={**settings, "transfer_from": trained})
+    data = prepare_data(config, log_file=False)
+    trainer = build_trainer(config, model_class, data.train)
+    transfer_and_test(trainer, data, trained)
+    saved = torch.load(trained, weights_only=False)["state_dict"]
+    assert torch.equal(trainer.model.item_embedding.adapter.weight, saved["item_embedding.adapter.weight"])
+    assert trainer.model.item_embedding.table.weight.shape[0] == data.dataset.item_num

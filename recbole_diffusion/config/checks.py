@@ -248,6 +248,7 @@ def check_item_table(config, model_name):
         fail("item_table", "text", f"applies to this package's diffusion models ({', '.join(sorted(MODEL_CHECKS))}), "
              f"not to {model_name}")
     require_range(config, "text_whitening_floor", 0, 1, low_open=True, high_open=True)
+    require_bool(config, "item_text_adapter")
     if config["item_text_embeddings"]:
         path = str(config["item_text_embeddings"])
         if not os.path.isfile(path):

@@ -8,8 +8,9 @@ never appeared in training is ranked by where its text puts it. It is built once
 Choices, against the authors' code:
 
 * The table's width sets the model's width (``hidden_size`` is not used; the log says so), as in the authors' code,
-  where d is the embedding's 3072. A learned projection would put a trained map between the text and the ranked
-  space; the authors have none, and none is offered here.
+  where d is the embedding's 3072. The authors put no trained map between the text and the ranked space; ours is
+  optional and off by default (``item_text_adapter``: one learned square linear map, no bias, starting at the
+  identity, applied to every row alike, so items never trained on stay rankable).
 * Whitening floors the eigenvalues at ``text_whitening_floor`` times the largest instead of adding the authors'
   absolute 1e-7: with fewer items than dimensions (or any rank-deficient table) the covariance has zero
   eigenvalues, whose directions then stay near zero instead of blowing numerical noise up by 1/sqrt(1e-7).
@@ -33,6 +34,29 @@ from recbole_diffusion.text.item_vectors import SOURCE_SEPARATOR
 from recbole_diffusion.text.item_vectors import item_vectors
 
 ITEM_TABLES = ("id", "text")
+# The state-dict keys of a text table's rows (without and with the adapter): what a transfer rebuilds from the
+# target's text instead of loading.
+TEXT_TABLE_KEYS = ("item_embedding.weight", "item_embedding.table.weight")
+
+
+class AdaptedTextTable(nn.Module):
+    """The frozen text table followed by a learned square linear map (``item_text_adapter``), the identity at the
+    start. Used as an ``nn.Embedding`` is: called on ids, and ``weight`` for every row."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.adapter = nn.Linear(table.embedding_dim, table.embedding_dim, bias=False)
+        with torch.no_grad():
+            self.adapter.weight.copy_(torch.eye(table.embedding_dim))
+        self.embedding_dim = table.embedding_dim
+
+    def forward(self, ids):
+        return self.adapter(self.table(ids))
+
+    @property
+    def weight(self):
+        return self.adapter(self.table.weight)
 
 
 def whiten(vectors, floor):
@@ -76,5 +100,6 @@ def item_table(config, dataset, n_items, hidden_size, init_std):
         raise ValueError(f"item_table text: the text vectors' width {width} (the model's width) is not a multiple of "
                          f"n_heads {config['n_heads']}")
     logging.getLogger().info(f"item_table text: the model's width is the text table's, {width} "
-                             f"(hidden_size {hidden_size} is not used)")
-    return table
+                             f"(hidden_size {hidden_size} is not used)"
+                             f"{'; a learned linear adapter follows it' if config['item_text_adapter'] else ''}")
+    return AdaptedTextTable(table) if config["item_text_adapter"] else table

@@ -32,6 +32,7 @@ from recbole_diffusion.data.heldout_items import drop_heldout_items, heldout_ite
 from recbole_diffusion.evaluation.history_mask import apply_eval_history_mask
 from recbole_diffusion.evaluation.metrics import heldout_test_result
 from recbole_diffusion.model import MODELS
+from recbole_diffusion.model.item_table import TEXT_TABLE_KEYS
 from recbole_diffusion.trainer import get_trainer
 from recbole_diffusion.utils import collectives
 
@@ -222,12 +223,12 @@ def transfer_and_test(trainer, data, path):
     config, logger = trainer.config, getLogger()
     checkpoint = ckpt.load_checkpoint(path, map_location=trainer.device,
                                       trust_pickled=bool(config["trust_pickled_checkpoint"]))
-    state = {key: value for key, value in checkpoint["state_dict"].items() if key != "item_embedding.weight"}
+    state = {key: value for key, value in checkpoint["state_dict"].items() if key not in TEXT_TABLE_KEYS}
     own = trainer.model.state_dict()
-    differing = sorted(key for key in set(state) ^ (set(own) - {"item_embedding.weight"})
-                       if key != "item_embedding.weight")
+    differing = sorted(set(state) ^ (set(own) - set(TEXT_TABLE_KEYS)))
     differing += sorted(key for key in state if key in own and state[key].shape != own[key].shape)
-    saved_width = checkpoint["state_dict"]["item_embedding.weight"].shape[1]
+    saved_width = next(checkpoint["state_dict"][key] for key in TEXT_TABLE_KEYS
+                       if key in checkpoint["state_dict"]).shape[1]
     if saved_width != trainer.model.hidden_size:
         raise ValueError(f"transfer_from: {path} was trained on text vectors {saved_width} wide, this dataset's are "
                          f"{trainer.model.hidden_size} wide (the width of a text table is the model's): give vectors of "
