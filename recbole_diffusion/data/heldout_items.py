@@ -19,6 +19,7 @@ built from every item's text, which is the point.
 
 import numpy as np
 import torch
+from recbole.data.dataloader import TrainDataLoader
 
 
 def heldout_items(config, dataset):
@@ -54,6 +55,10 @@ def _without_heldout_histories(dataset, inter, heldout):
 def drop_heldout_items(config, train_data, valid_data, heldout):
     """New training and validation loaders without the held-out items (see the module's docstring) and a note
     for the log with the counts."""
+    if type(train_data) is not TrainDataLoader:
+        raise ValueError(f"holdout_items_ratio: {config['model']} trains from a {type(train_data).__name__} (a "
+                         "knowledge-graph or other special loader), which held-out items are not removed from; use "
+                         "holdout_items_ratio 0 with it")
     held = torch.as_tensor(heldout)
     train_set, valid_set = train_data._dataset, valid_data._dataset
     item_field = config["ITEM_ID_FIELD"]
