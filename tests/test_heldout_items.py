@@ -111,3 +111,8 @@ def test_eval_history_mask_all_still_masks_heldout_items_the_user_had(data_root)
 def test_holding_out_nearly_every_item_is_refused_with_a_reason(data_root):
     with pytest.raises(ValueError, match="hold out a smaller share"):
         prepared(data_root, ratio=0.999)
+
+
+def test_a_model_with_its_own_training_loader_is_refused_naming_it(data_root):
+    with pytest.raises(ValueError, match="UserDataLoader"):
+        prepared(data_root, model="MultiVAE")
