@@ -300,7 +300,7 @@ def test_a_transfer_that_cannot_hold_is_refused(disjoint_settings, trained_on_ol
     assert not os.listdir(in_tmp_cwd)
 
 
-def test_a_merge_of_two_datasets_prefixes_every_token_and_whitens_each_source_then_all(disjoint_settings, in_tmp_cwd):
+def test_a_merge_of_two_datasets_prefixes_every_token_and_whitens_each_source_then_all(disjoint_settings):
     settings = {**disjoint_settings, "merge_datasets": ["ml-80s", "ml-early-90s"], "item_table": "text"}
     config, dataset = dataset_of(settings, dataset="ml-before-1995")
     assert config["data_path"].startswith(disjoint_settings["text_cache_dir"])
@@ -320,9 +320,19 @@ def test_a_merge_of_two_datasets_prefixes_every_token_and_whitens_each_source_th
         stacked[rows] = whitened
     rows = found.has_vector
     np.testing.assert_allclose(table[rows], whiten(stacked[rows], 1e-6), atol=1e-4)
-    result = run("PreferDiff-T", "ml-before-1995", config_dict=settings)
-    transferred = run("PreferDiff-T", "ml-new", config_dict={**disjoint_settings,
-                                                              "transfer_from": result["saved_model_file"]}, saved=False)
+
+
+@pytest.fixture(scope="module")
+def merged_checkpoint(disjoint_settings, tmp_path_factory):
+    """A PreferDiff-T checkpoint trained one epoch on the merge of ``ml-80s`` and ``ml-early-90s``."""
+    settings = {**disjoint_settings, "merge_datasets": ["ml-80s", "ml-early-90s"],
+                "checkpoint_dir": str(tmp_path_factory.mktemp("merged-checkpoints"))}
+    return run("PreferDiff-T", "ml-before-1995", config_dict=settings)["saved_model_file"]
+
+
+def test_a_model_pretrained_on_a_merge_transfers(disjoint_settings, merged_checkpoint, in_tmp_cwd):
+    transferred = run("PreferDiff-T", "ml-new", config_dict={**disjoint_settings, "transfer_from": merged_checkpoint},
+                      saved=False)
     assert transferred["trained_on"] == "ml-before-1995" and transferred["epochs_trained"] == 0
 
 
@@ -394,12 +404,10 @@ def test_a_transfer_with_other_model_keys_warns_and_names_them(disjoint_settings
     assert result["test_result_heldout_items"]["users"] > 0
 
 
-def test_a_checkpoint_of_a_merge_reloads_from_its_merged_data(disjoint_settings, in_tmp_cwd):
+def test_a_checkpoint_of_a_merge_reloads_from_its_merged_data(merged_checkpoint, in_tmp_cwd):
     from recbole_diffusion.quick_start.inference import load_data_and_model
 
-    settings = {**disjoint_settings, "merge_datasets": ["ml-80s", "ml-early-90s"]}
-    result = run("PreferDiff-T", "ml-before-1995", config_dict=settings)
-    config, model, dataset, *_ = load_data_and_model(result["saved_model_file"])
+    config, model, dataset, *_ = load_data_and_model(merged_checkpoint)
     assert config["dataset"] == "ml-before-1995" and model.item_embedding.weight.shape[0] == dataset.item_num
 
 
