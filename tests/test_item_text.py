@@ -16,7 +16,8 @@ from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_dat
 from recbole_diffusion.runner import main
 from recbole_diffusion.text import item_vectors as item_vectors_module
 from recbole_diffusion.text.encoder import TextEncoder, checked_file, sha256_of
-from recbole_diffusion.text.item_vectors import item_texts, item_vectors, read_vector_file, write_vector_file
+from recbole_diffusion.text.item_vectors import (atomic_header, item_texts, item_vectors, read_vector_file,
+                                                 vector_file_width, write_vector_file)
 from conftest import TINY, assert_full_ranking_result
 
 pytest.importorskip("tokenizers", reason="the text extra is not installed")
@@ -387,6 +388,16 @@ def test_a_dataset_found_without_data_path_gets_its_item_text(text_root, text_se
 def test_text_settings_refused_before_the_data_loads(text_settings, overrides, message):
     with pytest.raises(ValueError, match=message):
         build_config("PreferDiff-T", DATASET, config_dict={**FAST_TEXT, **text_settings, **overrides})
+
+
+def test_a_user_vector_files_width_is_checked_before_the_data_loads(text_settings, tmp_path):
+    path = str(tmp_path / "vectors.item")
+    write_vector_file(path, "item_id", ["1", "2"], np.ones((2, 6)))
+    assert vector_file_width(path) == 6
+    assert atomic_header(path) == [("item_id", "token"), ("item_text_emb", "float_seq")]
+    with pytest.raises(ValueError, match="must divide the text table's width 6"):
+        build_config("PreferDiff-T", DATASET, config_dict={**FAST_TEXT, **text_settings, "n_heads": 4,
+                                                            "item_text_embeddings": path})
 
 
 def test_hidden_size_is_not_checked_where_the_text_table_sets_the_width(text_settings):

@@ -19,7 +19,7 @@ from recbole_diffusion.evaluation.history_mask import EVAL_HISTORY_MASKS
 from recbole_diffusion.model.checks import MODEL_CHECKS
 from recbole_diffusion.model.item_table import ITEM_TABLES
 from recbole_diffusion.text.encoder import ENCODERS, encoder_folder
-from recbole_diffusion.text.item_vectors import template_fields
+from recbole_diffusion.text.item_vectors import atomic_header, template_fields, vector_file_width
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
 from recbole_diffusion.utils.files import read_file_bytes, saved_config
 
@@ -231,12 +231,6 @@ def check_fearec(config):
              "when it builds its frequency filters)")
 
 
-def _atomic_header(path, config):
-    """The field names of an atomic file's header line."""
-    with open(path, encoding=config["encoding"]) as handle:
-        return [column.partition(":")[0] for column in handle.readline().rstrip("\r\n").split(config["field_separator"])]
-
-
 def check_item_table(config, model_name):
     """``item_table`` and the text keys (:mod:`recbole_diffusion.model.item_table`): a text table only for this
     package's models, from a vector file that exists, or from ``.item`` fields that exist (and a template naming
@@ -253,7 +247,7 @@ def check_item_table(config, model_name):
         path = str(config["item_text_embeddings"])
         if not os.path.isfile(path):
             fail("item_text_embeddings", path, "is not a file")
-        _check_text_width(config, _vector_file_width(path, config), path)
+        _check_text_width(config, vector_file_width(path, config["field_separator"], config["seq_separator"]), path)
         return
     fields = config["item_text_fields"]
     if isinstance(fields, str):
@@ -276,7 +270,7 @@ def check_item_table(config, model_name):
     if not os.path.isfile(item_file):
         fail("item_table", "text", f"item text comes from the .item file's item_text_fields, and {item_file} does "
              "not exist (or give your own vectors with item_text_embeddings)")
-    header = _atomic_header(item_file, config)
+    header = [name for name, _ in atomic_header(item_file, config["field_separator"], config["encoding"])]
     missing = [field for field in [config["ITEM_ID_FIELD"], *fields] if field not in header]
     if missing:
         fail("item_text_fields", fields, f"{item_file} has no field {', '.join(missing)}; its fields are "
@@ -287,20 +281,6 @@ def check_item_table(config, model_name):
             fail("item_table", "text", f"the item-text encoder needs {library}: pip install -e \".[text]\"")
     encoder_folder(ENCODERS[config["item_text_encoder"]])
     _check_text_width(config, ENCODERS[config["item_text_encoder"]].width, config["item_text_encoder"])
-
-
-def _vector_file_width(path, config):
-    """The number of values in the first row of a vector file (``None`` if it has no row)."""
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\r\n").split(config["field_separator"])
-        kinds = [column.partition(":")[2] for column in header]
-        for line in handle:
-            if line.strip() and "float_seq" in kinds:
-                cells = line.rstrip("\r\n").split(config["field_separator"])
-                column = kinds.index("float_seq")
-                return len([value for value in cells[column].split(config["seq_separator"]) if value]) \
-                    if column < len(cells) else None
-    return None
 
 
 def _check_text_width(config, width, source):
