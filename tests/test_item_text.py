@@ -348,6 +348,36 @@ def test_a_bad_merge_is_refused(disjoint_settings, sources, dataset, message):
         build_config("PreferDiff", dataset, config_dict={**disjoint_settings, "merge_datasets": sources})
 
 
+@pytest.mark.parametrize("broken,message", [
+    ("inter", "timestamp"),
+    ("item", "has no field class"),
+])
+def test_a_merge_with_a_bad_source_is_refused_before_anything_is_written(disjoint_settings, tmp_path, broken,
+                                                                        message):
+    root = tmp_path / "data"
+    for source in ("ml-80s", "ml-new"):
+        shutil.copytree(os.path.join(disjoint_settings["data_path"], source), root / source)
+    path = root / "ml-new" / f"ml-new.{broken}"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if broken == "inter":  # a missing timestamp in the second source
+        cells = lines[1].split("\t")
+        lines[1] = "\t".join(cells[:-1] + ["\n"])
+    else:  # neither source's .item has the text field "class" (headers equal, so the text check fires)
+        for source in ("ml-80s", "ml-new"):
+            item = root / source / f"{source}.item"
+            rows = [line.rstrip("\n").split("\t") for line in item.read_text(encoding="utf-8").splitlines()]
+            index = [cell.partition(":")[0] for cell in rows[0]].index("class")
+            item.write_text("".join("\t".join(row[:index] + row[index + 1:]) + "\n" for row in rows), encoding="utf-8")
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines), encoding="utf-8")
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match=message):
+        build_config("PreferDiff-T", "mix", config_dict={**disjoint_settings, "data_path": str(root),
+                                                         "text_cache_dir": str(cache),
+                                                         "merge_datasets": ["ml-80s", "ml-new"]})
+    assert not cache.exists()
+
+
 def test_sources_with_different_headers_are_refused(tmp_path):
     from recbole_diffusion.data.slices import write_merged_dataset
 

@@ -23,9 +23,9 @@ import yaml
 from recbole.config import Config
 from recbole.utils import InputType, ModelType, argument_list, get_model
 
-from recbole_diffusion.config.checks import check_config_file, check_data_keys, check_model_config
+from recbole_diffusion.config.checks import check_config_file, check_data_keys, check_item_table, check_model_config
 from recbole_diffusion.data import checks as data_checks
-from recbole_diffusion.data.slices import write_merged_dataset
+from recbole_diffusion.data.slices import merged_headers, write_merged_dataset
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.text.item_vectors import default_cache_dir
 from recbole_diffusion.utils.checks import fail
@@ -405,9 +405,11 @@ def model_config_keys(model_name):
                   if not key.startswith(("item_table", "item_text", "text_")))
 
 
-def merge_source_datasets(config):
+def merge_source_datasets(config, model):
     """``merge_datasets``: write the merge of the listed datasets (each ``<data_path>/<source>/``) to
-    ``<text_cache_dir>/merged/<dataset>/`` and read the run's data from there (the data folder may be read-only)."""
+    ``<text_cache_dir>/merged/<dataset>/`` and read the run's data from there (the data folder may be read-only).
+    Each source passes the data checks (its headers, its text fields, its interaction file) before the merge is
+    written."""
     sources = config["merge_datasets"]
     if isinstance(sources, str) or not isinstance(sources, (list, tuple)) or len(sources) < 2 or \
             len(set(sources)) != len(sources) or not all(isinstance(source, str) for source in sources):
@@ -425,9 +427,23 @@ def merge_source_datasets(config):
     if missing:
         fail("merge_datasets", sources, f"no interaction file in {', '.join(missing)} (the sources are read from "
              "data_path)")
+    merged_headers(folders)
+    _check_sources(config, model, folders)
     folder = os.path.join(config["text_cache_dir"] or default_cache_dir(), "merged")
     write_merged_dataset(folders, config["dataset"], folder, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
     config["data_path"] = os.path.join(folder, config["dataset"])
+
+
+def _check_sources(config, model, folders):
+    """The item-text and interaction-file checks of every source of a merge, each read as its own dataset."""
+    dataset, data_path = config["dataset"], config["data_path"]
+    try:
+        for source, folder in folders.items():
+            config["dataset"], config["data_path"] = source, folder
+            check_item_table(config, model)
+            data_checks.check_interaction_files(config)
+    finally:
+        config["dataset"], config["data_path"] = dataset, data_path
 
 
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None):
@@ -446,7 +462,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
     check_optional_library(config, model)
     data_checks.check_inter_path_is_file(config)
     if config["merge_datasets"]:
-        merge_source_datasets(config)
+        merge_source_datasets(config, model)
     else:
         resolve_data_path(config, data_path_given="data_path" in user_keys)
     config["data_path"] = os.path.abspath(config["data_path"])  # stays valid if the caller changes directory

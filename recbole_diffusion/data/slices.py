@@ -75,14 +75,11 @@ def _header(path):
         return handle.readline()
 
 
-def write_merged_dataset(sources, name, folder, user_field="user_id", item_field="item_id"):
-    """``folder/<name>/<name>.inter`` (and ``.item`` when the sources have one) with every row of every source, each
-    user and item token prefixed by its source's name and ``/``, so that the sources share no user or item
-    (``merge_datasets``: pretraining on several datasets). ``sources``: ``{source name: folder holding
-    <source>.inter}``. The sources' headers must be equal, file by file. Returns ``folder``."""
-    target_dir = os.path.join(folder, name)
-    os.makedirs(target_dir, exist_ok=True)
-    for suffix, fields in (("inter", (user_field, item_field)), ("item", (item_field,))):
+def merged_headers(sources):
+    """``{suffix: header line}`` of the files a merge of ``sources`` writes (``inter``, and ``item`` when the sources
+    have one), checked before anything is written: every source has each file, with the same header."""
+    headers = {}
+    for suffix in ("inter", "item"):
         paths = {source: os.path.join(path, f"{source}.{suffix}") for source, path in sources.items()}
         present = [source for source, path in paths.items() if os.path.isfile(path)]
         if suffix == "item" and not present:
@@ -91,19 +88,33 @@ def write_merged_dataset(sources, name, folder, user_field="user_id", item_field
             missing = [path for source, path in paths.items() if source not in present]
             raise FileNotFoundError(f"merge_datasets: {', '.join(missing)} missing (every source needs its .{suffix} "
                                     "file when one has it)")
-        headers = {source: _header(path) for source, path in paths.items()}
-        if len(set(headers.values())) > 1:
+        found = {source: _header(path) for source, path in paths.items()}
+        if len(set(found.values())) > 1:
             raise ValueError(f"merge_datasets: the sources' .{suffix} headers differ: " + "; ".join(
-                f"{source}: {header.strip()}" for source, header in headers.items()))
-        header = next(iter(headers.values()))
+                f"{source}: {header.strip()}" for source, header in found.items()))
+        headers[suffix] = next(iter(found.values()))
+    return headers
+
+
+def write_merged_dataset(sources, name, folder, user_field="user_id", item_field="item_id"):
+    """``folder/<name>/<name>.inter`` (and ``.item`` when the sources have one) with every row of every source, each
+    user and item token prefixed by its source's name and ``/``, so that the sources share no user or item
+    (``merge_datasets``: pretraining on several datasets). ``sources``: ``{source name: folder holding
+    <source>.inter}``. The sources' headers must be equal, file by file (:func:`merged_headers`). Returns
+    ``folder``."""
+    headers = merged_headers(sources)
+    target_dir = os.path.join(folder, name)
+    os.makedirs(target_dir, exist_ok=True)
+    for suffix, header in headers.items():
+        fields = (user_field, item_field) if suffix == "inter" else (item_field,)
         names = [column.split(":")[0] for column in header.rstrip("\r\n").split("\t")]
         columns = [names.index(field) for field in fields if field in names]
         target_path = os.path.join(target_dir, f"{name}.{suffix}")
         partial_path = f"{target_path}.{os.getpid()}.partial"
         with open(partial_path, "w", encoding="utf-8") as target:
             target.write(header)
-            for source, path in paths.items():
-                with open(path, encoding="utf-8") as handle:
+            for source, path in sources.items():
+                with open(os.path.join(path, f"{source}.{suffix}"), encoding="utf-8") as handle:
                     handle.readline()
                     for line in handle:
                         cells = line.rstrip("\r\n").split("\t")
