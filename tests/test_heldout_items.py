@@ -1,12 +1,16 @@
 """``holdout_items_ratio``: held-out items appear in no training target, training history or validation target;
 the test keeps every user and reports the held-out targets' users apart."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.data.heldout_items import heldout_items
+from recbole_diffusion.data.slices import ML100K_INTER
 from recbole_diffusion.evaluation.metrics import heldout_test_result, per_user_metrics
 from recbole_diffusion.quick_start.quick_start import prepare_data, run
 from conftest import FAST, TINY
@@ -26,7 +30,8 @@ def test_the_draw_is_seeded_and_sized(data_root):
     config, data = prepared(data_root)
     first = heldout_items(config, data.dataset)
     assert np.array_equal(first, heldout_items(config, data.dataset)) and np.array_equal(first, data.heldout_items)
-    assert len(first) == round(0.3 * (data.dataset.item_num - 1)) and first.min() >= 1
+    with_interactions = np.unique(data.dataset.inter_feat[data.dataset.iid_field].numpy())
+    assert len(first) == round(0.3 * len(with_interactions)) and np.isin(first, with_interactions).all()
     config["holdout_items_seed"] = 7
     assert not np.array_equal(first, heldout_items(config, data.dataset))
 
@@ -106,6 +111,19 @@ def test_eval_history_mask_all_still_masks_heldout_items_the_user_had(data_root)
     _, held = prepared(data_root, model="PreferDiff", ratio=0.3, eval_history_mask="all")
     assert np.array_equal(full.test.history.indptr, held.test.history.indptr)
     assert np.array_equal(full.test.history.items, held.test.history.items)
+
+
+def test_items_without_interactions_are_never_drawn(data_root, tmp_path):
+    """Items known only from the ``.item`` file (loaded with it) are no part of the share: only rankable items are."""
+    folder = tmp_path / "ml-100k-small"
+    shutil.copytree(os.path.join(data_root, "ml-100k-small"), folder)
+    shutil.copy(ML100K_INTER[:-len(".inter")] + ".item", folder / "ml-100k-small.item")
+    config, data = prepared(str(tmp_path), load_col={"inter": ["user_id", "item_id", "timestamp"],
+                                                     "item": ["item_id", "movie_title"]})
+    with_interactions = np.unique(data.dataset.inter_feat[data.dataset.iid_field].numpy())
+    assert data.dataset.item_num - 1 > len(with_interactions)  # the .item file adds items the slice never saw
+    assert len(data.heldout_items) == round(0.3 * len(with_interactions))
+    assert np.isin(data.heldout_items, with_interactions).all()
 
 
 def test_holding_out_nearly_every_item_is_refused_with_a_reason(data_root):

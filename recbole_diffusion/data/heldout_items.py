@@ -1,7 +1,8 @@
 """``holdout_items_ratio``: a share of the items held out of training entirely, for zero-shot ranking of unseen items.
 
-The held-out items H are a seeded random ``holdout_items_ratio`` share of the dataset's items (seed
-``holdout_items_seed``, default ``seed``). After RecBole's split:
+The held-out items H are a seeded random ``holdout_items_ratio`` share of the items that have interactions (seed
+``holdout_items_seed``, default ``seed``; items known only from the ``.item`` file are never drawn, so the share is
+the share of rankable items). After RecBole's split:
 
 * training: the rows whose target is in H are dropped, and the items of H are removed from every training history
   (the rest of the history keeps its order; it is not refilled from older items), so no held-out item is ever a
@@ -23,9 +24,10 @@ from recbole.data.dataloader import TrainDataLoader
 
 
 def heldout_items(config, dataset):
-    """The sorted ids of the held-out items (empty when ``holdout_items_ratio`` is 0)."""
+    """The sorted ids of the held-out items, drawn among the items with interactions (empty when
+    ``holdout_items_ratio`` is 0)."""
     ratio = config["holdout_items_ratio"]
-    items = np.arange(1, dataset.item_num)
+    items = np.unique(dataset.inter_feat[dataset.iid_field].numpy())
     count = int(round(ratio * len(items)))
     if not count:
         return np.zeros(0, dtype=np.int64)
@@ -71,12 +73,12 @@ def drop_heldout_items(config, train_data, valid_data, heldout):
     valid_kept = ~torch.isin(valid_inter[item_field], held)
     if not len(train_inter) or not bool(valid_kept.any()):
         raise ValueError(f"holdout_items_ratio={config['holdout_items_ratio']}: holding {len(heldout)} of "
-                         f"{train_set.item_num - 1} items out leaves {len(train_inter)} training rows and "
+                         f"the items with interactions out leaves {len(train_inter)} training rows and "
                          f"{int(valid_kept.sum())} validation rows; hold out a smaller share")
     train = type(train_data)(config, train_set.copy(train_inter), train_data._sampler, shuffle=train_data.shuffle)
     valid = type(valid_data)(config, valid_set.copy(valid_inter[valid_kept]), valid_data._sampler,
                              shuffle=valid_data.shuffle)
-    note = (f"holdout_items_ratio {config['holdout_items_ratio']}: {len(heldout)} of {train_set.item_num - 1} items "
+    note = (f"holdout_items_ratio {config['holdout_items_ratio']}: {len(heldout)} of the items with interactions "
             f"held out of training; {before - len(train_inter)} of {before} training rows dropped (held-out target "
             f"or no history left), {int((~valid_kept).sum())} of {len(valid_kept)} validation rows dropped "
             "(held-out target); the test keeps every user and reports the held-out targets' users apart")
