@@ -248,6 +248,22 @@ def test_a_resumed_search_draws_new_configurations(data_root, tmp_path):
     assert len(set(drawn)) == 6
 
 
+def test_a_searched_key_named_like_a_run_column_keeps_its_own_column(tmp_path):
+    """Searching ``epochs`` (a run column too): the trial's searched value and the epochs it ran both stay."""
+    from types import SimpleNamespace
+
+    from recbole_diffusion.tune.reports import write_trials_csv
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"epochs": 40}, distributions={"epochs": optuna.distributions.IntDistribution(10, 50)}, value=0.5,
+        user_attrs={"epochs": 7, "best_epoch": 3, "seconds": 1.5, "validation_curve": [[3, 0.5]]}))
+    search = SimpleNamespace(metric="ndcg@10", maximize=True, space={"epochs": None})
+    write_trials_csv(study, search, str(tmp_path / "trials.csv"))
+    [row] = read_trials(str(tmp_path))
+    assert (row["param_epochs"], row["epochs"], row["best_epoch"]) == ("40", "7", "3")
+
+
 # ----- a killed search ---------------------------------------------------------------------------------------
 
 def running(pid):

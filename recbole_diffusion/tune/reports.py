@@ -50,16 +50,18 @@ def _best_validation(trial, search):
 
 def write_trials_csv(study, search, path):
     """``trials.csv`` from Optuna's ``trials_dataframe``, one row per trial: its state, best validation score (a
-    pruned trial's best before it stopped), searched values, epochs, seconds, test metrics (recorded, never used
-    to choose), the trial it reruns and its error."""
+    pruned trial's best before it stopped), searched values (``param_<key>`` for a key named like another
+    column), epochs, seconds, test metrics (recorded, never used to choose), the trial it reruns and its error."""
     trials = study.get_trials(deepcopy=False)
     frame = study.trials_dataframe(attrs=("number", "state", "params", "user_attrs"))
     empty = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     tests = frame.get("user_attrs_test", empty)
     table = pd.DataFrame({"number": frame.get("number", empty), "state": frame.get("state", empty),
                           f"best_valid_{search.metric}": [_best_validation(trial, search) for trial in trials]})
-    for name in search.space:
-        table[name] = frame.get(f"params_{name}", empty)
+    run_columns = {"number", "state", "best_epoch", "epochs", "seconds", "retry_of", "error"}
+    for name in search.space:  # a searched key named like a column of the run (epochs, say) gets a prefix
+        column = f"param_{name}" if name in run_columns or name.startswith(("test_", "best_valid_")) else name
+        table[column] = frame.get(f"params_{name}", empty)
     for key in ("best_epoch", "epochs", "seconds"):
         table[key] = frame.get(f"user_attrs_{key}", empty)
     for key in sorted({key for test in tests if isinstance(test, dict) for key in test}):
