@@ -40,9 +40,8 @@ from recbole_diffusion.compare import load_runs, run_name
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, per_user_metrics
 from recbole_diffusion.evaluation.statistics import holm_adjust, tost_paired, wilcoxon_signed_rank
 from recbole_diffusion.model.base import DiffusionRecommender
-from recbole_diffusion.model.checks import ONE_STEP_MAX_ALPHA_BAR
 from recbole_diffusion.model.diffurec import DiffuRec
-from sampler_frontier import load_checkpoint_run, warm_up, evaluate_setting
+from sampler_frontier import evaluate_setting, load_checkpoint_run, one_step_possible, warm_up
 
 ALPHA = 0.05
 DEFAULT_MARGIN = 0.02
@@ -50,7 +49,7 @@ DEFAULT_MARGIN = 0.02
 
 def one_call(model):
     """``(name, sampler, steps)`` of the cheapest reverse process: ``one_step`` where the last step is noise enough."""
-    if float(model.diffusion.alphas_cumprod[-1]) <= ONE_STEP_MAX_ALPHA_BAR:
+    if one_step_possible(model):
         return "one call (one_step)", "one_step", None
     return "two calls (DDIM-1)", "ddim", 1
 

@@ -84,6 +84,12 @@ def setting_name(sampler, steps, num_steps):
     return "one-step" if sampler == "one_step" else f"{sampler.upper()}-{steps or num_steps}"
 
 
+def one_step_possible(model):
+    """Whether the noisiest step of the model's forward process keeps at most ``ONE_STEP_MAX_ALPHA_BAR`` of the
+    signal, so that ``one_step`` (``x0_hat`` from pure noise there) is sound: the configuration check's limit."""
+    return float(model.diffusion.alphas_cumprod[-1]) <= ONE_STEP_MAX_ALPHA_BAR
+
+
 def sampler_settings(model):
     """``[(name, sampler, steps)]`` to evaluate for a loaded model: its default first, then its sweep.
 
@@ -99,7 +105,7 @@ def sampler_settings(model):
 
     default = normalised(model.sampler, model.sampler_steps)
     sweep = [setting for setting in SWEEPS[sweep_kind] if setting[1] is None or setting[1] < num_steps]
-    if float(model.diffusion.alphas_cumprod[-1]) > ONE_STEP_MAX_ALPHA_BAR:
+    if not one_step_possible(model):
         sweep = [setting for setting in sweep if setting[0] != "one_step"]
     settings = [default] + [setting for setting in sweep if setting != default]
     return [(setting_name(sampler, steps, num_steps), sampler, steps) for sampler, steps in settings]
