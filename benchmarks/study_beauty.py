@@ -3,6 +3,8 @@
     python benchmarks/study_beauty.py tune                      # every model, in the study's order
     python benchmarks/study_beauty.py tune --models SASRec,GRU4Rec
     python benchmarks/study_beauty.py final --models SASRec,GRU4Rec   # tuned configurations on full Beauty
+    python benchmarks/study_beauty.py sasrec-l10                # tuned SASRec at L 10 (DreamRec's, PreferDiff's L)
+    python benchmarks/study_beauty.py paper                     # DiffuRec-paper, the authors' recipe, untuned
     python benchmarks/study_beauty.py report                    # the final runs against tuned SASRec (Holm)
 
 Stage ``tune``: each model gets the same search (``python -m recbole_diffusion.tune``): :data:`TUNING`'s trials,
@@ -15,8 +17,12 @@ Stage ``final``: each model whose search finished trains its ``best.yaml`` (``co
 Beauty with :data:`FINAL_SEEDS` seeds and :data:`FINAL_TRAINING` (the command line's keys beat the file's: the
 search's epoch cap and validation interval are lifted), all models in one comparison folder ``final/`` (paired
 tests against tuned SASRec in its ``summary.md``); each run's best checkpoint is kept (``final/work/``, git-ignored)
-for the checks of the generative part. Stage ``report``: every model's test NDCG@10 over the seeds it shares with
-SASRec, paired t-tests against tuned SASRec, Holm-adjusted over the models, with the cost beside (``final/study.md``).
+for the checks of the generative part. Stage ``sasrec-l10``: tuned SASRec rerun at L 10 (``final-sasrec-L10/``), so
+that DreamRec and PreferDiff (L 10) also meet SASRec at their own history length. Stage ``paper``: ``DiffuRec-paper``
+(the authors' recipe, untuned: lr 1e-3, StepLR) at the study's sizes with :data:`PAPER_TRAINING`, one seed
+(``final-paper/``). Stage ``report``: every model's test NDCG@10 over the seeds it shares with SASRec, paired t-tests
+against tuned SASRec, Holm-adjusted over the models, with the cost beside; then DreamRec and PreferDiff against
+SASRec at L 10 (Holm over the two) (``final/study.md``).
 
 Everything is resumable: a finished search is skipped, an interrupted one continues (``tune``'s own resume). The
 records (each search's ``study.db``, ``best.yaml``, ``trials.csv``, ``summary.md``) are written under ``--root``
@@ -52,6 +58,11 @@ TUNING_TRAINING = {"epochs": 20, "eval_step": 1, "stopping_step": 4, "eval_batch
 
 FINAL_SEEDS = 3
 FINAL_TRAINING = {"epochs": 200, "eval_step": 2, "stopping_step": 3, "eval_batch_size": 1024, "show_progress": False}
+SHORT_HISTORY = 10  # DreamRec's and PreferDiff's L: tuned SASRec is rerun at it
+SHORT_REFERENCE = f"SASRec (L {SHORT_HISTORY})"
+PAPER_SEEDS = 1
+PAPER_TRAINING = {"epochs": 300, "eval_step": 5, "stopping_step": 4, "eval_batch_size": 1024, "show_progress": False}
+FOLDERS = {"final": "final", "sasrec-l10": "final-sasrec-L10", "paper": "final-paper"}
 
 
 def sizes(model):
@@ -95,16 +106,36 @@ def search_finished(study_dir):
     return sum(state in ("COMPLETE", "PRUNED") for state in states) >= TUNING["trials"] and "RUNNING" not in states
 
 
-def final_command(models, root, data_root):
-    """The ``recbole_diffusion.compare`` command line of the final runs of ``models``."""
+def _compare_command(models, seeds, output, model_configs, settings, keep_checkpoints=True):
     command = [sys.executable, "-m", "recbole_diffusion.compare", "--models", ",".join(models), "--dataset", DATASET,
-               "--seeds", str(FINAL_SEEDS), "--output", os.path.join(root, "final"), "--threads", "1",
-               "--keep_checkpoints"]
-    for model in models:
-        command += ["--model_config", f"{model}={os.path.join(root, 'tune', model, 'best.yaml')}"]
-    for key, value in {"data_path": data_root, **FINAL_TRAINING}.items():
+               "--seeds", str(seeds), "--output", output, "--threads", "1"] + ["--keep_checkpoints"] * keep_checkpoints
+    for model, path in model_configs.items():
+        command += ["--model_config", f"{model}={path}"]
+    for key, value in settings.items():
         command += [f"--{key}", str(value)]
     return command
+
+
+def final_command(models, root, data_root):
+    """The ``recbole_diffusion.compare`` command line of the final runs of ``models``."""
+    return _compare_command(models, FINAL_SEEDS, os.path.join(root, FOLDERS["final"]),
+                            {model: os.path.join(root, "tune", model, "best.yaml") for model in models},
+                            {"data_path": data_root, **FINAL_TRAINING})
+
+
+def sasrec_l10_command(root, data_root):
+    """Tuned SASRec's final runs again at L 10 (``MAX_ITEM_LIST_LENGTH`` on the command line beats ``best.yaml``)."""
+    return _compare_command(["SASRec"], FINAL_SEEDS, os.path.join(root, FOLDERS["sasrec-l10"]),
+                            {"SASRec": os.path.join(root, "tune", "SASRec", "best.yaml")},
+                            {"data_path": data_root, **FINAL_TRAINING, "MAX_ITEM_LIST_LENGTH": SHORT_HISTORY},
+                            keep_checkpoints=False)
+
+
+def paper_command(root, data_root):
+    """``DiffuRec-paper`` (its YAML's learning rate and StepLR, untuned) at the study's sizes, :data:`PAPER_TRAINING`
+    (which beats the variant's 500 epochs and validation every 20)."""
+    return _compare_command(["DiffuRec-paper"], PAPER_SEEDS, os.path.join(root, FOLDERS["paper"]), {},
+                            {"data_path": data_root, **sizes("DiffuRec"), **PAPER_TRAINING})
 
 
 def final(models, root, data_root):
@@ -115,9 +146,25 @@ def final(models, root, data_root):
         print(f"searches not finished, left out: {', '.join(waiting)}", flush=True)
     if not ready:
         return 1
-    command = final_command(ready, root, data_root)
+    return _call(final_command(ready, root, data_root))
+
+
+def _call(command):
     print("$ " + " ".join(command), flush=True)
     return subprocess.call(command)
+
+
+def sasrec_l10(models, root, data_root):
+    """Stage ``sasrec-l10`` (``models`` unused): once SASRec's search finished."""
+    if not search_finished(os.path.join(root, "tune", "SASRec")):
+        print("SASRec's search is not finished", flush=True)
+        return 1
+    return _call(sasrec_l10_command(root, data_root))
+
+
+def paper(models, root, data_root):
+    """Stage ``paper`` (``models`` unused)."""
+    return _call(paper_command(root, data_root))
 
 
 def report_table(records, reference="SASRec", metric="ndcg@10"):
@@ -159,20 +206,36 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
     return "\n".join(lines) + "\n"
 
 
+def report_text(root):
+    """``final/study.md``: every model of ``final/`` (and ``DiffuRec-paper`` of ``final-paper/``) against tuned
+    SASRec, then DreamRec and PreferDiff against tuned SASRec at their L of 10 (``final-sasrec-L10/``)."""
+    final_runs = load_runs(os.path.join(root, FOLDERS["final"]))
+    paper_runs = load_runs(os.path.join(root, FOLDERS["paper"]))
+    short = [{**run, "model": SHORT_REFERENCE} for run in load_runs(os.path.join(root, FOLDERS["sasrec-l10"]))]
+    text = ("Test metrics on full Amazon Beauty (22,363 users, leave-one-out, full ranking) of the best validation "
+            "epoch, seeds 2020-2022; `DiffuRec-paper` is the authors' recipe, untuned, one seed.\n\n"
+            "### Every model against tuned SASRec (L 20)\n\n" + report_table(final_runs + paper_runs))
+    if short:
+        guided = [run for run in final_runs if run["model"] in GUIDED]
+        text += (f"\n### DreamRec and PreferDiff (L {SHORT_HISTORY}) against tuned SASRec at L {SHORT_HISTORY}\n\n"
+                 + report_table(short + guided, reference=SHORT_REFERENCE))
+    return text
+
+
 def report(models, root, data_root):
-    """Write and print ``final/study.md`` from the final runs' records (``models`` and ``data_root`` unused: every
-    finished run of the folder is reported)."""
-    output = os.path.join(root, "final")
-    table = report_table(load_runs(output))
-    with open(os.path.join(output, "study.md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
-    print(table)
+    """Write and print ``final/study.md`` (:func:`report_text`; ``models`` and ``data_root`` unused: every finished
+    run of the folders is reported)."""
+    text = report_text(root)
+    os.makedirs(os.path.join(root, FOLDERS["final"]), exist_ok=True)
+    with open(os.path.join(root, FOLDERS["final"], "study.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(text)
     return 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("tune", "final", "report"))
+    parser.add_argument("stage", choices=("tune", "final", "sasrec-l10", "paper", "report"))
     parser.add_argument("--models", default=",".join(STUDY_MODELS), help="comma-separated (default: all, in order)")
     parser.add_argument("--root", default=os.path.join(HERE, "study-beauty"))
     parser.add_argument("--data_path", default=os.path.join(HERE, "..", "..", "shared", "data"))
@@ -181,7 +244,7 @@ def main(argv=None):
     unknown = sorted(set(models) - set(STUDY_MODELS))
     if unknown:
         parser.error(f"not a model of the study: {', '.join(unknown)} (the study's: {', '.join(STUDY_MODELS)})")
-    stage = {"tune": tune, "final": final, "report": report}[args.stage]
+    stage = {"tune": tune, "final": final, "sasrec-l10": sasrec_l10, "paper": paper, "report": report}[args.stage]
     return stage(models, os.path.abspath(args.root), os.path.abspath(args.data_path))
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts' own logic: the Beauty user subsample, the argument presets, the item-table geometry."""
 
 import importlib.util
+import json
 import os
 import sys
 
@@ -108,6 +109,19 @@ def test_the_study_s_final_runs_use_each_search_s_best_yaml_with_the_cap_lifted(
     assert args.overrides["data_path"] == "/data"
 
 
+def test_sasrec_is_rerun_at_l10_and_diffurec_paper_keeps_its_recipe_under_the_study_s_cap(tmp_path):
+    short = parse_args(study_beauty.sasrec_l10_command(str(tmp_path), "/data")[3:])
+    assert short.models == ["SASRec"] and short.output == str(tmp_path / "final-sasrec-L10")
+    assert short.model_configs == {"SASRec": str(tmp_path / "tune" / "SASRec" / "best.yaml")}
+    assert short.overrides["MAX_ITEM_LIST_LENGTH"] == "10" and short.seeds == [2020, 2021, 2022]
+    paper = parse_args(study_beauty.paper_command(str(tmp_path), "/data")[3:])
+    assert paper.models == ["DiffuRec-paper"] and paper.seeds == [2020] and paper.model_configs == {}
+    assert (paper.overrides["epochs"], paper.overrides["eval_step"], paper.overrides["stopping_step"]) == (
+        "300", "5", "4")
+    assert paper.overrides["hidden_size"] == "64" and paper.overrides["MAX_ITEM_LIST_LENGTH"] == "20"
+    assert "learning_rate" not in paper.overrides  # untuned: the recipe's own
+
+
 @pytest.mark.parametrize("states, finished", [
     (["COMPLETE"] * 5 + ["PRUNED"] * 3, True),
     (["COMPLETE"] * 7, False),
@@ -147,6 +161,23 @@ def test_the_study_report_holm_adjusts_the_paired_tests_against_sasrec():
     assert float(rows["GRU4Rec"][6]) == pytest.approx(expected[p_gru4rec], rel=1e-2)
     assert rows["DiffuRec"][3].strip().startswith("0.0313 ± ") and "-0.0097" in rows["DiffuRec"][4]
     assert "2 seeds" in rows["GRU4Rec"][4] and rows["SASRec"][4].strip() == "reference"
+
+
+def test_the_study_report_meets_the_l10_models_with_sasrec_at_l10(tmp_path):
+    for folder, model, values in (("final", "SASRec", (0.040, 0.042, 0.041)),
+                                  ("final", "PreferDiff", (0.010, 0.012, 0.011)),
+                                  ("final-sasrec-L10", "SASRec", (0.030, 0.031, 0.032)),
+                                  ("final-paper", "DiffuRec-paper", (0.020,))):
+        os.makedirs(tmp_path / folder / "runs", exist_ok=True)
+        for seed, value in zip((2020, 2021, 2022), values):
+            (tmp_path / folder / "runs" / f"{model}-seed{seed}.json").write_text(
+                json.dumps(_record(model, seed, value)), encoding="utf-8")
+    text = study_beauty.report_text(str(tmp_path))
+    main, short = text.split("### DreamRec and PreferDiff")
+    assert "| DiffuRec-paper | 1 | 0.0200 |" in main and "SASRec (L 10)" not in main
+    rows = {line.split("|")[1].strip(): line for line in short.splitlines() if line.startswith("| ")}
+    assert rows["SASRec (L 10)"].split("|")[4].strip() == "reference"
+    assert "-0.0200" in rows["PreferDiff"] and "SASRec" not in rows
 
 
 def _load_benchmark(name):
