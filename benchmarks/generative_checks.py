@@ -24,7 +24,8 @@ Beside them, the trained forward process's per-dimension signal-to-noise ratio `
 (``benchmarks/embedding_geometry.py``).
 
 Writes ``--output`` (default ``<runs>/generative``): ``generative.csv`` (a row per run and setting) and
-``generative.md``.
+``generative.md``. Runs already in ``generative.csv`` keep their rows and are not checked again (a study's runs finish
+over several sessions, and their checkpoints are not kept in git); ``--models`` limits the runs checked.
 """
 
 import argparse
@@ -39,6 +40,7 @@ from embedding_geometry import forward_snr
 from recbole_diffusion.compare import load_runs, run_name
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, per_user_metrics
 from recbole_diffusion.evaluation.statistics import holm_adjust, tost_paired, wilcoxon_signed_rank
+from recbole_diffusion.model import MODELS
 from recbole_diffusion.model.base import DiffusionRecommender
 from recbole_diffusion.model.diffurec import DiffuRec
 from sampler_frontier import evaluate_setting, load_checkpoint_run, one_step_possible, warm_up
@@ -151,6 +153,24 @@ def _cell(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def read_rows(path):
+    """The rows of an earlier ``generative.csv`` (numbers as numbers; empty when there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for column in COLUMNS:
+            value = row.get(column)
+            if value in (None, ""):
+                row.pop(column, None)
+            elif column == "seed":
+                row[column] = int(value)
+            elif column not in ("run", "model", "setting", "verdict"):
+                row[column] = float(value)
+    return rows
+
+
 def write_outputs(rows, output, margin_share):
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, "generative.csv"), "w", newline="", encoding="utf-8") as handle:
@@ -175,6 +195,7 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="default: <runs>/generative")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="share of the default's NDCG@10")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--models", default=None, help="comma-separated: check only these models' runs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,8 +204,17 @@ def main(argv=None):
         print(f"error: {args.runs} holds no finished run with a kept checkpoint (compare --keep_checkpoints)",
               file=sys.stderr)
         return 2
-    rows = [row for record in records for row in check_run(record, args.margin)]
-    write_outputs(rows, args.output or os.path.join(args.runs, "generative"), args.margin)
+    output = args.output or os.path.join(args.runs, "generative")
+    rows = read_rows(os.path.join(output, "generative.csv"))
+    checked = {row["run"] for row in rows}
+    models = set(args.models.split(",")) if args.models else None
+    for record in records:
+        if run_name(record["model"], record["seed"]) in checked or (models and record["model"] not in models) or \
+                record.get("model_class", record["model"]) not in MODELS:  # a RecBole model: nothing generative
+            continue
+        rows += check_run(record, args.margin)
+        write_outputs(rows, output, args.margin)  # after every run: a killed check keeps what it did
+    write_outputs(rows, output, args.margin)
     return 0
 
 

@@ -37,6 +37,24 @@ def checked(data_root, tmp_path_factory):
         return runs, list(csv.DictReader(handle))
 
 
+def test_a_second_call_keeps_the_checked_runs_without_their_checkpoints(checked):
+    """A study's checks span sessions: runs already in generative.csv keep their rows, even with the checkpoint gone."""
+    runs, rows = checked
+    for record in load_runs(runs):
+        if record.get("checkpoint"):
+            os.rename(record["checkpoint"], record["checkpoint"] + ".away")
+    try:
+        assert checks.main(["--runs", runs, "--threads", "1"]) == 0
+    finally:
+        for record in load_runs(runs):
+            if record.get("checkpoint"):
+                os.rename(record["checkpoint"] + ".away", record["checkpoint"])
+    with open(os.path.join(runs, "generative", "generative.csv"), encoding="utf-8") as handle:
+        again = list(csv.DictReader(handle))
+    assert [(row["run"], row["setting"]) for row in again] == [(row["run"], row["setting"]) for row in rows]
+    assert [float(row["ndcg@10"]) for row in again] == pytest.approx([float(row["ndcg@10"]) for row in rows])
+
+
 def test_each_diffusion_run_gets_its_settings_and_sasrec_none(checked):
     _, rows = checked
     settings = {}
