@@ -25,7 +25,7 @@ from recbole.utils import InputType, ModelType, argument_list, get_model
 
 from recbole_diffusion.config.checks import check_config_file, check_data_keys, check_item_table, check_model_config
 from recbole_diffusion.data import checks as data_checks
-from recbole_diffusion.data.slices import merged_headers, write_merged_dataset
+from recbole_diffusion.data.slices import write_merged_dataset
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.text.item_vectors import default_cache_dir
 from recbole_diffusion.utils.checks import fail
@@ -408,8 +408,8 @@ def model_config_keys(model_name):
 def merge_source_datasets(config, model):
     """``merge_datasets``: write the merge of the listed datasets (each ``<data_path>/<source>/``) to
     ``<text_cache_dir>/merged/<dataset>/`` and read the run's data from there (the data folder may be read-only).
-    Each source passes the data checks (its headers, its text fields, its interaction file) before the merge is
-    written."""
+    Each source passes the data checks (its text fields, its interaction file) before the merge is written, which
+    itself checks the sources' headers before writing."""
     sources = config["merge_datasets"]
     if isinstance(sources, str) or not isinstance(sources, (list, tuple)) or len(sources) < 2 or \
             len(set(sources)) != len(sources) or not all(isinstance(source, str) for source in sources):
@@ -427,7 +427,6 @@ def merge_source_datasets(config, model):
     if missing:
         fail("merge_datasets", sources, f"no interaction file in {', '.join(missing)} (the sources are read from "
              "data_path)")
-    merged_headers(folders)
     _check_sources(config, model, folders)
     folder = os.path.join(config["text_cache_dir"] or default_cache_dir(), "merged")
     write_merged_dataset(folders, config["dataset"], folder, config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
