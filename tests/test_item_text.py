@@ -16,8 +16,9 @@ from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_dat
 from recbole_diffusion.runner import main
 from recbole_diffusion.text import item_vectors as item_vectors_module
 from recbole_diffusion.text.encoder import TextEncoder, checked_file, sha256_of
-from recbole_diffusion.text.item_vectors import (atomic_header, item_texts, item_vectors, read_vector_file,
+from recbole_diffusion.text.item_vectors import (item_texts, item_vectors, read_vector_file,
                                                  vector_file_width, write_vector_file)
+from recbole_diffusion.utils.files import atomic_header
 from conftest import TINY, assert_full_ranking_result
 
 pytest.importorskip("tokenizers", reason="the text extra is not installed")

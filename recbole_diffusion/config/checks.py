@@ -19,9 +19,9 @@ from recbole_diffusion.evaluation.history_mask import EVAL_HISTORY_MASKS
 from recbole_diffusion.model.checks import MODEL_CHECKS
 from recbole_diffusion.model.item_table import ITEM_TABLES
 from recbole_diffusion.text.encoder import ENCODERS, encoder_folder
-from recbole_diffusion.text.item_vectors import atomic_header, template_fields, vector_file_width
+from recbole_diffusion.text.item_vectors import template_fields, vector_file_width
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
-from recbole_diffusion.utils.files import read_file_bytes, saved_config
+from recbole_diffusion.utils.files import atomic_header, read_file_bytes, saved_config
 
 # The trainer layer's learning-rate schedules (recbole_diffusion.trainer.trainer.build_lr_scheduler).
 LR_SCHEDULERS = ("none", "step")

@@ -3,6 +3,7 @@
 import os
 
 from recbole_diffusion.text.item_vectors import SOURCE_SEPARATOR
+from recbole_diffusion.utils.files import parse_atomic_header
 
 ML100K_INTER = os.path.join(os.path.dirname(__import__("recbole").__file__), "dataset_example", "ml-100k",
                             "ml-100k.inter")
@@ -23,9 +24,9 @@ def write_user_slice(source_inter, name, n_users, folder):
     with open(source_inter, encoding="utf-8") as source, open(partial_path, "w", encoding="utf-8") as target:
         header = source.readline()
         target.write(header)
-        user_column = [field.split(":")[0] for field in header.rstrip("\n").split("\t")].index("user_id")
+        user_column = _column_names(header).index("user_id")
         for line in source:
-            user = line.split("\t")[user_column]
+            user = line.rstrip("\r\n").split("\t")[user_column]
             if user not in kept and len(kept) < n_users:
                 kept.add(user)
             if user in kept:
@@ -45,10 +46,10 @@ def write_item_subset(source_inter, source_item, name, keep_item, folder, max_us
             open(os.path.join(target_dir, f"{name}.item"), "w", encoding="utf-8") as target:
         header = source.readline()
         target.write(header)
-        fields = [column.split(":")[0] for column in header.rstrip("\n").split("\t")]
+        fields = _column_names(header)
         kept_items = set()
         for line in source:
-            row = dict(zip(fields, line.rstrip("\n").split("\t")))
+            row = dict(zip(fields, line.rstrip("\r\n").split("\t")))
             if keep_item(row):
                 kept_items.add(row["item_id"])
                 target.write(line)
@@ -56,18 +57,22 @@ def write_item_subset(source_inter, source_item, name, keep_item, folder, max_us
             open(os.path.join(target_dir, f"{name}.inter"), "w", encoding="utf-8") as target:
         header = source.readline()
         target.write(header)
-        columns = [column.split(":")[0] for column in header.rstrip("\n").split("\t")]
+        columns = _column_names(header)
         user_column, item_column = columns.index("user_id"), columns.index("item_id")
         users = set()
         for line in source:
-            cells = line.split("\t")
+            cells = line.rstrip("\r\n").split("\t")
             user = cells[user_column]
             if max_users is not None and user not in users and len(users) >= max_users:
                 continue
             users.add(user)
-            if cells[item_column].rstrip("\n") in kept_items:
+            if cells[item_column] in kept_items:
                 target.write(line)
     return folder
+
+
+def _column_names(header):
+    return [name for name, _ in parse_atomic_header(header)]
 
 
 def _header(path):
@@ -107,7 +112,7 @@ def write_merged_dataset(sources, name, folder, user_field="user_id", item_field
     os.makedirs(target_dir, exist_ok=True)
     for suffix, header in headers.items():
         fields = (user_field, item_field) if suffix == "inter" else (item_field,)
-        names = [column.split(":")[0] for column in header.rstrip("\r\n").split("\t")]
+        names = _column_names(header)
         columns = [names.index(field) for field in fields if field in names]
         target_path = os.path.join(target_dir, f"{name}.{suffix}")
         partial_path = f"{target_path}.{os.getpid()}.partial"

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_diffusion.text.encoder import ENCODERS, TextEncoder
+from recbole_diffusion.utils.files import parse_atomic_header
 
 VECTOR_FIELD = "item_text_emb"
 # A merged dataset's tokens are "<source dataset>/<token>" (merge_datasets; recbole_diffusion.data.slices).
@@ -48,21 +49,11 @@ def default_cache_dir():
     return os.path.join(root, "recbole-diffusion")
 
 
-def atomic_header(path, field_separator="\t", encoding="utf-8"):
-    """``[(name, type)]`` of an atomic file's header line (``item_id:token`` gives ``("item_id", "token")``)."""
-    with open(path, encoding=encoding) as handle:
-        return _parse_header(handle.readline(), field_separator)
-
-
-def _parse_header(line, field_separator):
-    return [tuple(column.partition(":")[::2]) for column in line.rstrip("\r\n").split(field_separator)]
-
-
 def vector_file_width(path, field_separator="\t", seq_separator=" "):
     """The number of values in the first row of a vector file's ``float_seq`` column (``None`` if it has no such
     column or no row): the width a text table from this file will have, known before the dataset is built."""
     with open(path, encoding="utf-8") as handle:
-        kinds = [kind for _, kind in _parse_header(handle.readline(), field_separator)]
+        kinds = [kind for _, kind in parse_atomic_header(handle.readline(), field_separator)]
         if "float_seq" not in kinds:
             return None
         column = kinds.index("float_seq")
@@ -132,7 +123,7 @@ def read_vector_file(path, dataset, seq_separator=" ", field_separator="\t"):
     lengths or a non-finite value are refused."""
     item_field = dataset.iid_field
     with open(path, encoding="utf-8") as handle:
-        header = _parse_header(handle.readline(), field_separator)
+        header = parse_atomic_header(handle.readline(), field_separator)
         names = [name for name, _ in header]
         float_columns = [index for index, (_, kind) in enumerate(header) if kind == "float_seq"]
         if item_field not in names or header[names.index(item_field)][1] != "token" or len(float_columns) != 1:

@@ -3,7 +3,8 @@
 Every file a user hands over (a config file, an interaction file) is read through :func:`read_file_bytes`, so a
 missing file, a directory or a file without read permission gets the same message everywhere. Checkpoints and the
 per-run JSON records of ``compare`` and ``tune`` are written through :func:`atomic_write`: a process killed while
-writing leaves the previous file intact (and at most a stray ``.tmp-<pid>`` file).
+writing leaves the previous file intact (and at most a stray ``.tmp-<pid>`` file). RecBole's atomic files' header
+lines (``name:type`` columns) are parsed in one place, :func:`parse_atomic_header`.
 """
 
 import contextlib
@@ -60,3 +61,14 @@ def read_json(path):
 def saved_config(path):
     """The configuration a checkpoint of this package stores, read without loading its tensors (memory-mapped)."""
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+
+
+def parse_atomic_header(line, field_separator="\t"):
+    """``[(name, type)]`` of a RecBole atomic file's header line (``item_id:token`` gives ``("item_id", "token")``)."""
+    return [tuple(column.partition(":")[::2]) for column in line.rstrip("\r\n").split(field_separator)]
+
+
+def atomic_header(path, field_separator="\t", encoding="utf-8"):
+    """:func:`parse_atomic_header` of the first line of the atomic file at ``path``."""
+    with open(path, encoding=encoding) as handle:
+        return parse_atomic_header(handle.readline(), field_separator)

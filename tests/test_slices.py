@@ -1,0 +1,43 @@
+"""The atomic-file cutters of ``recbole_diffusion.data.slices``: line endings and a last line without a newline."""
+
+import os
+
+from recbole_diffusion.data.slices import write_item_subset, write_user_slice
+from recbole_diffusion.utils.files import atomic_header, parse_atomic_header
+
+
+def _write(path, lines, ending):
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(ending.join(lines))  # no newline after the last row
+
+
+def _users(path):
+    with open(path, encoding="utf-8") as handle:
+        handle.readline()
+        return [line.rstrip("\r\n").split("\t")[1] for line in handle if line.strip()]
+
+
+def test_parse_atomic_header_names_and_types():
+    assert parse_atomic_header("item_id:token\tvec:float_seq\r\n") == [("item_id", "token"), ("vec", "float_seq")]
+
+
+def test_user_slice_counts_users_with_crlf_and_a_last_line_without_newline(tmp_path):
+    """The user column is last: its cells must be read without the line ending, or the last row's user (no newline)
+    would count as a new user and take a place of the slice."""
+    source = tmp_path / "source.inter"
+    rows = ["item_id:token\tuser_id:token", "1\ta", "2\tb", "3\ta", "4\tc", "5\tb"]
+    for ending in ("\n", "\r\n"):
+        _write(source, rows, ending)
+        folder = write_user_slice(str(source), "cut", 2, str(tmp_path / ending.encode().hex()))
+        assert _users(os.path.join(folder, "cut", "cut.inter")) == ["a", "b", "a", "b"]
+
+
+def test_item_subset_keeps_the_chosen_items_and_their_interactions(tmp_path):
+    item, inter = tmp_path / "source.item", tmp_path / "source.inter"
+    _write(item, ["item_id:token\tyear:float", "1\t1990", "2\t2000", "3\t1985"], "\r\n")
+    _write(inter, ["user_id:token\titem_id:token", "a\t1", "a\t2", "b\t3", "b\t2", "c\t3"], "\r\n")
+    write_item_subset(str(inter), str(item), "old", lambda row: float(row["year"]) < 1995, str(tmp_path))
+    assert atomic_header(str(tmp_path / "old" / "old.item")) == [("item_id", "token"), ("year", "float")]
+    with open(tmp_path / "old" / "old.inter", encoding="utf-8") as handle:
+        kept = [line.rstrip("\r\n").split("\t") for line in handle][1:]
+    assert kept == [["a", "1"], ["b", "3"], ["c", "3"]]
