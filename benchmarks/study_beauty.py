@@ -60,6 +60,7 @@ FINAL_SEEDS = 3
 FINAL_TRAINING = {"epochs": 200, "eval_step": 2, "stopping_step": 3, "eval_batch_size": 1024, "show_progress": False}
 SHORT_HISTORY = 10  # DreamRec's and PreferDiff's L: tuned SASRec is rerun at it
 SHORT_REFERENCE = f"SASRec (L {SHORT_HISTORY})"
+REPORT_METRICS = ("ndcg@10", "hit@10")  # the report's tables, each with its own paired tests
 PAPER_SEEDS = 1
 PAPER_TRAINING = {"epochs": 300, "eval_step": 5, "stopping_step": 4, "eval_batch_size": 1024, "show_progress": False}
 FOLDERS = {"final": "final", "sasrec-l10": "final-sasrec-L10", "paper": "final-paper"}
@@ -185,7 +186,7 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
         reference_values = [base[seed]["test"][metric] for seed in seeds]
         tests[model] = (seeds, values, reference_values, paired_t_test(values, reference_values))
     adjusted = dict(zip(tests, holm_adjust([test[3] for test in tests.values()])))
-    lines = [f"| model | seeds | test {metric.upper()} | difference from {reference} (shared seeds) | p | p, Holm | "
+    lines = [f"| model | seeds | test {metric.upper().replace('HIT', 'HR')} | difference from {reference} (shared seeds) | p | p, Holm | "
              "train s (every epoch run) | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
     for model in models:
         runs = list(by_model[model].values())
@@ -208,17 +209,21 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
 
 def report_text(root):
     """``final/study.md``: every model of ``final/`` (and ``DiffuRec-paper`` of ``final-paper/``) against tuned
-    SASRec, then DreamRec and PreferDiff against tuned SASRec at their L of 10 (``final-sasrec-L10/``)."""
+    SASRec, then DreamRec and PreferDiff against tuned SASRec at their L of 10 (``final-sasrec-L10/``); each
+    comparison on test NDCG@10, then on HR@10 (Holm adjusts within a table)."""
     final_runs = load_runs(os.path.join(root, FOLDERS["final"]))
     paper_runs = load_runs(os.path.join(root, FOLDERS["paper"]))
     short = [{**run, "model": SHORT_REFERENCE} for run in load_runs(os.path.join(root, FOLDERS["sasrec-l10"]))]
+    guided = [run for run in final_runs if run["model"] in GUIDED]
     text = ("Test metrics on full Amazon Beauty (22,363 users, leave-one-out, full ranking) of the best validation "
-            "epoch, seeds 2020-2022; `DiffuRec-paper` is the authors' recipe, untuned, one seed.\n\n"
-            "### Every model against tuned SASRec (L 20)\n\n" + report_table(final_runs + paper_runs))
-    if short:
-        guided = [run for run in final_runs if run["model"] in GUIDED]
-        text += (f"\n### DreamRec and PreferDiff (L {SHORT_HISTORY}) against tuned SASRec at L {SHORT_HISTORY}\n\n"
-                 + report_table(short + guided, reference=SHORT_REFERENCE))
+            "epoch, seeds 2020-2022; `DiffuRec-paper` is the authors' recipe, untuned, one seed.\n")
+    for metric in REPORT_METRICS:
+        name = metric.upper().replace("HIT", "HR")
+        text += f"\n### Every model against tuned SASRec (L 20), {name}\n\n" + report_table(final_runs + paper_runs,
+                                                                                           metric=metric)
+        if short:
+            text += (f"\n### DreamRec and PreferDiff (L {SHORT_HISTORY}) against tuned SASRec at L {SHORT_HISTORY}, "
+                     f"{name}\n\n" + report_table(short + guided, reference=SHORT_REFERENCE, metric=metric))
     return text
 
 

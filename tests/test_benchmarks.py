@@ -136,7 +136,8 @@ def test_a_search_counts_as_finished_when_its_trials_ran(tmp_path, states, finis
 
 
 def _record(model, seed, ndcg):
-    return {"model": model, "seed": seed, "status": "ok", "test": {"ndcg@10": ndcg}, "train_seconds": 100.0,
+    return {"model": model, "seed": seed, "status": "ok", "test": {"ndcg@10": ndcg, "hit@10": 2 * ndcg},
+            "train_seconds": 100.0,
             "epochs": 10, "seconds_per_1000_users": 2.0}
 
 
@@ -173,11 +174,18 @@ def test_the_study_report_meets_the_l10_models_with_sasrec_at_l10(tmp_path):
             (tmp_path / folder / "runs" / f"{model}-seed{seed}.json").write_text(
                 json.dumps(_record(model, seed, value)), encoding="utf-8")
     text = study_beauty.report_text(str(tmp_path))
-    main, short = text.split("### DreamRec and PreferDiff")
+    sections = text.split("\n### ")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        "Every model against tuned SASRec (L 20), NDCG@10", "DreamRec and PreferDiff (L 10) against tuned SASRec at "
+        "L 10, NDCG@10", "Every model against tuned SASRec (L 20), HR@10",
+        "DreamRec and PreferDiff (L 10) against tuned SASRec at L 10, HR@10"]
+    main, short, main_hr, short_hr = sections
     assert "| DiffuRec-paper | 1 | 0.0200 |" in main and "SASRec (L 10)" not in main
-    rows = {line.split("|")[1].strip(): line for line in short.splitlines() if line.startswith("| ")}
-    assert rows["SASRec (L 10)"].split("|")[4].strip() == "reference"
-    assert "-0.0200" in rows["PreferDiff"] and "SASRec" not in rows
+    assert "| test HR@10 |" in main_hr and "| DiffuRec-paper | 1 | 0.0400 |" in main_hr
+    for table, difference in ((short, "-0.0200"), (short_hr, "-0.0400")):
+        rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+        assert rows["SASRec (L 10)"].split("|")[4].strip() == "reference"
+        assert difference in rows["PreferDiff"] and "SASRec" not in rows
 
 
 def _load_benchmark(name):
