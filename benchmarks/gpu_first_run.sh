@@ -5,7 +5,7 @@
 #      PreferDiff also at the paper's d 3072, DiffuRec also with the cheap samplers of run 16;
 #   3. the DiffuRec paper preset (DiffuRec-paper) through the runner on Beauty, for as many epochs as the time
 #      left allows: a timed end-to-end run, not the paper's 500-epoch result.
-# Usage: bash benchmarks/gpu_first_run.sh DATA_PATH OUT_DIR SECONDS
+# Usage: bash benchmarks/gpu_first_run.sh DATA_PATH OUT_DIR SECONDS (after benchmarks/gpu_prepare.sh; carry .gpu)
 # Each stage is bounded by the seconds left, and a failing stage does not stop the next one; every output lands
 # in OUT_DIR (env.txt, selfcheck.log, throughput.jsonl, throughput.log, train.log).
 set -u
@@ -14,31 +14,8 @@ out=${2:-gpu-results}
 budget=${3:-540}
 start=$(date +%s)
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-
-seconds_left() { echo $(( budget - ($(date +%s) - start) )); }
-
-# Run "$@" for at most min(cap, seconds left - reserve) seconds; skip it when under 20 seconds would remain.
-bounded() {
-    local cap=$1 reserve=$2; shift 2
-    local limit=$(( $(seconds_left) - reserve ))
-    (( limit > cap )) && limit=$cap
-    if (( limit < 20 )); then echo "SKIPPED (time): $*"; return 0; fi
-    timeout -k 5 "$limit" "$@"
-    local status=$?
-    (( status == 124 )) && echo "STOPPED after ${limit}s: $*"
-    return $status
-}
-
-{
-    date -u
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python3 -c "import sys, torch, numpy, pandas, recbole, scipy; print(sys.version.split()[0], 'torch', torch.__version__,
-'cuda', torch.version.cuda, 'numpy', numpy.__version__, 'pandas', pandas.__version__, 'scipy', scipy.__version__,
-'recbole', recbole.__version__, 'gpu', torch.cuda.get_device_name(0))"
-    nproc
-} > "$out/env.txt" 2>&1
-cat "$out/env.txt"
+source "$(dirname "$0")/gpu_common.sh"
+write_env "$out/env.txt"
 
 echo "== self-check on CUDA"
 bounded 240 200 python3 -m recbole_diffusion.selfcheck --device cuda > "$out/selfcheck.log" 2>&1

@@ -217,3 +217,33 @@ def test_random_ranking_closed_form():
     text_zero_shot = _load_benchmark("text_zero_shot")
     hit, ndcg = text_zero_shot.random_ranking(4, 2)
     assert hit == 0.5 and ndcg == pytest.approx((1 + 1 / np.log2(3)) / 4)
+
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+
+@pytest.mark.parametrize("script", sorted(name for name in os.listdir(BENCHMARKS) if name.endswith(".sh")))
+def test_gpu_scripts_parse_and_name_files_that_exist(script):
+    """A GPU loan is too short to find a typo: every shell script parses, and every repository file it names exists."""
+    import re
+    import subprocess
+
+    path = os.path.join(BENCHMARKS, script)
+    assert subprocess.run(["bash", "-n", path], capture_output=True, text=True).returncode == 0
+    with open(path, encoding="utf-8") as handle:
+        named = set(re.findall(r"benchmarks/[\w./-]+\.(?:py|sh|yaml)", handle.read()))
+    missing = [name for name in named if not os.path.isfile(os.path.join(BENCHMARKS, "..", name))]
+    assert not missing
+
+
+def test_gpu_stages_are_bounded_by_the_seconds_left(tmp_path):
+    """``bounded CAP RESERVE command`` runs a stage when min(CAP, seconds left - RESERVE) is 20 s or more, and
+    skips it, saying so, when less would remain (the stop at the bound is ``timeout``'s)."""
+    import subprocess
+
+    script = (f"budget=60; start=$(date +%s); source {os.path.join(BENCHMARKS, 'gpu_common.sh')}; "
+              "bounded 100 45 echo ran-1; bounded 100 0 echo ran-2; bounded 19 0 sleep 30")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "SKIPPED (time): echo ran-1" and lines[1] == "ran-2"
+    assert lines[2].startswith("SKIPPED (time): sleep 30")
