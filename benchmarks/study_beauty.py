@@ -196,7 +196,7 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
             seeds, model_values, reference_values, p = tests[model]
             difference = np.mean(model_values) - np.mean(reference_values)
             relative = difference / np.mean(reference_values) * 100 if np.mean(reference_values) else float("nan")
-            cells = [f"{difference:+.4f} ({relative:+.1f} %, {len(seeds)} seeds)",
+            cells = [f"{difference:+.4f} ({relative:+.1f} %, {len(seeds)} seed{'s' * (len(seeds) != 1)})",
                      "n/a" if p is None else f"{p:.3g}", "n/a" if adjusted[model] is None else f"{adjusted[model]:.3g}"]
         else:
             cells = ["reference" if model == reference else "no shared seed", "", ""]
