@@ -168,6 +168,11 @@ def paper(models, root, data_root):
     return _call(paper_command(root, data_root))
 
 
+def metric_name(metric):
+    """A RecBole metric key as the tables write it: ``hit@10`` is HR@10, ``ndcg@10`` NDCG@10."""
+    return metric.upper().replace("HIT", "HR")
+
+
 def report_table(records, reference="SASRec", metric="ndcg@10"):
     """Markdown: each model's test ``metric`` (mean ± std over seeds), its difference from ``reference`` on the
     seeds both have, the paired t-test p-value and its Holm adjustment over the models compared, and the cost
@@ -186,7 +191,7 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
         reference_values = [base[seed]["test"][metric] for seed in seeds]
         tests[model] = (seeds, values, reference_values, paired_t_test(values, reference_values))
     adjusted = dict(zip(tests, holm_adjust([test[3] for test in tests.values()])))
-    lines = [f"| model | seeds | test {metric.upper().replace('HIT', 'HR')} | difference from {reference} (shared seeds) | p | p, Holm | "
+    lines = [f"| model | seeds | test {metric_name(metric)} | difference from {reference} (shared seeds) | p | p, Holm | "
              "train s (every epoch run) | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
     for model in models:
         runs = list(by_model[model].values())
@@ -218,7 +223,7 @@ def report_text(root):
     text = ("Test metrics on full Amazon Beauty (22,363 users, leave-one-out, full ranking) of the best validation "
             "epoch, seeds 2020-2022; `DiffuRec-paper` is the authors' recipe, untuned, one seed.\n")
     for metric in REPORT_METRICS:
-        name = metric.upper().replace("HIT", "HR")
+        name = metric_name(metric)
         text += f"\n### Every model against tuned SASRec (L 20), {name}\n\n" + report_table(final_runs + paper_runs,
                                                                                            metric=metric)
         if short:
