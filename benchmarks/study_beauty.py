@@ -191,8 +191,8 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
         reference_values = [base[seed]["test"][metric] for seed in seeds]
         tests[model] = (seeds, values, reference_values, paired_t_test(values, reference_values))
     adjusted = dict(zip(tests, holm_adjust([test[3] for test in tests.values()])))
-    lines = [f"| model | seeds | test {metric_name(metric)} | difference from {reference} (shared seeds) | p | p, Holm | "
-             "train s (every epoch run) | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
+    lines = [f"| model | seeds | test {metric_name(metric)} | difference from {reference} (shared seeds) | p | "
+             "p, Holm | train s (every epoch run) | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
     for model in models:
         runs = list(by_model[model].values())
         values = np.array([run["test"][metric] for run in runs])
