@@ -101,6 +101,15 @@ def test_missing_dataset_fails_fast_saying_where_it_looked(tmp_path, in_tmp_cwd)
     assert not os.listdir(in_tmp_cwd)
 
 
+def test_ml100k_without_data_path_reads_a_local_copy_first_then_recboles(tmp_path, in_tmp_cwd, monkeypatch):
+    monkeypatch.delenv("RECBOLE_DIFFUSION_DATA", raising=False)
+    config, _ = build_config("DiffuRec", "ml-100k")
+    assert config["data_path"].endswith(os.path.join("recbole", "dataset_example", "ml-100k"))
+    write_inter(in_tmp_cwd / "dataset", "ml-100k", [(user, item, item) for user in (1, 2) for item in (1, 2, 3)])
+    config, _ = build_config("DiffuRec", "ml-100k")
+    assert os.path.samefile(config["data_path"], in_tmp_cwd / "dataset" / "ml-100k")
+
+
 def test_dataset_without_timestamp_is_refused(tmp_path):
     root = write_inter(tmp_path, "untimed", [(1, 1), (1, 2), (2, 1)], header=("user_id:token", "item_id:token"))
     with pytest.raises(ValueError, match="TIME_FIELD='timestamp'.*no such column"):

@@ -34,6 +34,7 @@ from recbole_diffusion.utils.collectives import join_group, single_device
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
 DATA_ENV_VAR = "RECBOLE_DIFFUSION_DATA"
+RECBOLE_DATA_FOLDER = "dataset"  # RecBole's default data_path (overall.yaml), which it replaces for ml-100k
 # RecBole's own default train_neg_sample_args (recbole/properties/overall.yaml).
 RECBOLE_NEGATIVE_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False,
                              "candidate_num": 0}
@@ -217,22 +218,27 @@ def resolve_data_path(config, data_path_given):
 
     Without an explicit ``data_path`` the folders tried are RecBole's default (``dataset/<name>``),
     ``$RECBOLE_DIFFUSION_DATA/<name>``, ``../shared/data/<name>`` beside this checkout (the project's
-    benchmark data), and for ml-100k the copy inside the installed ``recbole`` package.
+    benchmark data), and last the copy inside the installed ``recbole`` package (ml-100k): the same order for every
+    dataset, so a user's own ``dataset/ml-100k`` is read, where RecBole always reads its own copy.
     """
     dataset = config["dataset"]
-    if os.path.isfile(data_checks.inter_file_path(config)) or config["benchmark_filename"]:
+    if config["benchmark_filename"]:
         return
-    tried = [config["data_path"]]
-    if not data_path_given:
+    bundled = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset)
+    if data_path_given:
+        candidates = [config["data_path"]]
+    else:
         checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        candidates = [os.path.join(os.environ[DATA_ENV_VAR], dataset)] if os.environ.get(DATA_ENV_VAR) else []
-        candidates.append(os.path.join(checkout, "..", "shared", "data", dataset))
-        candidates.append(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset))
-        for folder in candidates:
-            if os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
-                config["data_path"] = os.path.normpath(folder)
-                return
-            tried.append(os.path.normpath(folder))
+        recbole_default = config["data_path"] if dataset != "ml-100k" else os.path.join(RECBOLE_DATA_FOLDER, dataset)
+        candidates = [recbole_default]
+        candidates += [os.path.join(os.environ[DATA_ENV_VAR], dataset)] if os.environ.get(DATA_ENV_VAR) else []
+        candidates += [os.path.join(checkout, "..", "shared", "data", dataset), bundled]
+    tried = []
+    for folder in candidates:
+        if os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+            config["data_path"] = os.path.normpath(folder)
+            return
+        tried.append(os.path.normpath(folder))
     with open(_recbole_properties("dataset", "url.yaml"), encoding="utf-8") as handle:
         url = (yaml.safe_load(handle) or {}).get(dataset)
     ours = os.path.isfile(properties_file("dataset", f"{dataset}.yaml"))
