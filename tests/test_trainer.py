@@ -35,12 +35,15 @@ def test_learning_rate_follows_the_schedule_epoch_by_epoch(data_root, in_tmp_cwd
     assert len(trainer.epoch_seconds) == 5 and [epoch for epoch, _ in trainer.validation_curve] == [4]
 
 
-def test_without_a_schedule_the_rate_stays_and_recbole_models_keep_their_trainer(data_root, in_tmp_cwd):
+def test_without_a_schedule_the_rate_stays_or_warms_up_and_recbole_models_keep_their_trainer(data_root, in_tmp_cwd):
     data, trainer = _pipeline("SASRec", data_root, epochs=2, learning_rate=0.003)
     assert isinstance(trainer, PluginTrainerMixin) and isinstance(trainer, Trainer)
     assert trainer.lr_scheduler is None
     fit_and_test(trainer, data, saved=False)
     assert trainer.learning_rates == [0.003, 0.003]
+    data, trainer = _pipeline("SASRec", data_root, epochs=2, learning_rate=0.003, lr_warmup_epochs=2)
+    fit_and_test(trainer, data, saved=False)
+    assert trainer.learning_rates == pytest.approx([0.0015, 0.003])  # a warm-up needs no lr_scheduler
 
 
 def test_model_yamls_carry_the_authors_schedules(data_root):

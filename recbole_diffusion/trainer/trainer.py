@@ -4,8 +4,8 @@
 package's models, ``KGTrainer`` for knowledge-aware ones, ...) with :class:`PluginTrainerMixin` in front, so a
 RecBole model keeps its trainer's behaviour and every run of the runner, ``compare`` and the self-check gains:
 
-* a learning-rate schedule (``lr_scheduler: none | step``, StepLR's ``lr_step_size`` / ``lr_gamma`` and an
-  optional linear warm-up over ``lr_warmup_epochs``), stepped once per training epoch as the authors do;
+* a learning-rate schedule (``lr_scheduler: none | step``, StepLR's ``lr_step_size`` / ``lr_gamma``) and an
+  optional linear warm-up over ``lr_warmup_epochs`` (with either), stepped once per training epoch as the authors do;
 * what a report needs: training seconds and learning rate per epoch, the validation curve;
 * evaluation that refuses NaN scores (a silent NaN would rank items arbitrarily and still print metrics);
 * optionally, the rank of each evaluated user's target (``collect_target_ranks``), for per-user statistics;
@@ -61,11 +61,13 @@ def lr_factor(epoch, step_size, gamma, warmup_epochs):
 
 
 def build_lr_scheduler(optimizer, config):
-    """A ``LambdaLR`` following :func:`lr_factor`, or ``None`` when ``lr_scheduler`` is ``none`` (the schedules are
-    ``none`` and ``step``, checked by :mod:`recbole_diffusion.config.checks`)."""
-    if (config["lr_scheduler"] or "none") == "none":
+    """A ``LambdaLR`` following :func:`lr_factor` (``lr_scheduler`` ``step``, or ``none`` with a warm-up alone), or
+    ``None`` when the rate stays (``none`` without warm-up); the schedules are checked by
+    :mod:`recbole_diffusion.config.checks`."""
+    schedule, warmup = config["lr_scheduler"] or "none", config["lr_warmup_epochs"] or 0
+    if schedule == "none" and not warmup:
         return None
-    step_size, gamma, warmup = config["lr_step_size"], config["lr_gamma"], config["lr_warmup_epochs"] or 0
+    step_size, gamma = (config["lr_step_size"], config["lr_gamma"]) if schedule == "step" else (1, 1.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, step_size, gamma, warmup))
 
 
