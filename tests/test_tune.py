@@ -90,11 +90,17 @@ def test_bad_hyper_lines_are_refused_with_file_and_line(tmp_path, line, message)
     assert f"{path}:2" in str(error.value)
 
 
-@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "SeqDiffRec"])
+@pytest.mark.parametrize("model", ["DiffuRec", "DiffuRecSys", "DreamRec", "PreferDiff", "SeqDiffRec", "SASRec",
+                                   "GRU4Rec", "BERT4Rec"])
 def test_shipped_search_spaces_parse_and_name_keys_the_model_uses(model):
     space = tune.read_space(properties_file("hyper", f"{model}.hyper"))
     assert set(space) <= known_config_keys(model, "ml-100k")
     assert tune.default_space_file(f"{model}") == properties_file("hyper", f"{model}.hyper")
+
+
+def test_a_model_without_a_shipped_space_is_told_to_pass_one():
+    with pytest.raises(FileNotFoundError, match=r"no default search space for NARM .*SASRec.*--space FILE"):
+        tune.default_space_file("NARM")
 
 
 def test_bad_searches_are_refused_before_anything_is_written(data_root, tmp_path):

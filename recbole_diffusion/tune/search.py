@@ -58,8 +58,14 @@ class Search(NamedTuple):
 
 
 def default_space_file(model):
-    """``properties/hyper/<Model>.hyper`` of the model (a variant's base model)."""
-    return properties_file("hyper", f"{resolve_model(model)[1]}.hyper")
+    """``properties/hyper/<Model>.hyper`` of the model (a variant's base model); a model without one (a RecBole
+    model other than SASRec, GRU4Rec, BERT4Rec) is told to pass ``--space``."""
+    path = properties_file("hyper", f"{resolve_model(model)[1]}.hyper")
+    if not os.path.isfile(path):
+        shipped = sorted(name[:-len(".hyper")] for name in os.listdir(os.path.dirname(path)) if name.endswith(".hyper"))
+        raise FileNotFoundError(f"no default search space for {model} (this package ships one for "
+                                f"{', '.join(shipped)}): pass --space FILE, a RecBole .hyper file")
+    return path
 
 
 def prepare_search(model, dataset, config_files, overrides, space_file=None, directory=None, trials=20,
