@@ -35,6 +35,7 @@ import sys
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from embedding_geometry import forward_snr
 from recbole_diffusion.compare import load_runs, run_name
@@ -91,7 +92,7 @@ def signed_rank_direction(differences):
     """``lower`` / ``higher``: the side of the Wilcoxon signed-rank statistic (the sum of the signed ranks of the
     non-zero differences), the direction the test's p-value speaks of."""
     differences = differences[differences != 0]
-    ranks = np.argsort(np.argsort(np.abs(differences), kind="stable"), kind="stable") + 1.0
+    ranks = rankdata(np.abs(differences))  # tied |differences| share their average rank, as in the test
     return "lower" if float((np.sign(differences) * ranks).sum()) < 0 else "higher"
 
 
@@ -179,7 +180,7 @@ def write_outputs(rows, output, margin_share):
         writer.writerows(rows)
     lines = [f"Test {MAIN_METRIC.upper()} of each setting against the model as trained (TOST margin "
              f"{margin_share:.0%} of its {MAIN_METRIC.upper()}, Holm over a run's settings, alpha {ALPHA}).", "",
-             "| " + " | ".join(COLUMNS[:-3] + ["SNR first / last step", "steps with SNR < 1"]) + " |",
+             "| " + " | ".join(COLUMNS[:-3] + ["SNR first / last step", "share of steps with SNR < 1"]) + " |",
              "|---" * (len(COLUMNS) - 1) + "|"]
     for row in rows:
         snr = (f"{row['snr_first_step']:.3g} / {row['snr_last_step']:.3g}" if "snr_first_step" in row else "")

@@ -39,7 +39,7 @@ import sys
 import numpy as np
 from beauty import DATASET, FAMILIES
 
-from recbole_diffusion.compare import load_runs
+from recbole_diffusion.compare import exact_test_metric, load_runs
 from recbole_diffusion.data.slices import write_user_slice
 from recbole_diffusion.evaluation.statistics import holm_adjust, paired_t_test
 
@@ -187,15 +187,15 @@ def report_table(records, reference="SASRec", metric="ndcg@10"):
     tests = {}
     for model in models[1:] if base else []:
         seeds = sorted(set(by_model[model]) & set(base))
-        values = [by_model[model][seed]["test"][metric] for seed in seeds]
-        reference_values = [base[seed]["test"][metric] for seed in seeds]
+        values = [exact_test_metric(by_model[model][seed], metric) for seed in seeds]
+        reference_values = [exact_test_metric(base[seed], metric) for seed in seeds]
         tests[model] = (seeds, values, reference_values, paired_t_test(values, reference_values))
     adjusted = dict(zip(tests, holm_adjust([test[3] for test in tests.values()])))
     lines = [f"| model | seeds | test {metric_name(metric)} | difference from {reference} (shared seeds) | p | "
              "p, Holm | train s (every epoch run) | epochs | inference s / 1,000 users |", "|---" * 9 + "|"]
     for model in models:
         runs = list(by_model[model].values())
-        values = np.array([run["test"][metric] for run in runs])
+        values = np.array([exact_test_metric(run, metric) for run in runs])
         spread = f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""
         if model in tests:
             seeds, model_values, reference_values, p = tests[model]
@@ -220,8 +220,13 @@ def report_text(root):
     paper_runs = load_runs(os.path.join(root, FOLDERS["paper"]))
     short = [{**run, "model": SHORT_REFERENCE} for run in load_runs(os.path.join(root, FOLDERS["sasrec-l10"]))]
     guided = [run for run in final_runs if run["model"] in GUIDED]
+    seeds = sorted({run["seed"] for run in final_runs + paper_runs if run["status"] == "ok"})
     text = ("Test metrics on full Amazon Beauty (22,363 users, leave-one-out, full ranking) of the best validation "
-            "epoch, seeds 2020-2022; `DiffuRec-paper` is the authors' recipe, untuned, one seed.\n")
+            "epoch, each run's unrounded value from its per-user ranks; seeds "
+            f"{', '.join(str(seed) for seed in seeds)} (the seeds column counts each model's). A difference is "
+            "taken on the seeds a model shares with the reference; p is the two-sided paired t-test across them, "
+            "Holm-adjusted over the table's models with at least two shared seeds."
+            + (" `DiffuRec-paper` is the authors' recipe, untuned." if paper_runs else "") + "\n")
     for metric in REPORT_METRICS:
         name = metric_name(metric)
         text += f"\n### Every model against tuned SASRec (L 20), {name}\n\n" + report_table(final_runs + paper_runs,

@@ -195,6 +195,14 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     return records
 
 
+def exact_test_metric(record, metric):
+    """A run's test ``metric`` unrounded, from its per-user ranks (the ``all users`` group). RecBole rounds its
+    result to ``metric_decimal_place`` (4) digits, which moves a score near 0.001 by up to 7 %, too coarse for means
+    and paired tests; a record without groups gives RecBole's rounded value."""
+    exact = record.get("groups", {}).get("all users", {}).get(metric)
+    return record["test"][metric] if exact is None else exact
+
+
 def _mean_std(values):
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -247,14 +255,14 @@ def write_reports(records, output, models, reference=None):
             writer.writerow({**record, **record.get("test", {})})
     ok = [r for r in records if r["status"] == "ok"]
     parts = [f"# Comparison on {records[0]['dataset'] if records else '?'}", "",
-             f"Test metrics over seeds (mean ± sample std). In brackets: relative improvement over `{reference}` "
-             f"and the two-sided paired t-test p-value (scipy.stats.ttest_rel), both on the seeds the two models "
-             f"share.", ""]
+             f"Test metrics over seeds (mean ± sample std, from each run's per-user ranks, unrounded). In brackets: "
+             f"relative improvement over `{reference}` and the two-sided paired t-test p-value "
+             f"(scipy.stats.ttest_rel, no multiplicity adjustment), both on the seeds the two models share.", ""]
     model_configs = {r["model"]: r["model_config"] for r in records if r.get("model_config")}
     if model_configs:
         parts += ["Per-model config files (`--model_config`, after `--config_files`, before the command line's "
                   "keys): " + "; ".join(f"{model}: `{path}`" for model, path in sorted(model_configs.items())), ""]
-    parts.append(comparison_table(records, models, reference, lambda r, m: r["test"][m], "All test users"))
+    parts.append(comparison_table(records, models, reference, exact_test_metric, "All test users"))
     group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
     for group in group_names:
         users = ok[0]["groups"][group]["users"]

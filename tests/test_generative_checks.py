@@ -123,6 +123,8 @@ def test_the_direction_is_the_signed_rank_statistic_s():
     # the mean is positive (one large gain), the ranks say lower (many small losses): the test's side
     differences = np.array([0.9, -0.1, -0.1, -0.1, -0.1, -0.1, 0.0])
     assert differences.mean() > 0 and checks.signed_rank_direction(differences) == "lower"
+    # tied |differences| share one rank (per-user NDCG differences tie often): 3 gains beat 2 equal losses
+    assert checks.signed_rank_direction(np.array([1.0, 1.0, 1.0, -1.0, -1.0])) == "higher"
 
 
 def test_verdicts_read_equivalence_and_direction_at_alpha():

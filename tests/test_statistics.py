@@ -18,7 +18,8 @@ def test_paired_t_test_is_scipys_and_compare_uses_it():
     t = differences.mean() / (differences.std(ddof=1) / 2)
     assert t == pytest.approx(3.8060, abs=1e-3)
     assert paired_t_test(values, reference) == pytest.approx(2 * stats.t.sf(t, 3), rel=1e-9)
-    assert paired_t_test([1.0], [0.5]) is None and paired_t_test([1.0, 2.0], [0.5, 1.5]) is None
+    assert paired_t_test([1.0], [0.5]) is None
+    assert paired_t_test([1.0, 2.0], [0.5, 1.5]) == 0.0 and paired_t_test([1.0, 2.0], [1.0, 2.0]) == 1.0
     assert compare.paired_t_test is paired_t_test
 
 
@@ -26,6 +27,8 @@ def test_wilcoxon_drops_zero_differences_and_matches_the_exact_distribution():
     # five positive differences of distinct sizes: W- = 0, exact two-sided p = 2 / 2**5
     assert wilcoxon_signed_rank([1, 2, 3, 4, 5], [0, 0, 0, 0, 0]) == pytest.approx(0.0625)
     assert wilcoxon_signed_rank([0, 0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0, 0]) == pytest.approx(0.0625)
+    many_users = np.r_[np.zeros(95), 1.0 + np.arange(5)]  # per-user metrics: most users score the same
+    assert wilcoxon_signed_rank(many_users, np.zeros(100)) == pytest.approx(0.0625)  # exact, as for the 5 alone
     rng = np.random.default_rng(0)
     values, reference = rng.normal(size=200), rng.normal(size=200)
     values[:50] = reference[:50]  # ties at zero, as for users who score 0 with both samplers

@@ -25,21 +25,27 @@ def _differences(values, reference):
 
 
 def paired_t_test(values, reference):
-    """Two-sided paired t-test p-value (scipy); ``None`` with fewer than two pairs or constant differences."""
+    """Two-sided paired t-test p-value (scipy); ``None`` with fewer than two pairs. Differences without spread
+    give the test's limit: 0 when they are one non-zero value (scipy's t = inf), 1 when all are 0 (no difference),
+    so such a comparison stays in a Holm family instead of leaving it."""
     differences = _differences(values, reference)
-    if len(differences) < 2 or np.allclose(differences, differences[0]):
+    if len(differences) < 2:
         return None
+    if np.all(differences == differences[0]):
+        return 0.0 if differences[0] != 0 else 1.0
     return float(stats.ttest_rel(values, reference).pvalue)
 
 
 def wilcoxon_signed_rank(values, reference):
     """Two-sided Wilcoxon signed-rank p-value of paired values (scipy); ``None`` when no pair differs.
 
-    Zero differences are dropped before ranking (``zero_method="wilcox"``); scipy chooses the exact
-    distribution or the normal approximation (with its tie correction) by the number of pairs left.
+    Zero differences are dropped before scipy sees them (``zero_method="wilcox"``), so that scipy chooses the
+    exact distribution or the normal approximation (with its tie correction) by the number of pairs left: given
+    the zeros, scipy would use the normal approximation whenever more than 50 pairs were passed, even if 5 differ.
     """
     differences = _differences(values, reference)
-    if not np.any(differences != 0):
+    differences = differences[differences != 0]
+    if not differences.size:
         return None
     return float(stats.wilcoxon(differences).pvalue)
 
