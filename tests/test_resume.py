@@ -57,29 +57,35 @@ def comparable(result):
 
 
 def run_with_trainer(model, settings):
-    """``run`` that also hands back the trainer (for its validation curve)."""
-    config, model_class = build_config(model, "successor", config_dict=settings)
-    resume_from = resume_file(config)
-    data = prepare_data(config)
-    trainer = build_trainer(config, model_class, data.train)
-    return fit_and_test(trainer, data, resume_from=resume_from), trainer
+    """``run`` (the runner's pipeline, which decides what to resume) that also hands back the trainer (for its
+    validation curve)."""
+    trainers = []
+
+    def keep_trainer(config, trainer, data, result):
+        trainers.append(trainer)
+        return result
+
+    return run(model, "successor", config_dict=settings, report=keep_trainer), trainers[0]
 
 
-def test_run_killed_with_sigkill_resumes_to_the_same_curve_and_metrics(data_root, tmp_path, in_tmp_cwd, one_thread):
+@pytest.mark.parametrize("model", ["DiffuRec", "BERT4Rec"])  # BERT4Rec's data transform adds configuration keys
+def test_run_killed_with_sigkill_resumes_to_the_same_curve_and_metrics(model, data_root, tmp_path, in_tmp_cwd,
+                                                                       one_thread):
     settings = settings_for(data_root, tmp_path)
-    reference, reference_trainer = run_with_trainer("DiffuRec", settings)
+    reference, reference_trainer = run_with_trainer(model, settings)
     assert len({score for _, score in reference_trainer.validation_curve}) > 1  # the curve moves
 
     killed_dir = tmp_path / "killed"
     killed = settings_for(data_root, killed_dir)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.run([sys.executable, "-c", KILLED_RUN, "DiffuRec", json.dumps(killed), "2"],
+    process = subprocess.run([sys.executable, "-c", KILLED_RUN, model, json.dumps(killed), "2"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
-    last_files = ckpt.find_last_checkpoints(killed["checkpoint_dir"], "DiffuRec", "successor")
+    last_files = ckpt.find_last_checkpoints(killed["checkpoint_dir"], model, "successor")
     assert len(last_files) == 1 and ckpt.load_checkpoint(last_files[0])["next_epoch"] == 2
 
-    resumed, resumed_trainer = run_with_trainer("DiffuRec", dict(killed, resume=True))
+    resumed, resumed_trainer = run_with_trainer(model, dict(killed, resume=True))
+    assert resumed["resumed_from"] == last_files[0]
     assert resumed_trainer.validation_curve == reference_trainer.validation_curve
     assert comparable(resumed) == comparable(reference)
     assert len(resumed_trainer.epoch_seconds) == SETTINGS["epochs"]  # records of epochs 0-1 came from the file
@@ -196,7 +202,8 @@ def test_resume_without_a_checkpoint_starts_anew_and_the_hash_is_stable(data_roo
     config, _ = build_config("SASRec", "successor", config_dict=settings)
     assert resume_file(config) is None
     result, trainer = run_with_trainer("SASRec", settings)
-    # The hash computed before the data is read names the file the trainer wrote after reading it.
+    # The hash of the configuration as the user gave it names the file the trainer wrote (SASRec's data and model
+    # add no keys).
     assert os.path.basename(result["last_checkpoint_file"]) == \
         f"SASRec-successor-{ckpt.config_hash(ckpt.plain_config(config))}-last.pth"
     assert trainer.config_hash == ckpt.config_hash(ckpt.plain_config(config))

@@ -127,7 +127,9 @@ def build_trainer(config, model_class, train_data):
 
 def resume_file(config):
     """The "last" checkpoint a ``resume: True`` run continues from (``None``: start anew); see
-    :func:`recbole_diffusion.trainer.checkpoint.resumable_checkpoint`. Checked before anything is written."""
+    :func:`recbole_diffusion.trainer.checkpoint.resumable_checkpoint`. Ask it once the data and the model are built:
+    RecBole's data transforms and some models add keys to the configuration (BERT4Rec's ``MASK_ITEM_SEQ``, ...),
+    and the trainer names its checkpoint by the configuration it sees."""
     if not config["resume"]:
         return None
     return ckpt.resumable_checkpoint(ckpt.plain_config(config), config["checkpoint_dir"])
@@ -334,9 +336,9 @@ def _spawned_rank(local_rank, *args):
 def train_in_process(config, model_class, saved, epoch_callback=None, report=None, summary=None):
     """This process's part of a run, alone or as one rank: rank 0 decides what to resume from, every process
     trains and tests; returns ``(trainer, rank 0's result or report)``."""
-    resume_from = collectives.broadcast_object(resume_file(config) if collectives.is_rank_zero() else None)
     data = prepare_data(config, summary)
     trainer = build_trainer(config, model_class, data.train)
+    resume_from = collectives.broadcast_object(resume_file(config) if collectives.is_rank_zero() else None)
     if config["transfer_from"]:
         result = transfer_and_test(trainer, data, config["transfer_from"])
     else:
