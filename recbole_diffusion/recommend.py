@@ -68,7 +68,9 @@ def next_item_input(dataset, user_ids):
     dataloaders build theirs: ``<field>_list`` (left-aligned, zero-padded), the list length, the user id.
 
     A user's last row holds the history before its target, so the target is appended to every list field, and the
-    oldest entry dropped where the list is already ``MAX_ITEM_LIST_LENGTH`` long.
+    oldest entry dropped where the list is already ``MAX_ITEM_LIST_LENGTH`` long. The next item, unknown, is the
+    padding id: RecBole's softmax-CPR models compute their loss inside ``full_sort_predict`` (its value unused) and
+    read a target there; their losses ignore the padding id.
     """
     rows = _last_rows(dataset, user_ids)
     length_field, suffix = dataset.item_list_length_field, dataset.config["LIST_SUFFIX"]
@@ -76,7 +78,8 @@ def next_item_input(dataset, user_ids):
     max_length = dataset.max_item_list_len
     row_index = torch.arange(len(lengths), device=lengths.device)
     window = (lengths == max_length).long()[:, None] + torch.arange(max_length, device=lengths.device)[None, :]
-    features = {dataset.uid_field: rows[dataset.uid_field], length_field: torch.clamp(lengths + 1, max=max_length)}
+    features = {dataset.uid_field: rows[dataset.uid_field], length_field: torch.clamp(lengths + 1, max=max_length),
+                dataset.iid_field: torch.zeros_like(rows[dataset.iid_field])}
     for field in rows.columns:
         if field == dataset.uid_field or field + suffix not in rows:
             continue

@@ -20,7 +20,10 @@ TRANSFORMER = {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1}
 # DiffuRec reads 5 of the successor users' 8 items (its history is truncated), SASRec all 8; BPR is a general model.
 MODELS = {"DiffuRec": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 5, "diffusion_steps": 8, "ddim_steps": 4},
           "SASRec": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 8},
-          "BPR": {"embedding_size": 8, "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}}
+          "BPR": {"embedding_size": 8, "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
+          # RecBole's softmax-CPR model reads a target in full_sort_predict; FEARec's YAML holds the text 'None'.
+          "SASRecCPR": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 8, "reranker_CAN_NUM": 20},
+          "FEARec": {**TRANSFORMER, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 8}}
 USERS = ["7", "1", "300", "42", "2"]
 
 
@@ -70,7 +73,8 @@ def expected_top_k(model, dataset, data_root, users, k, include_seen):
         if not include_seen:
             excluded[row, items] = True
     user_ids = torch.as_tensor(dataset.token2id(dataset.uid_field, users))
-    interaction = Interaction({"user_id": user_ids, "item_id_list": sequences, "item_length": lengths})
+    interaction = Interaction({"user_id": user_ids, "item_id_list": sequences, "item_length": lengths,
+                               "item_id": torch.zeros_like(lengths)})  # no target: the padding id
     with torch.no_grad():
         scores = model.full_sort_predict(interaction).view(len(users), -1)
     values, items = torch.topk(scores.masked_fill(excluded, float("-inf")), k)
@@ -101,7 +105,8 @@ def test_load_data_and_model_gives_recboles_tuple_with_the_trained_model(trained
 
 
 @pytest.mark.parametrize("model_name, include_seen, k", [("DiffuRec", False, 52), ("DiffuRec", True, 7),
-                                                        ("SASRec", False, 52)])
+                                                        ("SASRec", False, 52), ("SASRecCPR", False, 52),
+                                                        ("FEARec", False, 52)])
 def test_command_top_k_equals_full_sort_predict_on_whole_histories(trained, data_root, in_tmp_cwd, model_name,
                                                                      include_seen, k):
     output = in_tmp_cwd / "top.csv"
@@ -271,6 +276,21 @@ def test_a_checkpoint_from_before_a_new_key_loads_with_the_keys_default(trained,
     ckpt.save_checkpoint(saved, older)
     with pytest.raises(ValueError, match="cannot be rebuilt as it was trained"):
         recbole_diffusion.load_data_and_model(older)
+
+
+def test_text_values_come_back_as_text_and_never_run(trained, tmp_path, in_tmp_cwd):
+    """RecBole's Config evaluates a config_dict's text as Python: a checkpoint's text must reach it quoted, so that
+    FEARec's 'None' stays text (as trained) and a crafted checkpoint's text does not run."""
+    config, *_ = recbole_diffusion.load_data_and_model(model_file(trained, "FEARec"))
+    assert config["fredom_type"] == "None"
+    saved = ckpt.load_checkpoint(model_file(trained, "SASRec"))
+    saved["config"]["hidden_act"] = "__import__('pathlib').Path('ran').touch() or 'gelu'"
+    saved["config_hash"] = ckpt.config_hash(saved["config"])
+    crafted = str(tmp_path / "crafted.pth")
+    ckpt.save_checkpoint(saved, crafted)
+    with pytest.raises(KeyError):  # no such activation: the text reached the model as text
+        recbole_diffusion.load_data_and_model(crafted)
+    assert not os.path.exists("ran")
 
 
 def test_a_checkpoint_never_decides_by_itself_to_be_read_unsafely(trained, tmp_path, in_tmp_cwd, monkeypatch):

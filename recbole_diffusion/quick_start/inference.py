@@ -30,13 +30,22 @@ REBUILT_KEYS = frozenset({"valid_neg_sample_args", "test_neg_sample_args"})
 
 def _saved_config_dict(saved):
     """The checkpoint's plain configuration as ``config_dict`` for :func:`build_config`: the derived keys left
-    for Config to rebuild, RecBole's normalised "no negative sampling" turned back into the ``None`` it came from."""
-    config_dict = {key: value for key, value in saved.items()
+    for Config to rebuild, RecBole's normalised "no negative sampling" turned back into the ``None`` it came from.
+
+    Text values go in quoted (:func:`_as_text`): RecBole's ``Config`` evaluates every text value of a
+    ``config_dict`` as Python, so FEARec's ``fredom_type: 'None'`` would come back as ``None``, and a crafted
+    checkpoint's text would run as code."""
+    config_dict = {key: _as_text(value) for key, value in saved.items()
                    if key not in ckpt.DERIVED_KEYS and key not in REBUILT_KEYS}
     train_neg = config_dict.get("train_neg_sample_args")
     if isinstance(train_neg, dict) and train_neg.get("distribution") == "none":
         config_dict["train_neg_sample_args"] = None
     return config_dict
+
+
+def _as_text(value):
+    """``value``, a text one as the Python literal that ``Config``'s evaluation turns back into that same text."""
+    return repr(value) if isinstance(value, str) else value
 
 
 def _check_overrides(overrides):
@@ -68,7 +77,7 @@ def config_from_checkpoint(checkpoint, source="checkpoint", **overrides):
             f"that now holds {saved['dataset']}/{saved['dataset']}.inter: data_path=<folder> in Python, "
             f"--data_path=<folder> on the command line.")
     config_dict = _saved_config_dict(saved)
-    config_dict["data_path"] = os.path.dirname(os.path.normpath(dataset_folder))
+    config_dict["data_path"] = _as_text(os.path.dirname(os.path.normpath(dataset_folder)))
     config_dict.update(overrides)
     with contextlib.redirect_stderr(io.StringIO()):  # unknown keys were warned about when the model was trained
         config, model_class = build_config(saved["model"], saved["dataset"], config_dict=config_dict)
