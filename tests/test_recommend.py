@@ -23,7 +23,11 @@ MODELS = {"DiffuRec": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 5, "diffusion_step
           "BPR": {"embedding_size": 8, "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
           # RecBole's softmax-CPR model reads a target in full_sort_predict; FEARec's YAML holds the text 'None'.
           "SASRecCPR": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 8, "reranker_CAN_NUM": 20},
-          "FEARec": {**TRANSFORMER, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 8}}
+          "FEARec": {**TRANSFORMER, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 8},
+          # NeuMF has no full_sort_predict (scored pair by pair, as RecBole evaluates it); EASE is a traditional model.
+          "NeuMF": {"mf_embedding_size": 8, "mlp_embedding_size": 8, "mlp_hidden_size": [16],
+                    "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
+          "EASE": {}}
 USERS = ["7", "1", "300", "42", "2"]
 
 
@@ -127,14 +131,17 @@ def test_command_top_k_equals_full_sort_predict_on_whole_histories(trained, data
             assert {item for row_user, _, item, _ in written if row_user == user} == every_item - set(seen[user])
 
 
-def test_a_general_model_scores_users_by_id_without_their_items(trained, data_root, in_tmp_cwd):
+@pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "EASE"])
+def test_a_general_model_scores_users_by_id_without_their_items(model_name, trained, data_root, in_tmp_cwd):
     output = in_tmp_cwd / "top.csv"
-    assert recommend.main([f"--model_file={model_file(trained, 'BPR')}", "--users=1,300", "--k=52",
+    assert recommend.main([f"--model_file={model_file(trained, model_name)}", "--users=1,300", "--k=52",
                            f"--output={output}"]) == 0
-    _, model, dataset, *_ = recbole_diffusion.load_data_and_model(model_file(trained, "BPR"))
+    _, model, dataset, *_ = recbole_diffusion.load_data_and_model(model_file(trained, model_name))
     user_ids = torch.as_tensor(dataset.token2id(dataset.uid_field, ["1", "300"]))
-    with torch.no_grad():
-        scores = model.full_sort_predict(Interaction({"user_id": user_ids})).view(2, -1)
+    every_item = torch.arange(dataset.item_num)
+    with torch.no_grad():  # each (user, item) pair through predict
+        scores = torch.stack([model.predict(Interaction({"user_id": user.repeat(dataset.item_num),
+                                                         "item_id": every_item})) for user in user_ids])
     seen = histories(data_root)
     for row, user in enumerate(["1", "300"]):
         scores[row, torch.as_tensor(dataset.token2id(dataset.iid_field, seen[user]))] = float("-inf")
@@ -143,7 +150,7 @@ def test_a_general_model_scores_users_by_id_without_their_items(trained, data_ro
     tokens = dataset.id2token(dataset.iid_field, items.numpy())
     written = read_csv(output)
     assert [row[2] for row in written] == [str(token) for token in tokens.reshape(-1)]
-    assert [row[3] for row in written] == pytest.approx(values.reshape(-1).tolist(), rel=1e-6)
+    assert [row[3] for row in written] == pytest.approx(values.reshape(-1).tolist(), rel=1e-6, abs=1e-7)
 
 
 def test_fewer_unseen_items_than_k_gives_what_remains(trained, in_tmp_cwd, capsys):

@@ -267,6 +267,8 @@ class PluginTrainerMixin:
             "state_dict": self.model.state_dict(),
             "model_extra": ckpt.model_extra_state(self.model),
             "optimizer": self.optimizer.state_dict(),
+            "other_optimizers": {name: optimizer.state_dict() for name, optimizer in self._other_optimizers().items()},
+            "optimizer_is": self._optimizer_alias(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "records": {"epoch_seconds": self.epoch_seconds, "learning_rates": self.learning_rates,
                         "validation_curve": self.validation_curve,
@@ -275,6 +277,16 @@ class PluginTrainerMixin:
             "rng_by_rank": rng_by_rank,
         }
         return ckpt.host_copy(state) if keep else state
+
+    def _other_optimizers(self):
+        """The optimizers the trainer holds besides ``optimizer``, by attribute name: RecBole's RecVAE trainer holds
+        one per part (encoder, decoder) and points ``optimizer`` at the one in use."""
+        return {name: value for name, value in vars(self).items()
+                if isinstance(value, torch.optim.Optimizer) and name != "optimizer"}
+
+    def _optimizer_alias(self):
+        """The name of the other optimizer ``optimizer`` now is, ``None`` when it is its own."""
+        return next((name for name, value in self._other_optimizers().items() if value is self.optimizer), None)
 
     def _write_last(self, state):
         if state is None or not self._saving or not collectives.is_rank_zero():
@@ -354,6 +366,11 @@ class PluginTrainerMixin:
         if note:
             self.logger.warning(note)
         self._load_weights(checkpoint)
+        others = self._other_optimizers()
+        for name, optimizer_state in checkpoint.get("other_optimizers", {}).items():
+            others[name].load_state_dict(optimizer_state)
+        if checkpoint.get("optimizer_is"):
+            self.optimizer = others[checkpoint["optimizer_is"]]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
