@@ -26,7 +26,7 @@ from recbole_diffusion.quick_start.inference import load_data_and_model
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
 from recbole_diffusion.utils.files import atomic_write, read_file_bytes
 
-SUPPORTED_MODEL_TYPES = (ModelType.SEQUENTIAL, ModelType.GENERAL, ModelType.TRADITIONAL)
+SUPPORTED_MODEL_TYPES = (ModelType.SEQUENTIAL, ModelType.GENERAL, ModelType.TRADITIONAL, ModelType.CONTEXT)
 
 
 class RecommendError(ValueError):
@@ -120,16 +120,17 @@ def model_input(config, dataset, test_data, user_ids):
     return interaction.to(config["device"])
 
 
-def score_every_item(model, interaction, item_field, item_num, max_pairs):
-    """``full_sort_predict``, or for a model without one (NeuMF, NNCF, ...) its ``predict`` on every (user, item)
-    pair, at most ``max_pairs`` pairs at a time, as RecBole's full-ranking evaluation scores such a model."""
+def score_every_item(model, interaction, dataset, max_pairs):
+    """``full_sort_predict``, or for a model without one (NeuMF, the context-aware models, ...) its ``predict`` on
+    every (user, item) pair with the item's features, at most ``max_pairs`` pairs at a time, as RecBole's
+    full-ranking evaluation scores such a model."""
     try:
         return model.full_sort_predict(interaction)
     except NotImplementedError:
         pass
-    pairs = interaction.repeat_interleave(item_num)
+    pairs = interaction.repeat_interleave(dataset.item_num)
     device = next(iter(interaction.interaction.values())).device
-    pairs.update(Interaction({item_field: torch.arange(item_num, device=device).repeat(len(interaction))}))
+    pairs.update(dataset.get_item_feature().to(device).repeat(len(interaction)))
     return torch.cat([model.predict(pairs[start:start + max_pairs]) for start in range(0, len(pairs), max_pairs)])
 
 
@@ -140,15 +141,15 @@ def top_k(config, model, dataset, test_data, user_ids, k, include_seen=False):
     ``-inf``; they fill a row's end only when fewer than ``k`` items remain."""
     if config["MODEL_TYPE"] not in SUPPORTED_MODEL_TYPES:
         raise RecommendError(f"{config['model']} is a {config['MODEL_TYPE'].name.lower()} model; recommending "
-                             "supports sequential, general and traditional models (they score all items from a "
-                             "user's history or id)")
+                             "supports sequential, general, traditional and context-aware models (they score all "
+                             "items from a user's history, id or features)")
     init_seed(config["seed"], config["reproducibility"])
     model.eval()
     best_scores, best_items = [], []
     for start in range(0, len(user_ids), config["eval_batch_size"]):
         batch = user_ids[start:start + config["eval_batch_size"]]
         interaction = model_input(config, dataset, test_data, batch)
-        scores = score_every_item(model, interaction, dataset.iid_field, dataset.item_num, config["eval_batch_size"])
+        scores = score_every_item(model, interaction, dataset, config["eval_batch_size"])
         scores = scores.view(len(batch), dataset.item_num)
         if bool(torch.isnan(scores).any()):
             raise FloatingPointError(f"{config['model']} scored NaN for some of the requested users")

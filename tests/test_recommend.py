@@ -24,9 +24,11 @@ MODELS = {"DiffuRec": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 5, "diffusion_step
           # RecBole's softmax-CPR model reads a target in full_sort_predict; FEARec's YAML holds the text 'None'.
           "SASRecCPR": {**TRANSFORMER, "MAX_ITEM_LIST_LENGTH": 8, "reranker_CAN_NUM": 20},
           "FEARec": {**TRANSFORMER, "n_layers": 2, "MAX_ITEM_LIST_LENGTH": 8},
-          # NeuMF has no full_sort_predict (scored pair by pair, as RecBole evaluates it); EASE is a traditional model.
+          # NeuMF and the context-aware FM have no full_sort_predict (scored pair by pair, as RecBole evaluates them);
+          # EASE is a traditional model.
           "NeuMF": {"mf_embedding_size": 8, "mlp_embedding_size": 8, "mlp_hidden_size": [16],
                     "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
+          "FM": {"embedding_size": 8, "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
           "EASE": {}}
 USERS = ["7", "1", "300", "42", "2"]
 
@@ -131,7 +133,7 @@ def test_command_top_k_equals_full_sort_predict_on_whole_histories(trained, data
             assert {item for row_user, _, item, _ in written if row_user == user} == every_item - set(seen[user])
 
 
-@pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "EASE"])
+@pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "FM", "EASE"])
 def test_a_general_model_scores_users_by_id_without_their_items(model_name, trained, data_root, in_tmp_cwd):
     output = in_tmp_cwd / "top.csv"
     assert recommend.main([f"--model_file={model_file(trained, model_name)}", "--users=1,300", "--k=52",
