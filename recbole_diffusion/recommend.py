@@ -77,14 +77,17 @@ def next_item_input(dataset, user_ids):
     lengths = rows[length_field]
     max_length = dataset.max_item_list_len
     row_index = torch.arange(len(lengths), device=lengths.device)
-    window = (lengths == max_length).long()[:, None] + torch.arange(max_length, device=lengths.device)[None, :]
+    # The last max_length entries of history + target (pre-split files' lists may be narrower than max_length).
+    start = torch.clamp(lengths + 1 - max_length, min=0)
+    window = start[:, None] + torch.arange(max_length, device=lengths.device)[None, :]
     features = {dataset.uid_field: rows[dataset.uid_field], length_field: torch.clamp(lengths + 1, max=max_length),
                 dataset.iid_field: torch.zeros_like(rows[dataset.iid_field])}
     for field in rows.columns:
         if field == dataset.uid_field or field + suffix not in rows:
             continue
         lists = rows[field + suffix]
-        extended = torch.cat([lists, torch.zeros_like(lists[:, :1])], dim=1)
+        extended = lists.new_zeros((len(lists), max(lists.size(1) + 1, max_length)))
+        extended[:, :lists.size(1)] = lists
         extended[row_index, lengths] = rows[field].to(extended.dtype)
         features[field + suffix] = extended[row_index[:, None], window]
     return dataset.join(Interaction(features))

@@ -10,6 +10,7 @@ import os
 import time
 
 import pytest
+import torch
 
 from recbole_diffusion.quick_start.quick_start import run
 from recbole_diffusion.runner import main
@@ -374,8 +375,60 @@ def test_exact_duplicates_in_pre_split_files_are_refused_whatever_the_filters(wo
     for part, content in (("train", train + [train[3]]), ("valid", rows()[40:44]), ("test", rows()[44:])):
         (folder / f"{NAME}.{part}.inter").write_text(lines(HEADER, *content), encoding="utf-8")
     message = refused(workdir, capsys, arguments(str(workdir / "data"), "--drop_exact_duplicates=True",
-                                                 "--benchmark_filename=['train','valid','test']"))
+                                                 "--benchmark_filename=['train','valid','test']", model="BPR"))
     assert_mentions(message, "tiny.train.inter:42:", "exact duplicate of line 5", "no filter to pre-split files")
+
+
+def write_presplit_histories(workdir, histories=True):
+    """Pre-split files for a sequential model (RecBole's format): each row a user, its history (oldest first) and
+    the next item; every prefix in train, the second-to-last item in valid, the last in test."""
+    folder = workdir / "data" / NAME
+    folder.mkdir(parents=True)
+    sequences = {}
+    for row in rows(length=8):
+        user, item, _ = row.split("\t")
+        sequences.setdefault(user, []).append(item)
+    header = "user_id:token\titem_id_list:token_seq\titem_id:token" if histories else HEADER
+    for part, targets in (("train", range(1, 6)), ("valid", [6]), ("test", [7])):
+        content = [f"{user}\t{' '.join(items[:target])}\t{items[target]}" if histories
+                   else f"{user}\t{items[target]}\t{target}" for user, items in sequences.items() for target in targets]
+        (folder / f"{NAME}.{part}.inter").write_text(lines(header, *content), encoding="utf-8")
+    return str(workdir / "data"), sequences
+
+
+PRESPLIT = "--benchmark_filename=['train','valid','test']"
+
+
+def test_pre_split_files_of_a_sequential_model_need_histories_that_share_the_item_ids(workdir, capsys):
+    """RecBole numbers an un-aliased item_id_list apart from item_id: the model would read every history's items as
+    other items, so that is refused, as are pre-split files without histories (RecBole fails on an attribute)."""
+    data_path, _ = write_presplit_histories(workdir)
+    message = refused(workdir, capsys, arguments(data_path, PRESPLIT, "--load_col=None"))
+    assert_mentions(message, "set alias_of_item_id: [item_id_list]", "other items")
+    (workdir / "data").rename(workdir / "histories")
+    data_path, _ = write_presplit_histories(workdir, histories=False)
+    message = refused(workdir, capsys, arguments(data_path, PRESPLIT))
+    assert_mentions(message, "tiny.train.inter has no column 'item_id_list'", "item_id_list:token_seq")
+
+
+def test_pre_split_histories_train_without_timestamps_and_recommend_the_whole_history(workdir):
+    """With alias_of_item_id, pre-split histories run (no time column: RecBole does not order them), and recommend
+    continues each user's whole history (the file's lists are narrower than MAX_ITEM_LIST_LENGTH)."""
+    from recbole_diffusion import load_data_and_model
+    from recbole_diffusion.recommend import model_input
+
+    data_path, sequences = write_presplit_histories(workdir)
+    result = run("SASRec", NAME, config_dict={"data_path": data_path, "benchmark_filename": ["train", "valid", "test"],
+                                              "load_col": None, "alias_of_item_id": ["item_id_list"],
+                                              "MAX_ITEM_LIST_LENGTH": 10, "epochs": 1, "show_progress": False,
+                                              "hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1})
+    config, model, dataset, _, _, test_data = load_data_and_model(result["saved_model_file"])
+    users = ["3", "5"]
+    user_ids = torch.as_tensor(dataset.token2id(dataset.uid_field, users))
+    given = model_input(config, dataset, test_data, user_ids)
+    for row, user in enumerate(users):
+        history = dataset.id2token(dataset.iid_field, given["item_id_list"][row, :given["item_length"][row]].numpy())
+        assert list(history) == sequences[user]
 
 
 def test_threshold_is_refused_on_an_unloaded_column_and_noted_for_sequential_models(workdir, capsys):

@@ -189,8 +189,29 @@ def absent_requested_columns_note(config, header, path):
 
 
 def needs_time_order(config):
+    """Whether RecBole orders the interactions by ``TIME_FIELD``: not for pre-split files (``benchmark_filename``),
+    which it reads as they are (a sequential model's files then hold the histories, ``item_id_list``)."""
+    if config["benchmark_filename"]:
+        return False
     eval_args = config["eval_args"] or {}
     return eval_args.get("order") == "TO" or config["MODEL_TYPE"].name == "SEQUENTIAL"
+
+
+def check_presplit_histories(config, header, path):
+    """A sequential model's pre-split files (``benchmark_filename``) hold each row's history, ``item_id_list``, whose
+    items share the targets' id map (``alias_of_item_id``): RecBole numbers an un-aliased list apart, so every
+    model would read a history's items as other items."""
+    list_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+    if list_field not in header.types:
+        raise ValueError(f"benchmark_filename={config['benchmark_filename']!r}: {path} has no column {list_field!r} "
+                         f"(columns: {header.columns}); a sequential model's pre-split files hold each row's history "
+                         f"as {list_field}:token_seq (space-separated item tokens, oldest first) beside the target "
+                         f"{config['ITEM_ID_FIELD']}:token.")
+    if list_field not in (config["alias_of_item_id"] or []):
+        raise ValueError(f"benchmark_filename={config['benchmark_filename']!r}: set alias_of_item_id: "
+                         f"[{list_field}] (--alias_of_item_id=\"['{list_field}']\"); without it RecBole numbers the "
+                         f"items of {list_field} apart from {config['ITEM_ID_FIELD']}, and the model would read "
+                         "every history's items as other items.")
 
 
 def check_required_columns(config, header, loaded, path):
@@ -207,6 +228,8 @@ def check_required_columns(config, header, loaded, path):
                            f"({field}:token).")
         if field not in loaded:
             raise ValueError(f"load_col={config['load_col']!r}: must load {field!r} in 'inter' ({key}).")
+    if config["benchmark_filename"] and config["MODEL_TYPE"].name == "SEQUENTIAL":
+        check_presplit_histories(config, header, path)
     time_field = config["TIME_FIELD"]
     if not needs_time_order(config):
         return
