@@ -70,7 +70,8 @@ def next_item_input(dataset, user_ids):
     A user's last row holds the history before its target, so the target is appended to every list field, and the
     oldest entry dropped where the list is already ``MAX_ITEM_LIST_LENGTH`` long. The next item, unknown, is the
     padding id: RecBole's softmax-CPR models compute their loss inside ``full_sort_predict`` (its value unused) and
-    read a target there; their losses ignore the padding id.
+    read a target there; their losses ignore the padding id. A list without a field of its own (DIEN's sampled
+    negatives, ``neg_item_id_list``, read only by its auxiliary loss) gets the padding id at the new position.
     """
     rows = _last_rows(dataset, user_ids)
     length_field, suffix = dataset.item_list_length_field, dataset.config["LIST_SUFFIX"]
@@ -82,14 +83,15 @@ def next_item_input(dataset, user_ids):
     window = start[:, None] + torch.arange(max_length, device=lengths.device)[None, :]
     features = {dataset.uid_field: rows[dataset.uid_field], length_field: torch.clamp(lengths + 1, max=max_length),
                 dataset.iid_field: torch.zeros_like(rows[dataset.iid_field])}
-    for field in rows.columns:
-        if field == dataset.uid_field or field + suffix not in rows:
-            continue
-        lists = rows[field + suffix]
+    list_fields = [field + suffix for field in rows.columns if field != dataset.uid_field and field + suffix in rows]
+    negatives = getattr(dataset, "neg_item_list_field", None)
+    for list_field in list_fields + ([negatives] if negatives in rows else []):
+        lists = rows[list_field]
         extended = lists.new_zeros((len(lists), max(lists.size(1) + 1, max_length)))
         extended[:, :lists.size(1)] = lists
-        extended[row_index, lengths] = rows[field].to(extended.dtype)
-        features[field + suffix] = extended[row_index[:, None], window]
+        if list_field != negatives:
+            extended[row_index, lengths] = rows[list_field[:-len(suffix)]].to(extended.dtype)
+        features[list_field] = extended[row_index[:, None], window]
     return dataset.join(Interaction(features))
 
 

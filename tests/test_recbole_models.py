@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 import recbole_diffusion.trainer.checkpoint as ckpt
+from recbole_diffusion import recommend
+from recbole_diffusion.quick_start.inference import load_data_and_model
 from recbole_diffusion.config.configurator import build_config, get_model_class
 from recbole_diffusion.quick_start.quick_start import run
 from conftest import TINY
@@ -125,7 +127,9 @@ def test_every_recbole_model_runs_through_the_runner_or_is_refused_saying_why(mo
                                                                               monkeypatch):
     """RecBole's promise through this runner: each model class trains one epoch and is tested under the protocol
     (its own defaults where the protocol does not apply), or is refused with one message naming why before
-    anything is written. A model whose external library is absent is skipped, naming it."""
+    anything is written. A model whose external library is absent is skipped, naming it. Then the package's own
+    promises on that model: ``resume: True`` finds and loads its last checkpoint (optimizers included), its best
+    checkpoint loads safely with its data, and ``recommend`` ranks for a user where RecBole could rank all items."""
     import importlib.util
 
     from recbole_diffusion.config.configurator import MODEL_LIBRARIES
@@ -143,3 +147,9 @@ def test_every_recbole_model_runs_through_the_runner_or_is_refused_saying_why(mo
         return
     result = run(model, MODELS_DATASET, config_dict=settings)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    resumed = run(model, MODELS_DATASET, config_dict={**settings, "resume": True})
+    assert resumed["resumed_from"] == result["last_checkpoint_file"]
+    config, _, dataset, *_ = load_data_and_model(result["saved_model_file"])
+    if config["MODEL_TYPE"] in recommend.SUPPORTED_MODEL_TYPES:
+        user = dataset.id2token(dataset.uid_field, 1)
+        assert recommend.main([f"--model_file={result['saved_model_file']}", f"--users={user}", "--k=5"]) == 0
