@@ -26,7 +26,8 @@ from recbole_diffusion.quick_start.inference import load_data_and_model
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
 from recbole_diffusion.utils.files import atomic_write, read_file_bytes
 
-SUPPORTED_MODEL_TYPES = (ModelType.SEQUENTIAL, ModelType.GENERAL, ModelType.TRADITIONAL, ModelType.CONTEXT)
+SUPPORTED_MODEL_TYPES = (ModelType.SEQUENTIAL, ModelType.GENERAL, ModelType.TRADITIONAL, ModelType.CONTEXT,
+                         ModelType.KNOWLEDGE)
 
 
 class RecommendError(ValueError):
@@ -127,16 +128,22 @@ def model_input(config, dataset, test_data, user_ids):
 
 def score_every_item(model, interaction, dataset, max_pairs):
     """``full_sort_predict``, or for a model without one (NeuMF, the context-aware models, ...) its ``predict`` on
-    every (user, item) pair with the item's features, at most ``max_pairs`` pairs at a time, as RecBole's
-    full-ranking evaluation scores such a model."""
+    every (user, item) pair with the item's features, for as many users at a time as keep the pairs within
+    ``max_pairs`` (at least one), as RecBole's full-ranking evaluation scores such a model."""
     try:
         return model.full_sort_predict(interaction)
     except NotImplementedError:
         pass
-    pairs = interaction.repeat_interleave(dataset.item_num)
     device = next(iter(interaction.interaction.values())).device
-    pairs.update(dataset.get_item_feature().to(device).repeat(len(interaction)))
-    return torch.cat([model.predict(pairs[start:start + max_pairs]) for start in range(0, len(pairs), max_pairs)])
+    items = dataset.get_item_feature().to(device)
+    users_at_once = max(1, max_pairs // dataset.item_num)
+    scores = []
+    for start in range(0, len(interaction), users_at_once):
+        users = interaction[start:start + users_at_once]
+        pairs = users.repeat_interleave(dataset.item_num)
+        pairs.update(items.repeat(len(users)))
+        scores.append(model.predict(pairs))
+    return torch.cat(scores)
 
 
 @torch.no_grad()
@@ -146,8 +153,8 @@ def top_k(config, model, dataset, test_data, user_ids, k, include_seen=False):
     ``-inf``; they fill a row's end only when fewer than ``k`` items remain."""
     if config["MODEL_TYPE"] not in SUPPORTED_MODEL_TYPES:
         raise RecommendError(f"{config['model']} is a {config['MODEL_TYPE'].name.lower()} model; recommending "
-                             "supports sequential, general, traditional and context-aware models (they score all "
-                             "items from a user's history, id or features)")
+                             "supports sequential, general, traditional, context-aware and knowledge-aware models "
+                             "(they score all items from a user's history, id or features)")
     init_seed(config["seed"], config["reproducibility"])
     model.eval()
     best_scores, best_items = [], []

@@ -405,6 +405,8 @@ def test_pre_split_files_of_a_sequential_model_need_histories_that_share_the_ite
     data_path, _ = write_presplit_histories(workdir)
     message = refused(workdir, capsys, arguments(data_path, PRESPLIT, "--load_col=None"))
     assert_mentions(message, "set alias_of_item_id: [item_id_list]", "other items")
+    message = refused(workdir, capsys, arguments(data_path, PRESPLIT, "--alias_of_item_id=['item_id_list']"))
+    assert_mentions(message, "must load 'item_id_list'", "--load_col=None")  # the default load_col
     (workdir / "data").rename(workdir / "histories")
     data_path, _ = write_presplit_histories(workdir, histories=False)
     message = refused(workdir, capsys, arguments(data_path, PRESPLIT))

@@ -129,7 +129,8 @@ def test_every_recbole_model_runs_through_the_runner_or_is_refused_saying_why(mo
     (its own defaults where the protocol does not apply), or is refused with one message naming why before
     anything is written. A model whose external library is absent is skipped, naming it. Then the package's own
     promises on that model: ``resume: True`` finds and loads its last checkpoint (optimizers included), its best
-    checkpoint loads safely with its data, and ``recommend`` ranks for a user where RecBole could rank all items."""
+    checkpoint loads safely with its data, and ``recommend`` ranks for a user (every model type but RecBole's
+    decision trees, XGBoost and LightGBM)."""
     import importlib.util
 
     from recbole_diffusion.config.configurator import MODEL_LIBRARIES

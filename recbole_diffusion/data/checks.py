@@ -197,7 +197,7 @@ def needs_time_order(config):
     return eval_args.get("order") == "TO" or config["MODEL_TYPE"].name == "SEQUENTIAL"
 
 
-def check_presplit_histories(config, header, path):
+def check_presplit_histories(config, header, loaded, path):
     """A sequential model's pre-split files (``benchmark_filename``) hold each row's history, ``item_id_list``, whose
     items share the targets' id map (``alias_of_item_id``): RecBole numbers an un-aliased list apart, so every
     model would read a history's items as other items."""
@@ -207,6 +207,10 @@ def check_presplit_histories(config, header, path):
                          f"(columns: {header.columns}); a sequential model's pre-split files hold each row's history "
                          f"as {list_field}:token_seq (space-separated item tokens, oldest first) beside the target "
                          f"{config['ITEM_ID_FIELD']}:token.")
+    if list_field not in loaded:
+        wanted = [name for name in header.columns if name in loaded or name == list_field]
+        raise ValueError(f"load_col={config['load_col']!r}: must load {list_field!r} in 'inter' (each row's history "
+                         f"in the pre-split files), e.g. --load_col=\"{{'inter': {wanted}}}\" or --load_col=None.")
     if list_field not in (config["alias_of_item_id"] or []):
         raise ValueError(f"benchmark_filename={config['benchmark_filename']!r}: set alias_of_item_id: "
                          f"[{list_field}] (--alias_of_item_id=\"['{list_field}']\"); without it RecBole numbers the "
@@ -229,7 +233,7 @@ def check_required_columns(config, header, loaded, path):
         if field not in loaded:
             raise ValueError(f"load_col={config['load_col']!r}: must load {field!r} in 'inter' ({key}).")
     if config["benchmark_filename"] and config["MODEL_TYPE"].name == "SEQUENTIAL":
-        check_presplit_histories(config, header, path)
+        check_presplit_histories(config, header, loaded, path)
     time_field = config["TIME_FIELD"]
     if not needs_time_order(config):
         return

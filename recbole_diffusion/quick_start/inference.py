@@ -113,6 +113,8 @@ def load_data_and_model(model_file, trust_pickled=False, write_logs=True, **over
     ``ddpm_steps`` (score with another reverse process than the one trained with, e.g. a ``-fast`` variant's:
     the weights are the same). ``trust_pickled=True`` also reads RecBole's own
     (pickled) checkpoint format: only for files you wrote yourself, as unpickling can run code.
+    ``overrides`` are read as RecBole reads a ``config_dict`` (text is evaluated: ``data_path="2024"`` would be
+    the number 2024; pass ``"'2024'"``), while the checkpoint's own text values are kept as text.
     Refuses data whose item or user tokens differ from the training data's. ``write_logs=False`` (``recommend``)
     writes no log file and no TensorBoard folder: the console alone.
     """

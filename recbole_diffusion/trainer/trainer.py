@@ -268,7 +268,7 @@ class PluginTrainerMixin:
             "model_extra": ckpt.model_extra_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "other_optimizers": {name: optimizer.state_dict() for name, optimizer in self._other_optimizers().items()},
-            "optimizer_is": self._optimizer_alias(),
+            "optimizer_alias": self._optimizer_alias(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "records": {"epoch_seconds": self.epoch_seconds, "learning_rates": self.learning_rates,
                         "validation_curve": self.validation_curve,
@@ -367,10 +367,13 @@ class PluginTrainerMixin:
             self.logger.warning(note)
         self._load_weights(checkpoint)
         others = self._other_optimizers()
+        if others and "other_optimizers" not in checkpoint:
+            raise ValueError(f"cannot resume from {resume_file!r}: it was written before recbole_diffusion kept this "
+                             f"trainer's {', '.join(sorted(others))}, so the optimizers' state is lost; start anew.")
         for name, optimizer_state in checkpoint.get("other_optimizers", {}).items():
             others[name].load_state_dict(optimizer_state)
-        if checkpoint.get("optimizer_is"):
-            self.optimizer = others[checkpoint["optimizer_is"]]
+        if checkpoint.get("optimizer_alias"):
+            self.optimizer = others[checkpoint["optimizer_alias"]]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
