@@ -136,8 +136,9 @@ def test_command_top_k_equals_full_sort_predict_on_whole_histories(trained, data
 @pytest.mark.parametrize("model_name", ["BPR", "NeuMF", "FM", "EASE"])
 def test_a_general_model_scores_users_by_id_without_their_items(model_name, trained, data_root, in_tmp_cwd):
     output = in_tmp_cwd / "top.csv"
+    # eval_batch_size 100 over 61 items: NeuMF's and FM's pairs are scored one user at a time
     assert recommend.main([f"--model_file={model_file(trained, model_name)}", "--users=1,300", "--k=52",
-                           f"--output={output}"]) == 0
+                           "--eval_batch_size=100", f"--output={output}"]) == 0
     _, model, dataset, *_ = recbole_diffusion.load_data_and_model(model_file(trained, model_name))
     user_ids = torch.as_tensor(dataset.token2id(dataset.uid_field, ["1", "300"]))
     every_item = torch.arange(dataset.item_num)
