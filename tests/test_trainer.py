@@ -46,6 +46,14 @@ def test_without_a_schedule_the_rate_stays_or_warms_up_and_recbole_models_keep_t
     assert trainer.learning_rates == pytest.approx([0.0015, 0.003])  # a warm-up needs no lr_scheduler
 
 
+def test_a_schedule_is_refused_for_a_trainer_that_steps_its_own_optimizers(data_root, in_tmp_cwd):
+    """RecBole's RecVAE trainer switches between its encoder's and decoder's optimizers every epoch: a schedule
+    built on the trainer's optimizer would silently change nothing."""
+    with pytest.raises(ValueError, match="optimizer_decoder, optimizer_encoder.*lr_scheduler: none"):
+        _pipeline("RecVAE", data_root, epochs=1, lr_scheduler="step", lr_step_size=1, lr_gamma=0.5)
+    assert _pipeline("RecVAE", data_root, epochs=1)[1].lr_scheduler is None
+
+
 def test_model_yamls_carry_the_authors_schedules(data_root):
     diffurec, _ = build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root})
     paper, _ = build_config("DiffuRecSys-paper", "ml-100k-small", config_dict={"data_path": data_root})
