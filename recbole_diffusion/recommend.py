@@ -6,9 +6,10 @@
 A sequential model continues each user's whole history in the dataset (train, valid and test interactions,
 in time order, the last ``MAX_ITEM_LIST_LENGTH`` of them as the model reads it); a general, traditional,
 knowledge-aware or context-aware model scores from the user's id (and features), pair by pair with ``predict``
-where it has no ``full_sort_predict``, as RecBole's full ranking does. Items the user already interacted with are left out unless ``--include_seen``; the padding item
-never appears. This package's diffusion models draw their evaluation noise from ``(eval_seed, user, ...)`` and
-RecBole's models are deterministic in eval mode, so the same command gives the same output.
+where it has no ``full_sort_predict``, as RecBole's full ranking does. Items the user already interacted with
+are left out unless ``--include_seen``; the padding item never appears. This package's diffusion models draw
+their evaluation noise from ``(eval_seed, user, ...)`` and RecBole's models are deterministic in eval mode, so the
+same command gives the same output.
 """
 
 import argparse

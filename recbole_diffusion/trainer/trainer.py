@@ -117,8 +117,8 @@ class PluginTrainerMixin:
             self.saved_model_file = collectives.broadcast_object(self.saved_model_file)  # named by rank 0's clock
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config)
         if self.lr_scheduler is not None and self._other_optimizers():
-            raise ValueError(f"lr_scheduler={config['lr_scheduler']!r}, lr_warmup_epochs={config['lr_warmup_epochs']!r}: "
-                             f"{config['model']}'s trainer steps its own optimizers "
+            raise ValueError(f"lr_scheduler={config['lr_scheduler']!r}, "
+                             f"lr_warmup_epochs={config['lr_warmup_epochs']!r}: {config['model']}'s trainer steps its own optimizers "
                              f"({', '.join(sorted(self._other_optimizers()))}), which a schedule would not change; "
                              "use lr_scheduler: none without a warm-up.")
         self.epoch_seconds, self.learning_rates, self.validation_curve = [], [], []
