@@ -175,17 +175,18 @@ def test_the_study_report_meets_the_l10_models_with_sasrec_at_l10(tmp_path):
                 json.dumps(_record(model, seed, value)), encoding="utf-8")
     text = study_beauty.report_text(str(tmp_path))
     sections = text.split("\n### ")[1:]
+    short_title = "Every model against tuned SASRec at L 10 (DreamRec's and PreferDiff's L)"
     assert [section.splitlines()[0] for section in sections] == [
-        "Every model against tuned SASRec (L 20), NDCG@10", "DreamRec and PreferDiff (L 10) against tuned SASRec at "
-        "L 10, NDCG@10", "Every model against tuned SASRec (L 20), HR@10",
-        "DreamRec and PreferDiff (L 10) against tuned SASRec at L 10, HR@10"]
+        "Every model against tuned SASRec (L 20), NDCG@10", f"{short_title}, NDCG@10",
+        "Every model against tuned SASRec (L 20), HR@10", f"{short_title}, HR@10"]
     main, short, main_hr, short_hr = sections
     assert "| DiffuRec-paper | 1 | 0.0200 |" in main and "SASRec (L 10)" not in main
     assert "| test HR@10 |" in main_hr and "| DiffuRec-paper | 1 | 0.0400 |" in main_hr
     for table, difference in ((short, "-0.0200"), (short_hr, "-0.0400")):
         rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+        assert list(rows)[:2] == ["model", "SASRec (L 10)"] and "SASRec" not in rows  # L 20's SASRec left out
         assert rows["SASRec (L 10)"].split("|")[4].strip() == "reference"
-        assert difference in rows["PreferDiff"] and "SASRec" not in rows
+        assert difference in rows["PreferDiff"] and "(-33.3 %, 1 seed) | n/a |" in rows["DiffuRec-paper"]
 
 
 def _load_benchmark(name):

@@ -298,7 +298,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
     if epoch_callback is not None:
         raise ValueError("an epoch callback (the tuner's pruning) needs a single-process run: nproc / world_size 1")
     worker_dict = spawn_settings(config, config_dict, launch)
-    resume_file(config)
+    resume_file(config)  # reads the checkpoint folder here, so that an unreadable checkpoint fails before a spawn
     summary = data_checks.check_interaction_files(config)
     return launcher.spawn(_spawned_rank, launch.nproc, (model, dataset, config_file_list, worker_dict, saved,
                                                          summary, report), offset=launch.offset)

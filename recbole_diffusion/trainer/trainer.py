@@ -116,10 +116,11 @@ class PluginTrainerMixin:
             self.evaluator = _GatheringEvaluator(self.evaluator, self)
             self.saved_model_file = collectives.broadcast_object(self.saved_model_file)  # named by rank 0's clock
         self.lr_scheduler = build_lr_scheduler(self.optimizer, config)
-        if self.lr_scheduler is not None and self._other_optimizers():
+        own_optimizers = self._other_optimizers()
+        if self.lr_scheduler is not None and own_optimizers:
             raise ValueError(f"lr_scheduler={config['lr_scheduler']!r}, "
                              f"lr_warmup_epochs={config['lr_warmup_epochs']!r}: {config['model']}'s trainer steps its own optimizers "
-                             f"({', '.join(sorted(self._other_optimizers()))}), which a schedule would not change; "
+                             f"({', '.join(sorted(own_optimizers))}), which a schedule would not change; "
                              "use lr_scheduler: none without a warm-up.")
         self.epoch_seconds, self.learning_rates, self.validation_curve = [], [], []
         self.target_rank_batches = []
