@@ -3,6 +3,7 @@
     python benchmarks/study_beauty.py tune                      # every model, in the study's order
     python benchmarks/study_beauty.py tune --models SASRec,GRU4Rec
     python benchmarks/study_beauty.py final --models SASRec,GRU4Rec   # tuned configurations on full Beauty
+    python benchmarks/study_beauty.py final --models BERT4Rec --seeds 2022   # a slow model's last seed, alongside
     python benchmarks/study_beauty.py sasrec-l10                # tuned SASRec at L 10 (DreamRec's, PreferDiff's L)
     python benchmarks/study_beauty.py paper                     # DiffuRec-paper, the authors' recipe, untuned
     python benchmarks/study_beauty.py report                    # the final runs against tuned SASRec (Holm)
@@ -40,7 +41,7 @@ import sys
 import numpy as np
 from beauty import DATASET, FAMILIES
 
-from recbole_diffusion.compare import exact_test_metric, load_runs
+from recbole_diffusion.compare import DEFAULT_SEED, exact_test_metric, load_runs
 from recbole_diffusion.data.slices import write_user_slice
 from recbole_diffusion.evaluation.statistics import holm_adjust, paired_t_test
 
@@ -84,8 +85,9 @@ def tune_command(model, data_path, study_dir):
     return command
 
 
-def tune(models, root, data_root):
-    """Run (or continue) every model's search, one after another; returns the first failing exit status."""
+def tune(models, root, data_root, seeds=None):
+    """Run (or continue) every model's search, one after another (``seeds`` unused: each search has its own);
+    returns the first failing exit status."""
     data_path = write_user_slice(os.path.join(data_root, DATASET, f"{DATASET}.inter"), DATASET, TUNING_USERS,
                                  os.path.join(root, f"data-{TUNING_USERS}-users"))
     for model in models:
@@ -118,9 +120,11 @@ def _compare_command(models, seeds, output, model_configs, settings, keep_checkp
     return command
 
 
-def final_command(models, root, data_root):
-    """The ``recbole_diffusion.compare`` command line of the final runs of ``models``."""
-    return _compare_command(models, FINAL_SEEDS, os.path.join(root, FOLDERS["final"]),
+def final_command(models, root, data_root, seeds=None):
+    """The ``recbole_diffusion.compare`` command line of the final runs of ``models``: seeds ``seeds`` (a subset of
+    the study's, so that two streams can share one model's seeds; default all :data:`FINAL_SEEDS`)."""
+    seeds = "".join(f"{seed}," for seed in seeds) if seeds else FINAL_SEEDS  # a list, even of one seed
+    return _compare_command(models, seeds, os.path.join(root, FOLDERS["final"]),
                             {model: os.path.join(root, "tune", model, "best.yaml") for model in models},
                             {"data_path": data_root, **FINAL_TRAINING})
 
@@ -140,7 +144,7 @@ def paper_command(root, data_root):
                             {"data_path": data_root, **sizes("DiffuRec"), **PAPER_TRAINING})
 
 
-def final(models, root, data_root):
+def final(models, root, data_root, seeds=None):
     """The final runs of every model in ``models`` whose search finished (the others are named and left out)."""
     ready = [model for model in models if search_finished(os.path.join(root, "tune", model))]
     waiting = [model for model in models if model not in ready]
@@ -148,7 +152,7 @@ def final(models, root, data_root):
         print(f"searches not finished, left out: {', '.join(waiting)}", flush=True)
     if not ready:
         return 1
-    return _call(final_command(ready, root, data_root))
+    return _call(final_command(ready, root, data_root, seeds))
 
 
 def _call(command):
@@ -156,16 +160,16 @@ def _call(command):
     return subprocess.call(command)
 
 
-def sasrec_l10(models, root, data_root):
-    """Stage ``sasrec-l10`` (``models`` unused): once SASRec's search finished."""
+def sasrec_l10(models, root, data_root, seeds=None):
+    """Stage ``sasrec-l10`` (``models`` and ``seeds`` unused): once SASRec's search finished."""
     if not search_finished(os.path.join(root, "tune", "SASRec")):
         print("SASRec's search is not finished", flush=True)
         return 1
     return _call(sasrec_l10_command(root, data_root))
 
 
-def paper(models, root, data_root):
-    """Stage ``paper`` (``models`` unused)."""
+def paper(models, root, data_root, seeds=None):
+    """Stage ``paper`` (``models`` and ``seeds`` unused)."""
     return _call(paper_command(root, data_root))
 
 
@@ -240,9 +244,9 @@ def report_text(root):
     return text
 
 
-def report(models, root, data_root):
-    """Write and print ``final/study.md`` (:func:`report_text`; ``models`` and ``data_root`` unused: every finished
-    run of the folders is reported)."""
+def report(models, root, data_root, seeds=None):
+    """Write and print ``final/study.md`` (:func:`report_text`; the other arguments are unused: every finished run
+    of the folders is reported)."""
     text = report_text(root)
     os.makedirs(os.path.join(root, FOLDERS["final"]), exist_ok=True)
     with open(os.path.join(root, FOLDERS["final"], "study.md"), "w", encoding="utf-8") as handle:
@@ -257,13 +261,19 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(STUDY_MODELS), help="comma-separated (default: all, in order)")
     parser.add_argument("--root", default=os.path.join(HERE, "study-beauty"))
     parser.add_argument("--data_path", default=os.path.join(HERE, "..", "..", "shared", "data"))
+    parser.add_argument("--seeds", default=None, help="final: comma-separated seeds, a subset of the study's (default "
+                        "all), so that a second stream can take a slow model's last seed")
     args = parser.parse_args(argv)
     models = [model for model in args.models.split(",") if model]
     unknown = sorted(set(models) - set(STUDY_MODELS))
     if unknown:
         parser.error(f"not a model of the study: {', '.join(unknown)} (the study's: {', '.join(STUDY_MODELS)})")
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed] if args.seeds else None
+    study_seeds = list(range(DEFAULT_SEED, DEFAULT_SEED + FINAL_SEEDS))
+    if seeds and (args.stage != "final" or not set(seeds) <= set(study_seeds)):
+        parser.error(f"--seeds belongs to the final stage, a subset of {study_seeds}")
     stage = {"tune": tune, "final": final, "sasrec-l10": sasrec_l10, "paper": paper, "report": report}[args.stage]
-    return stage(models, os.path.abspath(args.root), os.path.abspath(args.data_path))
+    return stage(models, os.path.abspath(args.root), os.path.abspath(args.data_path), seeds)
 
 
 if __name__ == "__main__":

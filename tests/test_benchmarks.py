@@ -109,6 +109,19 @@ def test_the_study_s_final_runs_use_each_search_s_best_yaml_with_the_cap_lifted(
     assert args.overrides["data_path"] == "/data"
 
 
+def test_a_second_stream_takes_a_subset_of_the_final_seeds(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study_beauty, "search_finished", lambda folder: True)
+    monkeypatch.setattr(study_beauty, "_call", calls.append)
+    assert study_beauty.main(["final", "--models", "BERT4Rec", "--seeds", "2022", "--root", str(tmp_path)]) is None
+    args = parse_args(calls[0][3:])
+    assert args.models == ["BERT4Rec"] and args.seeds == [2022] and args.output == str(tmp_path / "final")
+    for argv in (["final", "--seeds", "2023"], ["paper", "--seeds", "2020"]):
+        with pytest.raises(SystemExit):
+            study_beauty.main(argv + ["--root", str(tmp_path)])
+    assert len(calls) == 1
+
+
 def test_sasrec_is_rerun_at_l10_and_diffurec_paper_keeps_its_recipe_under_the_study_s_cap(tmp_path):
     short = parse_args(study_beauty.sasrec_l10_command(str(tmp_path), "/data")[3:])
     assert short.models == ["SASRec"] and short.output == str(tmp_path / "final-sasrec-L10")

@@ -73,6 +73,14 @@ def test_seed_and_seeds_together_are_refused(capsys):
     assert "--seed and --seeds" in capsys.readouterr().err
 
 
+def test_a_seed_written_as_a_count_is_refused_and_a_list_of_one_seed_is_not(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--models", "SASRec", "--dataset", "x", "--seeds", "2022"])
+    assert "--seed 2022 (or --seeds 2022,)" in capsys.readouterr().err
+    assert compare.parse_args(["--models", "SASRec", "--dataset", "x", "--seeds", "2022,"]).seeds == [2022]
+    assert compare.parse_args(["--models", "SASRec", "--dataset", "x", "--seeds", "999"]).seeds[-1] == 3018
+
+
 @pytest.mark.parametrize("parse", [
     lambda argv: runner.parse_args(argv),
     lambda argv: compare.parse_args(["--models", "SASRec", "--dataset", "x", *argv]),
