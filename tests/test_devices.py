@@ -76,6 +76,49 @@ def test_random_states_of_more_gpus_than_are_visible_restore(monkeypatch):
     assert [device for device, _ in restored] == [0] and torch.equal(restored[0][1], states["cuda"][0])
 
 
+class OnAccelerator(torch.Tensor):
+    """A tensor as a trainer reads it onto a GPU (``map_location=self.device``): numpy refuses it until ``.cpu()``."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
+        if func is torch.Tensor.cpu:
+            return args[0].as_subclass(torch.Tensor).clone()
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+def on_accelerator(value):
+    if isinstance(value, torch.Tensor):
+        return value.as_subclass(OnAccelerator)
+    if isinstance(value, dict):
+        return {key: on_accelerator(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_accelerator(item) for item in value)
+    return value
+
+
+def test_random_states_and_numpy_model_state_read_onto_a_gpu_restore(tmp_path):
+    """A resume on a GPU crashed on numpy's random state, and reloading EASE's or ItemKNN's best checkpoint on its
+    numpy / scipy state: the trainer reads checkpoints onto its device, and numpy takes host memory only."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    np.random.seed(7)
+    path = str(tmp_path / "c.pth")
+    ckpt.save_checkpoint({"rng": ckpt.rng_states(),
+                          "extra": ckpt.encode_state({"dense": np.eye(2), "sparse": sp.eye(3, format="csr")})}, path)
+    expected = np.random.rand(3)
+    with pytest.raises(TypeError, match="cpu"):  # the stand-in does refuse numpy
+        on_accelerator(torch.ones(2)).numpy()
+    loaded = on_accelerator(ckpt.load_checkpoint(path))
+    ckpt.set_rng_states(loaded["rng"])
+    assert np.array_equal(np.random.rand(3), expected)
+    extra = ckpt.decode_state(loaded["extra"], "cpu")
+    assert np.array_equal(extra["dense"], np.eye(2)) and (extra["sparse"] != sp.eye(3, format="csr")).nnz == 0
+
+
 def test_a_port_without_permission_is_named_not_the_ip(monkeypatch):
     import errno
     import socket

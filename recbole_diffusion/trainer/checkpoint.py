@@ -177,11 +177,12 @@ def rng_states(train_generator=None):
 
 
 def set_rng_states(states, train_generator=None):
-    """Restore what :func:`rng_states` recorded."""
+    """Restore what :func:`rng_states` recorded (its tensors on any device: a trainer reads checkpoints onto its
+    own)."""
     version, state, gauss = states["python"]
     random.setstate((version, tuple(state), gauss))
     name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] and torch.cuda.is_available():
         # A run moved to a machine with fewer visible GPUs restores the states of those it has (it continues, though
@@ -228,15 +229,16 @@ def _state_key(key):
 
 
 def decode_state(value, device):
-    """Inverse of :func:`encode_state`; tensors go to ``device``."""
+    """Inverse of :func:`encode_state`; tensors go to ``device``, numpy and scipy values to host memory (``value``
+    may have been read onto an accelerator)."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
         if set(value) == {"__numpy__"}:
-            return value["__numpy__"].numpy()
+            return value["__numpy__"].cpu().numpy()
         if set(value) == {"__csr__"}:
             data, indices, indptr, shape = value["__csr__"]
-            return sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=tuple(shape))
+            return sp.csr_matrix((data.cpu().numpy(), indices.cpu().numpy(), indptr.cpu().numpy()), shape=tuple(shape))
         return {key: decode_state(item, device) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_state(item, device) for item in value]
