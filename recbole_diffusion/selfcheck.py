@@ -8,7 +8,8 @@ On the first ``--users`` users of the ml-100k copy inside the ``recbole`` packag
 histories of 10), each model of this package and each variant, plus RecBole's SASRec, trains for one epoch
 through the runner's pipeline and is evaluated on the test split. For every model it then checks that a fresh
 model loaded from the checkpoint gives the very same test metrics, that the comparison's per-user ranks
-reproduce RecBole's metrics, and, for the five diffusion models, that every sampler runs (all-step DDPM,
+reproduce RecBole's metrics, and, for the five diffusion models and SASRec, that a resumed run continues for a
+second epoch from the first one's "last" checkpoint; for the five diffusion models, that every sampler runs (all-step DDPM,
 strided DDPM, DDIM, a 2-run ensemble; SeqDiffRec's own evaluation is the one-step sampler). On CUDA, one more
 epoch per diffusion model runs with RecBole's ``enable_amp``. One line per check (PASS / FAIL, seconds); the exit
 status is 1 if any check failed.
@@ -31,7 +32,7 @@ from recbole_diffusion.config.configurator import build_config, model_variants, 
 from recbole_diffusion.data.slices import ML100K_INTER, ML100K_ITEM, write_user_slice
 from recbole_diffusion.evaluation.metrics import METRICS, group_metrics
 from recbole_diffusion.model import MODELS
-from recbole_diffusion.quick_start.quick_start import build_trainer, fit_and_test, prepare_data
+from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, train_in_process
 from recbole_diffusion.utils.collectives import cuda_indices
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
 
@@ -95,11 +96,17 @@ def _finite_metrics(result):
 
 
 def train_and_test(model, data_path, device_settings, extra=None):
-    """One epoch and a test pass through the runner's pipeline; returns (config, data, trainer, result)."""
+    """One epoch and a test pass through the runner's pipeline (resuming as the runner does, with ``resume`` in
+    ``extra``); returns (config, data, trainer, result)."""
     config, model_class = _config(model, data_path, device_settings, extra)
-    data = prepare_data(config)
-    trainer = build_trainer(config, model_class, data.train)
-    result = fit_and_test(trainer, data, saved=True)
+    built = {}
+
+    def keep_data(config, trainer, data, result):
+        built["data"] = data
+        return result
+
+    trainer, result = train_in_process(config, model_class, saved=True, report=keep_data)
+    data = built["data"]
     _finite_metrics(result["test_result"])
     if not trainer.learning_rates:
         raise AssertionError("no training epoch ran")
@@ -120,6 +127,16 @@ def check_reload(model, data_path, device_settings, trained):
     if dict(reloaded) != dict(result["test_result"]):
         raise AssertionError(f"reloaded checkpoint gave {dict(reloaded)}, training ended with "
                              f"{dict(result['test_result'])}")
+
+
+def check_resume(model, data_path, device_settings, checkpoint_dir):
+    """A second run with ``resume`` and one more epoch continues from the first run's "last" checkpoint (its random
+    states and optimizer read onto this device) and trains that epoch."""
+    _, _, trainer, _ = train_and_test(model, data_path, device_settings,
+                                      {"checkpoint_dir": checkpoint_dir, "resume": True, "epochs": 2})
+    if trainer.start_epoch != 1 or len(trainer.epoch_seconds) != 2:
+        raise AssertionError(f"resumed at epoch {trainer.start_epoch} with {len(trainer.epoch_seconds)} epoch(s) "
+                             "recorded; expected epoch 1 after the first run's one epoch")
 
 
 def check_group_metrics(trained):
@@ -185,6 +202,9 @@ def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
                 report.check(f"{name}: reloaded checkpoint, same test metrics",
                              lambda n=name, t=trained: check_reload(n, data_path, settings, t))
                 report.check(f"{name}: per-user ranks and group metrics", lambda t=trained: check_group_metrics(t))
+                if name in MODELS or name == RECBOLE_BASELINE:
+                    report.check(f"{name}: resume for a second epoch", lambda n=name: check_resume(
+                        n, data_path, settings, os.path.join(folder, "saved", n)))
                 if name in MODELS:
                     for sampler, extra in SAMPLERS.items():
                         report.check(f"{name}: sampler {sampler}", lambda n=name, e=extra, t=trained: evaluate_checkpoint(
