@@ -1,6 +1,7 @@
 """The GPUs a scheduler gave a job: an existing CUDA_VISIBLE_DEVICES is kept and gpu_id indexes into it; random
-states of more GPUs than are visible restore without a crash. (No GPU here: the logic is tested on the variables
-and device lists.)"""
+states of more GPUs than are visible, or read onto a GPU, restore without a crash; every diffusion model trains and
+ranks with its inputs on a device other than the CPU. (No GPU here: the logic is tested on the variables and device
+lists, a tensor type that refuses numpy as a CUDA tensor does, and PyTorch's meta device.)"""
 
 import os
 
@@ -11,6 +12,7 @@ import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.quick_start import launcher
 from recbole_diffusion.utils import collectives
+from recbole_diffusion.model import MODELS
 from conftest import TINY
 
 
@@ -117,6 +119,29 @@ def test_random_states_and_numpy_model_state_read_onto_a_gpu_restore(tmp_path):
     assert np.array_equal(np.random.rand(3), expected)
     extra = ckpt.decode_state(loaded["extra"], "cpu")
     assert np.array_equal(extra["dense"], np.eye(2)) and (extra["sparse"] != sp.eye(3, format="csr")).nnz == 0
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_every_diffusion_model_trains_and_ranks_on_another_device(model_name, data_root):
+    """The model and its inputs on PyTorch's ``meta`` device (shapes without storage): a tensor that a line creates
+    on the CPU instead of the inputs' device meets them in an elementwise op and fails, as it would on a GPU.
+    (Meta misses a CPU tensor in a matmul or an index; the audit of every creation line covers those.)
+    SeqDiffRec draws its steps uniformly here: ``torch.bincount`` of its loss-aware sampler has no meta kernel."""
+    from recbole_diffusion.quick_start.quick_start import prepare_data
+
+    config, model_class = build_config(model_name, "ml-100k-tiny", config_dict={
+        **TINY, "data_path": data_root, "gpu_id": "", "diffusion_steps": 20, "beta_schedule": "cosine",
+        **({"timestep_sampler": "uniform"} if model_name == "SeqDiffRec" else {})})
+    data = prepare_data(config)
+    meta = torch.device("meta")
+    model = model_class(config, data.train._dataset).to(meta)
+    loss = model.calculate_loss(next(iter(data.train)).to(meta))
+    assert loss.device == meta and loss.dim() == 0
+    model.eval()
+    test_batch = next(iter(data.test))[0].to(meta)
+    with torch.no_grad():
+        scores = model.full_sort_predict(test_batch)
+    assert scores.device == meta and scores.numel() == len(test_batch) * data.train._dataset.item_num
 
 
 def test_a_port_without_permission_is_named_not_the_ip(monkeypatch):
