@@ -1,6 +1,7 @@
 """PreferDiff-T on ml-100k (BENCHMARKS.md run 22): zero-shot ranking of unseen items and of an unseen dataset.
 
     python benchmarks/text_zero_shot.py encoder     # the encoder's time and peak memory on ml-100k's 1,682 items
+    python benchmarks/text_zero_shot.py bases       # a transfer's target table against the training's axes
     python benchmarks/text_zero_shot.py heldout     # 20 % of the items held out of training; 3 seeds
     python benchmarks/text_zero_shot.py transfer    # older films -> films from 1995, zero-shot; 3 seeds
     python benchmarks/text_zero_shot.py report      # transfer.md from the transfer stage's records
@@ -8,13 +9,14 @@
 Stage ``heldout`` is one ``compare`` of SASRec (RecBole's defaults, d 64), PreferDiff with an id table and
 PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>). Genres: <genres>") on ml-100k
 (RecBole's copy) with ``holdout_items_ratio`` 0.2 (a different draw per seed); PreferDiff (ids) runs at d 384, the
-text table's width, so the two differ in the table alone. Its ``summary.md`` has every user's metrics and the
+text table's width, and both at FFN 384 (:data:`MODEL_CONFIG`), so the two differ in the table alone. Its ``summary.md`` has every user's metrics and the
 "held-out items" table (the users whose test target no model saw in training), each with paired t-tests against
 SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint datasets by release year (:data:`CUTS`;
 ``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on each of the two older ones and on their
 merge (``merge_datasets``: more pretraining data; ``compare``, checkpoints kept), evaluates each seed's checkpoint
 on the films from 1995 with ``transfer_from`` (no training on them), and trains SASRec, Pop and PreferDiff-T
-in-domain on those for reference (``compare``).
+in-domain on those for reference (``compare``); its text tables are whitened with ``zca`` (:data:`TRANSFER`), since
+stage ``bases`` measured that the authors' ``pca`` puts the target's table in axes unrelated to the training's.
 
 Both stages resume (``compare`` keeps finished runs; a finished transfer record is not redone). Training is capped
 at :data:`TRAINING` (early stopping on validation NDCG@10, patience stated there).
@@ -46,7 +48,18 @@ TARGET = "ml-100k-from-1995"
 MERGED = "ml-100k-before-1995"
 SOURCES = {"ml-100k-before-1990": {}, "ml-100k-1990-1994": {},
            MERGED: {"merge_datasets": "['ml-100k-before-1990','ml-100k-1990-1994']"}}
-MODEL_CONFIG = {"PreferDiff": {"hidden_size": 384, "inner_size": 384}}
+# PreferDiff's FFN width is its hidden size in the authors' code: 384 for both tables (PreferDiff-T's model width is
+# the text table's 384 whatever hidden_size says; its inner_size must be given).
+MODEL_CONFIG = {"PreferDiff": {"hidden_size": 384, "inner_size": 384}, "PreferDiff-T": {"inner_size": 384}}
+# Stage transfer: text tables keep the encoder's axes (``bases``: the authors' pca gives each dataset its own); Pop,
+# a general model, ranks without masking the user's earlier items, as the sequential models and the random line do.
+TRANSFER = {"text_whitening": "zca", "eval_history_mask": "none"}
+
+
+def data_folder(max_users):
+    """The folder of the stage's datasets under ``--root``: one per ``--max_users``, so that a smoke test's slices
+    are never read as the full data (``compare`` compares settings, not the rows behind a path)."""
+    return "data" if max_users is None else f"data-{max_users}-users"
 
 
 def release_year(row):
@@ -114,19 +127,66 @@ def encoder_stage(root, cache_dir):
     return 0
 
 
+def bases_stage(root, cache_dir):
+    """How far a transfer's target table is from the axes the model was trained in (``bases.json``): ml-100k's films
+    from 1995 whitened alone (what ``transfer_from`` builds) against the same films under the whitening of each
+    source's films (the space the network was trained in; the merge's films as one set), the mean cosine of a
+    film's two rows, under the authors' ``pca`` and under ``zca``; the merge's two sources are compared the same
+    way."""
+    import csv
+
+    from recbole.data import create_dataset
+
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.model.item_table import whiten, whitening
+    from recbole_diffusion.text.item_vectors import item_vectors
+
+    config, _ = build_config("PreferDiff-T", "ml-100k", config_dict={"text_cache_dir": cache_dir, "state": "WARNING"})
+    dataset = create_dataset(config)
+    found = item_vectors(config, dataset)
+    with open(ML100K_ITEM, encoding="utf-8") as handle:
+        rows = csv.DictReader(handle, delimiter="\t")
+        years = {row["item_id:token"]: release_year({"release_year": row["release_year:token"]}) for row in rows}
+    year = np.array([years.get(token) or 0 for token in dataset.field2id_token[dataset.iid_field]])
+    cuts = {name: found.has_vector & (year > 0) & (low <= year) & (year < high) for name, (low, high) in CUTS.items()}
+    older = cuts["ml-100k-before-1990"] | cuts["ml-100k-1990-1994"]
+    floor = config["text_whitening_floor"]
+
+    def mean_cosine(trained_on, target, basis):
+        alone = whiten(found.vectors[target], floor, basis)
+        in_training_axes = whitening(found.vectors[trained_on], floor, basis)(found.vectors[target])
+        cosines = np.sum(alone * in_training_axes, axis=1) / (np.linalg.norm(alone, axis=1)
+                                                                * np.linalg.norm(in_training_axes, axis=1))
+        return float(cosines.mean())
+
+    trained_on = {"ml-100k-before-1990": cuts["ml-100k-before-1990"], "ml-100k-1990-1994": cuts["ml-100k-1990-1994"],
+                  MERGED: older}
+    record = {basis: {**{f"{TARGET}, alone vs under {source}'s whitening": mean_cosine(rows, cuts[TARGET], basis)
+                         for source, rows in trained_on.items()},
+                      "ml-100k-1990-1994, alone vs under ml-100k-before-1990's whitening": mean_cosine(
+                          cuts["ml-100k-before-1990"], cuts["ml-100k-1990-1994"], basis)}
+              for basis in ("pca", "zca")}
+    record["films"] = {name: int(rows.sum()) for name, rows in cuts.items()}
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "bases.json"), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
 def transfer_stage(root, extra, seeds, max_users):
     """Train PreferDiff-T on each source (and on their merge), evaluate every seed's checkpoint on the target, and
     the in-domain references on the target."""
     from recbole_diffusion.quick_start.quick_start import run
 
-    data_path = write_transfer_datasets(os.path.join(root, "data"), max_users)
+    data_path = write_transfer_datasets(os.path.join(root, data_folder(max_users)), max_users)
     for source, settings in SOURCES.items():
         code = call(compare_command(["PreferDiff-T"], source, os.path.join(root, "transfer", source),
-                                    {**settings, **extra}, data_path, keep_checkpoints=True, seeds=seeds))
+                                    {**settings, **TRANSFER, **extra}, data_path, keep_checkpoints=True, seeds=seeds))
         if code:
             return code
     code = call(compare_command(["SASRec", "Pop", "PreferDiff-T"], TARGET, os.path.join(root, "transfer", "target"),
-                                extra, data_path, seeds=seeds))
+                                {**TRANSFER, **extra}, data_path, seeds=seeds))
     if code:
         return code
     zero_shot = os.path.join(root, "transfer", "zero-shot")
@@ -137,14 +197,20 @@ def transfer_stage(root, extra, seeds, max_users):
             with open(os.path.join(runs, name), encoding="utf-8") as handle:
                 trained = json.load(handle)
             record_path = os.path.join(zero_shot, f"{source}-{name}")
-            if trained.get("status") != "ok" or os.path.isfile(record_path):
+            if trained.get("status") != "ok":
                 continue
-            settings = {"data_path": data_path, **TEXT, **TRAINING, **extra, "seed": trained["seed"],
-                        "transfer_from": trained["checkpoint"]}
+            settings = {"data_path": data_path, **TEXT, **TRAINING, **MODEL_CONFIG["PreferDiff-T"], **TRANSFER,
+                        **extra, "seed": trained["seed"], "transfer_from": trained["checkpoint"]}
+            made_from = {"settings": settings, "checkpoint_mtime": os.path.getmtime(trained["checkpoint"])}
+            if os.path.isfile(record_path):
+                with open(record_path, encoding="utf-8") as handle:
+                    done = json.load(handle)
+                if {key: done.get(key) for key in made_from} == made_from:
+                    continue  # done, from this checkpoint with these settings; anything else is redone
             result = run("PreferDiff-T", TARGET, config_dict=settings, saved=False)
             with open(record_path, "w", encoding="utf-8") as handle:
-                json.dump({"source": source, "seed": trained["seed"], "source_test": trained["test"], **result},
-                          handle, indent=2)
+                json.dump({"source": source, "seed": trained["seed"], "source_test": trained["test"], **made_from,
+                           **result}, handle, indent=2)
     return 0
 
 
@@ -153,7 +219,7 @@ def random_ranking(n_items, k):
     return k / n_items, sum(1 / np.log2(rank + 2) for rank in range(k)) / n_items
 
 
-def report_stage(root):
+def report_stage(root, max_users=None):
     """``transfer.md``: zero-shot PreferDiff-T on the target beside the in-domain runs and a random ranking (mean ±
     std over seeds; the paired t-test, by seed, of each in-domain model's NDCG@10 against the zero-shot runs')."""
     from recbole_diffusion.compare import load_runs
@@ -165,13 +231,15 @@ def report_stage(root):
         with open(os.path.join(zero_shot, name), encoding="utf-8") as handle:
             records.append(json.load(handle))
     target = load_runs(os.path.join(root, "transfer", "target"))
-    rows = {f"PreferDiff-T, zero-shot, trained on {source}":
+    labels = {source: source for source in SOURCES}
+    labels[MERGED] = f"the merge of {' and '.join(source for source in SOURCES if source != MERGED)}"
+    rows = {f"PreferDiff-T, zero-shot, trained on {labels[source]}":
             {record["seed"]: record["test_result"] for record in records if record["source"] == source}
             for source in SOURCES}
     for model in ("PreferDiff-T", "SASRec", "Pop"):
         rows[f"{model}, trained on the target"] = {r["seed"]: r["test"] for r in target
                                                    if r["model"] == model and r["status"] == "ok"}
-    reference = rows[f"PreferDiff-T, zero-shot, trained on {MERGED}"]
+    reference = rows[f"PreferDiff-T, zero-shot, trained on {labels[MERGED]}"]
     lines = ["| model | seeds | HR@10 | NDCG@10 | NDCG@20 | p (NDCG@10 vs zero-shot from the merge) |",
              "|---|---|---|---|---|---|"]
     for label, results in rows.items():
@@ -183,7 +251,7 @@ def report_stage(root):
                                                                   [reference[s]["ndcg@10"] for s in shared])
         lines.append(f"| {label} | {len(values)} | " + " | ".join(cells) +
                      f" | {'-' if p_value is None else f'{p_value:.3g}'} |")
-    with open(os.path.join(root, "data", TARGET, f"{TARGET}.inter"), encoding="utf-8") as handle:
+    with open(os.path.join(root, data_folder(max_users), TARGET, f"{TARGET}.inter"), encoding="utf-8") as handle:
         handle.readline()
         n_items = len({line.split("\t")[1] for line in handle})
     hit, ndcg = random_ranking(n_items, 10)
@@ -197,7 +265,7 @@ def report_stage(root):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["encoder", "heldout", "transfer", "report"])
+    parser.add_argument("stage", choices=["encoder", "bases", "heldout", "transfer", "report"])
     parser.add_argument("--root", default=DEFAULT_ROOT, help="where the records go (default %(default)s)")
     parser.add_argument("--text_cache_dir", default=None, help="the text cache (default: the package's)")
     parser.add_argument("--seeds", type=int, default=SEEDS, help="seeds per model (default %(default)s)")
@@ -211,17 +279,20 @@ def main(argv=None):
         extra["text_cache_dir"] = args.text_cache_dir
     if args.stage == "encoder":
         return encoder_stage(args.root, args.text_cache_dir or os.path.join(args.root, "encoder-cache"))
+    if args.stage == "bases":
+        return bases_stage(args.root, args.text_cache_dir or os.path.join(args.root, "encoder-cache"))
     if args.stage == "heldout":
         data_path = None
         if args.max_users:
-            data_path = write_user_slice(ML100K_INTER, "ml-100k", args.max_users, os.path.join(args.root, "data"))
+            data_path = write_user_slice(ML100K_INTER, "ml-100k", args.max_users,
+                                         os.path.join(args.root, data_folder(args.max_users)))
             shutil.copy(ML100K_ITEM, os.path.join(data_path, "ml-100k", "ml-100k.item"))
         return call(compare_command(["SASRec", "PreferDiff", "PreferDiff-T"], "ml-100k",
                                     os.path.join(args.root, "heldout"), {"holdout_items_ratio": 0.2, **extra},
                                     data_path, seeds=args.seeds))
     if args.stage == "transfer":
         return transfer_stage(args.root, extra, args.seeds, args.max_users)
-    return report_stage(args.root)
+    return report_stage(args.root, args.max_users)
 
 
 if __name__ == "__main__":

@@ -266,11 +266,12 @@ def write_reports(records, output, models, reference=None):
     parts.append(comparison_table(records, models, reference, exact_test_metric, "All test users"))
     group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
     for group in group_names:
-        users = ok[0]["groups"][group]["users"]
+        counts = sorted({r["groups"][group]["users"] for r in ok if group in r["groups"]})
+        users = f"{counts[0]} users" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} users, by seed"
         lengths = ok[0]["groups"][group].get("lengths")
         span = f"{lengths[0]}-{lengths[1]} interactions, " if lengths else ""
         parts.append(comparison_table(records, models, reference, lambda r, m, g=group: r["groups"][g][m],
-                                      f"{group} ({span}{users} users)"))
+                                      f"{group} ({span}{users})"))
     parts += ["### Cost", "", "| model | epochs | s / epoch | inference s / 1000 users | peak memory (MiB) |",
               "|---|---|---|---|---|"]
     for model in models:

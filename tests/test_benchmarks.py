@@ -227,6 +227,40 @@ def test_text_zero_shot_cuts_item_disjoint_datasets_by_release_year(tmp_path):
         assert low <= min(items[name].values()) and max(items[name].values()) < high
 
 
+def test_text_zero_shot_gives_both_tables_one_ffn_width_and_the_transfer_the_encoder_s_axes(tmp_path, monkeypatch):
+    text_zero_shot = _load_benchmark("text_zero_shot")
+    command = text_zero_shot.compare_command(["SASRec", "PreferDiff", "PreferDiff-T"], "ml-100k",
+                                             str(tmp_path / "heldout"), {})
+    configs = parse_args(command[3:]).model_configs
+    assert set(configs) == {"PreferDiff", "PreferDiff-T"}
+    assert "inner_size: 384" in open(configs["PreferDiff"]).read() and \
+        "inner_size: 384" in open(configs["PreferDiff-T"]).read()
+    # Stage transfer, its training stubbed: every run and zero-shot evaluation reads the tables in the encoder's
+    # axes, and a zero-shot record is redone when its checkpoint changed.
+    calls, evaluated = [], []
+    monkeypatch.setattr(text_zero_shot, "call", lambda command: calls.append(parse_args(command[3:])) or 0)
+    import recbole_diffusion.quick_start.quick_start as quick_start
+    monkeypatch.setattr(quick_start, "run", lambda model, dataset, config_dict, saved: evaluated.append(
+        config_dict) or {"test_result": {"ndcg@10": 0.1}})
+    checkpoint = tmp_path / "best.pth"
+    checkpoint.write_bytes(b"x")
+    for source in text_zero_shot.SOURCES:
+        runs = tmp_path / "transfer" / source / "runs"
+        runs.mkdir(parents=True)
+        (runs / "PreferDiff-T-seed2020.json").write_text(json.dumps(
+            {"status": "ok", "seed": 2020, "test": {}, "checkpoint": str(checkpoint)}), encoding="utf-8")
+    assert text_zero_shot.transfer_stage(str(tmp_path), {}, 1, 20) == 0
+    assert all(args.overrides["text_whitening"] == "zca" for args in calls) and len(calls) == 4
+    assert calls[0].overrides["data_path"].endswith("data-20-users")  # a smoke test's slices apart from the data
+    assert len(evaluated) == 3 and all(settings["text_whitening"] == "zca" and settings["inner_size"] == 384
+                                       for settings in evaluated)
+    text_zero_shot.transfer_stage(str(tmp_path), {}, 1, 20)
+    assert len(evaluated) == 3  # done, the same checkpoints: kept
+    os.utime(checkpoint, (1, 1))
+    text_zero_shot.transfer_stage(str(tmp_path), {}, 1, 20)
+    assert len(evaluated) == 6  # retrained checkpoints: evaluated again
+
+
 def test_random_ranking_closed_form():
     text_zero_shot = _load_benchmark("text_zero_shot")
     hit, ndcg = text_zero_shot.random_ranking(4, 2)

@@ -319,9 +319,12 @@ def test_relative_improvement_uses_only_the_seeds_both_models_share():
 def test_held_out_items_get_their_own_group_and_table(data_root, tmp_path):
     output = str(tmp_path / "heldout")
     overrides = {**_overrides(data_root), "epochs": "1", "holdout_items_ratio": "0.5"}
-    records = run_comparison(["SASRec", "GRU4Rec"], DATASET, [2020], output, overrides=overrides, isolate=False)
+    records = run_comparison(["SASRec", "GRU4Rec"], DATASET, [2020, 2021], output, overrides=overrides,
+                             isolate=False)
     for record in records:
         group = record["groups"]["held-out items"]
         assert 0 < group["users"] < record["test_users"] and set(METRICS) <= set(group)
+    counts = sorted({record["groups"]["held-out items"]["users"] for record in records})
+    assert len(counts) == 2  # each seed draws its own items, so the group's users differ
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
-        assert f"held-out items ({records[0]['groups']['held-out items']['users']} users)" in handle.read()
+        assert f"held-out items ({counts[0]}-{counts[1]} users, by seed)" in handle.read()

@@ -131,6 +131,26 @@ def test_whitening_gives_identity_covariance():
     np.testing.assert_allclose(whitened.T @ whitened / len(whitened), np.eye(8), atol=1e-8)
 
 
+def test_zca_whitening_is_the_inverse_square_root_of_the_covariance_and_keeps_the_encoder_s_axes():
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 1.0
+    centred = vectors - vectors.mean(axis=0)
+    closed_form = centred @ np.linalg.inv(sqrtm(centred.T @ centred / len(vectors))).real
+    np.testing.assert_allclose(whiten(vectors, 1e-9, "zca"), closed_form, atol=1e-8)
+    # Two datasets of one encoder whitened alone: under zca a shared item lands at nearly the same row (the
+    # encoder's axes); under pca each table has its own eigenvector axes and signs.
+    first, second = vectors[:250], vectors[150:]
+    shared = slice(150, 250)
+
+    def mean_cosine(basis):
+        a, b = whiten(first, 1e-9, basis)[shared], whiten(second, 1e-9, basis)[:100]
+        return np.mean(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+
+    assert mean_cosine("zca") > 0.9 > mean_cosine("pca")
+
+
 def test_whitening_fewer_items_than_dimensions_stays_finite_and_unit_on_the_spanned_directions():
     vectors = np.random.default_rng(1).normal(size=(5, 16))
     whitened = whiten(vectors, 1e-6)
@@ -290,6 +310,7 @@ def test_the_runner_transfers_and_reports_it(disjoint_settings, trained_on_old, 
     ("PreferDiff-T", {"checkpoint": "PreferDiff"}, ["id item table", "ml-old"]),
     ("PreferDiff", {}, ["needs item_table text"]),
     ("DreamRec", {"item_table": "text"}, ["holds a PreferDiff model, not DreamRec"]),
+    ("PreferDiff-T", {"text_whitening": "zca"}, ["text_whitening 'pca'", "this run's is 'zca'"]),
 ])
 def test_a_transfer_that_cannot_hold_is_refused(disjoint_settings, trained_on_old, in_tmp_cwd, capsys, model, extra,
                                                 fragments):
@@ -443,6 +464,7 @@ def test_a_transfer_with_other_model_keys_warns_and_names_them(disjoint_settings
                 "holdout_items_ratio": 0.3}
     result = run("PreferDiff-T", "ml-new", config_dict=settings, saved=False)
     assert "guidance_weight (8.0 -> 0.5)" in caplog.text
+    assert "transfer_from with text_whitening pca" in caplog.text  # the authors' whitening rotates the target
     assert result["test_result_heldout_items"]["users"] > 0
 
 
@@ -484,3 +506,18 @@ def test_a_transfer_keeps_the_adapter_and_rebuilds_the_table(disjoint_settings, 
     saved = torch.load(trained, weights_only=False)["state_dict"]
     assert torch.equal(trainer.model.item_embedding.adapter.weight, saved["item_embedding.adapter.weight"])
     assert trainer.model.item_embedding.table.weight.shape[0] == data.dataset.item_num
+
+
+def test_a_transfer_in_the_encoder_s_axes_uses_the_target_s_zca_table_without_the_warning(disjoint_settings,
+                                                                                           in_tmp_cwd, caplog):
+    settings = {**disjoint_settings, "text_whitening": "zca"}
+    trained = run("PreferDiff-T", "ml-old", config_dict=settings)["saved_model_file"]
+    config, model_class = build_config("PreferDiff-T", "ml-new", config_dict={**settings, "transfer_from": trained})
+    data = prepare_data(config, log_file=False)
+    trainer = build_trainer(config, model_class, data.train)
+    result = transfer_and_test(trainer, data, trained)
+    assert all(np.isfinite(value) for value in result["test_result"].values())
+    found = item_vectors(config, data.dataset)
+    np.testing.assert_allclose(trainer.model.item_embedding.weight[found.has_vector].numpy(),
+                               whiten(found.vectors[found.has_vector], 1e-6, "zca"), atol=1e-5)
+    assert "text_whitening pca" not in caplog.text

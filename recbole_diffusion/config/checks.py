@@ -17,7 +17,7 @@ import yaml
 from recbole_diffusion.data.checks import expected_splits
 from recbole_diffusion.evaluation.history_mask import EVAL_HISTORY_MASKS
 from recbole_diffusion.model.checks import MODEL_CHECKS
-from recbole_diffusion.model.item_table import ITEM_TABLES
+from recbole_diffusion.model.item_table import ITEM_TABLES, WHITENING_BASES
 from recbole_diffusion.text.encoder import ENCODERS, encoder_folder
 from recbole_diffusion.text.item_vectors import template_fields, vector_file_width
 from recbole_diffusion.utils.checks import fail, require_bool, require_in, require_int, require_range
@@ -242,6 +242,7 @@ def check_item_table(config, model_name):
         fail("item_table", "text", f"applies to this package's diffusion models ({', '.join(sorted(MODEL_CHECKS))}), "
              f"not to {model_name}")
     require_range(config, "text_whitening_floor", 0, 1, low_open=True, high_open=True)
+    require_in(config, "text_whitening", WHITENING_BASES)
     require_bool(config, "item_text_adapter")
     if config["item_text_embeddings"]:
         path = str(config["item_text_embeddings"])
@@ -322,6 +323,9 @@ def check_transfer(config, model_name):
         fail("transfer_from", path, f"holds a model with an id item table, trained on {saved.get('dataset')}'s "
              f"items: its scores are tied to those items, so it cannot rank {config['dataset']}'s; train with "
              "item_table text to transfer")
+    if saved.get("text_whitening", "pca") != config["text_whitening"]:
+        fail("transfer_from", path, f"was trained on tables whitened with text_whitening "
+             f"{saved.get('text_whitening', 'pca')!r}, this run's is {config['text_whitening']!r}: give the training's")
     if not saved.get("item_text_embeddings") and not config["item_text_embeddings"] and \
             saved.get("item_text_encoder") != config["item_text_encoder"]:
         fail("transfer_from", path, f"was trained on vectors of {saved.get('item_text_encoder')}, not "

@@ -244,6 +244,11 @@ def transfer_and_test(trainer, data, path):
     if changed:
         logger.warning(f"transfer_from: model keys differ from the checkpoint's training: {', '.join(changed)}; this "
                        "run uses its own values (a different T or schedule makes the trained denoiser meaningless)")
+    if config["text_whitening"] == "pca":
+        logger.warning("transfer_from with text_whitening pca (the authors' whitening): this dataset's table is "
+                       "whitened in its own eigenvector axes, which are unrelated to those the model was trained in, "
+                       "so the network reads its items in a rotated space; train and transfer with text_whitening zca "
+                       "to keep the encoder's axes (recbole_diffusion/model/item_table.py)")
     trainer.model.load_state_dict(state, strict=False)
     logger.info(f"transfer_from {path} (trained on {checkpoint['config'].get('dataset')}): every weight but the item "
                 f"table, which is {config['dataset']}'s; no training")
