@@ -244,8 +244,9 @@ def report_stage(root, max_users=None):
              "|---|---|---|---|---|---|"]
     for label, results in rows.items():
         values = list(results.values())
-        cells = [f"{np.mean([r[m] for r in values]):.4f} ± {np.std([r[m] for r in values], ddof=1):.4f}"
-                 if len(values) > 1 else "-" for m in ("hit@10", "ndcg@10", "ndcg@20")]
+        cells = [f"{np.mean([r[m] for r in values]):.4f}"
+                 + (f" ± {np.std([r[m] for r in values], ddof=1):.4f}" if len(values) > 1 else "") if values else "-"
+                 for m in ("hit@10", "ndcg@10", "ndcg@20")]
         shared = sorted(set(results) & set(reference))
         p_value = None if results is reference else paired_t_test([results[s]["ndcg@10"] for s in shared],
                                                                   [reference[s]["ndcg@10"] for s in shared])
