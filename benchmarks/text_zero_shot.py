@@ -9,9 +9,9 @@
 Stage ``heldout`` is one ``compare`` of SASRec (RecBole's defaults, d 64), PreferDiff with an id table and
 PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>). Genres: <genres>") on ml-100k
 (RecBole's copy) with ``holdout_items_ratio`` 0.2 (a different draw per seed); PreferDiff (ids) runs at d 384, the
-text table's width, and both at FFN 384 (:data:`MODEL_CONFIG`), so the two differ in the table alone. Its ``summary.md`` has every user's metrics and the
-"held-out items" table (the users whose test target no model saw in training), each with paired t-tests against
-SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint datasets by release year (:data:`CUTS`;
+text table's width, and both at FFN 384 (:data:`MODEL_CONFIG`), so the two differ in the table alone. Its
+``summary.md`` has every user's metrics and the "held-out items" table (the users whose test target no model saw in
+training), each with paired t-tests against SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint datasets by release year (:data:`CUTS`;
 ``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on each of the two older ones and on their
 merge (``merge_datasets``: more pretraining data; ``compare``, checkpoints kept), evaluates each seed's checkpoint
 on the films from 1995 with ``transfer_from`` (no training on them), and trains SASRec, Pop and PreferDiff-T

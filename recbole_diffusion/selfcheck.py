@@ -9,10 +9,10 @@ histories of 10), each model of this package and each variant, plus RecBole's SA
 through the runner's pipeline and is evaluated on the test split. For every model it then checks that a fresh
 model loaded from the checkpoint gives the very same test metrics, that the comparison's per-user ranks
 reproduce RecBole's metrics, and, for the five diffusion models and SASRec, that a resumed run continues for a
-second epoch from the first one's "last" checkpoint; for the five diffusion models, that every sampler runs (all-step DDPM,
-strided DDPM, DDIM, a 2-run ensemble; SeqDiffRec's own evaluation is the one-step sampler). On CUDA, one more
-epoch per diffusion model runs with RecBole's ``enable_amp``. One line per check (PASS / FAIL, seconds); the exit
-status is 1 if any check failed.
+second epoch from the first one's "last" checkpoint; for the five diffusion models, that every sampler runs
+(all-step DDPM, strided DDPM, DDIM, a 2-run ensemble; SeqDiffRec's own evaluation is the one-step sampler). On
+CUDA, one more epoch per diffusion model runs with RecBole's ``enable_amp``. One line per check (PASS / FAIL,
+seconds); the exit status is 1 if any check failed.
 The sizes are not the presets' (``-paper`` variants included): this checks code paths and devices, not quality.
 """
 

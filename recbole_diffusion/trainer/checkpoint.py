@@ -238,7 +238,8 @@ def decode_state(value, device):
             return value["__numpy__"].cpu().numpy()
         if set(value) == {"__csr__"}:
             data, indices, indptr, shape = value["__csr__"]
-            return sp.csr_matrix((data.cpu().numpy(), indices.cpu().numpy(), indptr.cpu().numpy()), shape=tuple(shape))
+            parts = (data.cpu().numpy(), indices.cpu().numpy(), indptr.cpu().numpy())
+            return sp.csr_matrix(parts, shape=tuple(shape))
         return {key: decode_state(item, device) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_state(item, device) for item in value]
