@@ -268,10 +268,15 @@ def main(argv=None):
     unknown = sorted(set(models) - set(STUDY_MODELS))
     if unknown:
         parser.error(f"not a model of the study: {', '.join(unknown)} (the study's: {', '.join(STUDY_MODELS)})")
-    seeds = [int(seed) for seed in args.seeds.split(",") if seed] if args.seeds else None
     study_seeds = list(range(DEFAULT_SEED, DEFAULT_SEED + FINAL_SEEDS))
-    if seeds and (args.stage != "final" or not set(seeds) <= set(study_seeds)):
-        parser.error(f"--seeds belongs to the final stage, a subset of {study_seeds}")
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        except ValueError:
+            seeds = []
+        if args.stage != "final" or not seeds or not set(seeds) <= set(study_seeds):
+            parser.error(f"--seeds {args.seeds!r}: the final stage's, comma-separated seeds of {study_seeds}")
     stage = {"tune": tune, "final": final, "sasrec-l10": sasrec_l10, "paper": paper, "report": report}[args.stage]
     return stage(models, os.path.abspath(args.root), os.path.abspath(args.data_path), seeds)
 

@@ -11,14 +11,15 @@ PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>).
 (RecBole's copy) with ``holdout_items_ratio`` 0.2 (a different draw per seed); PreferDiff (ids) runs at d 384, the
 text table's width, and both at FFN 384 (:data:`MODEL_CONFIG`), so the two differ in the table alone. Its
 ``summary.md`` has every user's metrics and the "held-out items" table (the users whose test target no model saw in
-training), each with paired t-tests against SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint datasets by release year (:data:`CUTS`;
-``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on each of the two older ones and on their
+training), each with paired t-tests against SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint
+datasets by release year (:data:`CUTS`; ``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on each of the two older ones and on their
 merge (``merge_datasets``: more pretraining data; ``compare``, checkpoints kept), evaluates each seed's checkpoint
 on the films from 1995 with ``transfer_from`` (no training on them), and trains SASRec, Pop and PreferDiff-T
 in-domain on those for reference (``compare``); its text tables are whitened with ``zca`` (:data:`TRANSFER`), since
 stage ``bases`` measured that the authors' ``pca`` puts the target's table in axes unrelated to the training's.
 
-Both stages resume (``compare`` keeps finished runs; a finished transfer record is not redone). Training is capped
+Stages ``heldout`` and ``transfer`` resume (``compare`` keeps finished runs; a zero-shot record is redone only when
+its checkpoint or settings changed). Training is capped
 at :data:`TRAINING` (early stopping on validation NDCG@10, patience stated there).
 """
 
@@ -129,16 +130,16 @@ def encoder_stage(root, cache_dir):
 
 def bases_stage(root, cache_dir):
     """How far a transfer's target table is from the axes the model was trained in (``bases.json``): ml-100k's films
-    from 1995 whitened alone (what ``transfer_from`` builds) against the same films under the whitening of each
-    source's films (the space the network was trained in; the merge's films as one set), the mean cosine of a
-    film's two rows, under the authors' ``pca`` and under ``zca``; the merge's two sources are compared the same
-    way."""
+    from 1995 whitened alone (what ``transfer_from`` builds) against the same films put through the whitening a
+    source's table had (the space the network was trained in: a single source's, or the merge's, each source alone
+    and then jointly, through either source's first step), the mean cosine of a film's two rows, under the authors'
+    ``pca`` and under ``zca``; the merge's two sources are compared the same way."""
     import csv
 
     from recbole.data import create_dataset
 
     from recbole_diffusion.config.configurator import build_config
-    from recbole_diffusion.model.item_table import whiten, whitening
+    from recbole_diffusion.model.item_table import WHITENING_BASES, whiten, whitening
     from recbole_diffusion.text.item_vectors import item_vectors
 
     config, _ = build_config("PreferDiff-T", "ml-100k", config_dict={"text_cache_dir": cache_dir, "state": "WARNING"})
@@ -149,23 +150,26 @@ def bases_stage(root, cache_dir):
         years = {row["item_id:token"]: release_year({"release_year": row["release_year:token"]}) for row in rows}
     year = np.array([years.get(token) or 0 for token in dataset.field2id_token[dataset.iid_field]])
     cuts = {name: found.has_vector & (year > 0) & (low <= year) & (year < high) for name, (low, high) in CUTS.items()}
-    older = cuts["ml-100k-before-1990"] | cuts["ml-100k-1990-1994"]
     floor = config["text_whitening_floor"]
+    older = [source for source in SOURCES if source != MERGED]
+    target = found.vectors[cuts[TARGET]]
 
-    def mean_cosine(trained_on, target, basis):
-        alone = whiten(found.vectors[target], floor, basis)
-        in_training_axes = whitening(found.vectors[trained_on], floor, basis)(found.vectors[target])
-        cosines = np.sum(alone * in_training_axes, axis=1) / (np.linalg.norm(alone, axis=1)
-                                                                * np.linalg.norm(in_training_axes, axis=1))
-        return float(cosines.mean())
+    def mean_cosine(alone, in_training_axes):
+        return float(np.mean(np.sum(alone * in_training_axes, axis=1)
+                             / (np.linalg.norm(alone, axis=1) * np.linalg.norm(in_training_axes, axis=1))))
 
-    trained_on = {"ml-100k-before-1990": cuts["ml-100k-before-1990"], "ml-100k-1990-1994": cuts["ml-100k-1990-1994"],
-                  MERGED: older}
-    record = {basis: {**{f"{TARGET}, alone vs under {source}'s whitening": mean_cosine(rows, cuts[TARGET], basis)
-                         for source, rows in trained_on.items()},
-                      "ml-100k-1990-1994, alone vs under ml-100k-before-1990's whitening": mean_cosine(
-                          cuts["ml-100k-before-1990"], cuts["ml-100k-1990-1994"], basis)}
-              for basis in ("pca", "zca")}
+    record = {}
+    for basis in WHITENING_BASES:
+        alone = whiten(target, floor, basis)
+        steps = {source: whitening(found.vectors[cuts[source]], floor, basis) for source in older}
+        # The merge's table: each source whitened alone, stacked, whitened once more (model/item_table.py).
+        joint = whitening(np.vstack([steps[source](found.vectors[cuts[source]]) for source in older]), floor, basis)
+        record[basis] = {
+            **{f"{TARGET} under {source}'s whitening": mean_cosine(alone, steps[source](target)) for source in older},
+            **{f"{TARGET} under the merge's whitening, through {source}'s step":
+               mean_cosine(alone, joint(steps[source](target))) for source in older},
+            f"{older[1]} under {older[0]}'s whitening": mean_cosine(
+                whiten(found.vectors[cuts[older[1]]], floor, basis), steps[older[0]](found.vectors[cuts[older[1]]]))}
     record["films"] = {name: int(rows.sum()) for name, rows in cuts.items()}
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "bases.json"), "w", encoding="utf-8") as handle:

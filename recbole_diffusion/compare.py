@@ -45,7 +45,7 @@ from recbole_diffusion.utils.command_line import add_config_files, entry_parser,
 from recbole_diffusion.utils.files import read_json, write_json
 
 DEFAULT_SEED = 2020
-MOST_SEEDS_COUNTED = 1000  # a larger count is a seed written as a count (--seeds 2022): refused, as no one means it
+MOST_SEEDS = 999  # a larger count is a seed written as a count (--seeds 2022): refused, as no one means it
 
 
 def run_name(model, seed):
@@ -391,7 +391,7 @@ def parse_args(argv=None):
             seeds = [args.seed]
         elif args.seeds and "," in args.seeds:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        elif int(args.seeds or 1) >= MOST_SEEDS_COUNTED:
+        elif int(args.seeds or 1) > MOST_SEEDS:
             parser.error(f"--seeds {args.seeds}: a count of {args.seeds} runs per model; for the one seed "
                          f"{args.seeds}, write --seed {args.seeds} (or --seeds {args.seeds},)")
         else:

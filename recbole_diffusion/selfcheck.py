@@ -202,13 +202,13 @@ def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
                 report.check(f"{name}: reloaded checkpoint, same test metrics",
                              lambda n=name, t=trained: check_reload(n, data_path, settings, t))
                 report.check(f"{name}: per-user ranks and group metrics", lambda t=trained: check_group_metrics(t))
-                if name in MODELS or name == RECBOLE_BASELINE:
-                    report.check(f"{name}: resume for a second epoch", lambda n=name: check_resume(
-                        n, data_path, settings, os.path.join(folder, "saved", n)))
                 if name in MODELS:
                     for sampler, extra in SAMPLERS.items():
                         report.check(f"{name}: sampler {sampler}", lambda n=name, e=extra, t=trained: evaluate_checkpoint(
                             n, data_path, settings, t[2].saved_model_file, e))
+                if name in MODELS or name == RECBOLE_BASELINE:  # last: it may overwrite the best checkpoint
+                    report.check(f"{name}: resume for a second epoch", lambda n=name: check_resume(
+                        n, data_path, settings, os.path.join(folder, "saved", n)))
                 if name in MODELS and device == "cuda":
                     report.check(f"{name}: 1 epoch with enable_amp", lambda n=name: train_and_test(
                         n, data_path, settings, {"enable_amp": True,

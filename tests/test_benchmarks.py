@@ -116,7 +116,8 @@ def test_a_second_stream_takes_a_subset_of_the_final_seeds(tmp_path, monkeypatch
     assert study_beauty.main(["final", "--models", "BERT4Rec", "--seeds", "2022", "--root", str(tmp_path)]) is None
     args = parse_args(calls[0][3:])
     assert args.models == ["BERT4Rec"] and args.seeds == [2022] and args.output == str(tmp_path / "final")
-    for argv in (["final", "--seeds", "2023"], ["paper", "--seeds", "2020"]):
+    for argv in (["final", "--seeds", "2023"], ["paper", "--seeds", "2020"], ["final", "--seeds", ","],
+                 ["final", "--seeds", "x"]):
         with pytest.raises(SystemExit):
             study_beauty.main(argv + ["--root", str(tmp_path)])
     assert len(calls) == 1
@@ -259,6 +260,8 @@ def test_text_zero_shot_gives_both_tables_one_ffn_width_and_the_transfer_the_enc
     os.utime(checkpoint, (1, 1))
     text_zero_shot.transfer_stage(str(tmp_path), {}, 1, 20)
     assert len(evaluated) == 6  # retrained checkpoints: evaluated again
+    text_zero_shot.transfer_stage(str(tmp_path), {"guidance_weight": "4"}, 1, 20)
+    assert len(evaluated) == 9  # other settings: evaluated again
 
 
 def test_random_ranking_closed_form():

@@ -138,3 +138,13 @@ def test_model_state_keeps_integer_keys_and_tuples_through_a_safe_checkpoint(tmp
     assert set(loaded) == {1, 2, "name"} and type(next(iter(loaded))) is int
     assert loaded[np.int64(1)][0][0].tolist() == [0, 1, 2] and isinstance(loaded[1][0], tuple)
     assert loaded["name"] == (1, "a", None)
+
+
+def test_a_key_added_since_is_read_with_the_value_every_older_checkpoint_had():
+    """``text_whitening`` came after text tables: an older checkpoint's table is pca-whitened, so resuming it with
+    zca is refused (its frozen table would stay pca while later checkpoints said zca); with pca it resumes."""
+    older = {"model": "PreferDiff", "dataset": "d", "item_table": "text", "learning_rate": 0.001}
+    refused, moved, added = ckpt.resume_differences(older, {**older, "text_whitening": "zca"})
+    assert refused == ["text_whitening"] and not moved and not added
+    assert ckpt.resume_differences(older, {**older, "text_whitening": "pca"}) == ([], [], [])
+    assert ckpt.resume_differences(older, {**older, "lr_warmup_epochs": 0})[2] == ["lr_warmup_epochs"]

@@ -323,9 +323,9 @@ def check_transfer(config, model_name):
         fail("transfer_from", path, f"holds a model with an id item table, trained on {saved.get('dataset')}'s "
              f"items: its scores are tied to those items, so it cannot rank {config['dataset']}'s; train with "
              "item_table text to transfer")
-    if saved.get("text_whitening", "pca") != config["text_whitening"]:
-        fail("transfer_from", path, f"was trained on tables whitened with text_whitening "
-             f"{saved.get('text_whitening', 'pca')!r}, this run's is {config['text_whitening']!r}: give the training's")
+    if saved["text_whitening"] != config["text_whitening"]:
+        fail("transfer_from", path, f"was trained on tables whitened with text_whitening {saved['text_whitening']!r}, "
+             f"this run's is {config['text_whitening']!r}: give the training's")
     if not saved.get("item_text_embeddings") and not config["item_text_embeddings"] and \
             saved.get("item_text_encoder") != config["item_text_encoder"]:
         fail("transfer_from", path, f"was trained on vectors of {saved.get('item_text_encoder')}, not "

@@ -16,8 +16,8 @@ Choices, against the authors' code:
   back to the encoder's axes afterwards: the same unit covariance, but the tables of two datasets from one encoder
   share the encoder's coordinates, which a transfer (``transfer_from``) needs, since the trained network reads the
   target's table in the axes it was trained in. On ml-100k's year cuts, a target film's row whitened alone and the
-  same film whitened with the source's statistics have a mean cosine of 0.005 under ``pca`` and 0.75 under ``zca``
-  (BENCHMARKS run 22).
+  same film under a source's whitening have a mean cosine of about 0 under ``pca`` and 0.24-0.48 under ``zca``
+  (BENCHMARKS run 22: a few hundred films per source estimate a 384-d covariance loosely).
 * Whitening floors the eigenvalues at ``text_whitening_floor`` times the largest instead of adding the authors'
   absolute 1e-7: with fewer items than dimensions (or any rank-deficient table) the covariance has zero
   eigenvalues, whose directions then stay near zero instead of blowing numerical noise up by 1/sqrt(1e-7).
@@ -72,6 +72,8 @@ def whitening(vectors, floor, basis="pca"):
     eigenvectors of their covariance and scaled by ``1 / sqrt(max(eigenvalue, floor * largest eigenvalue))`` (unit
     covariance on every direction above the floor; float64). ``basis`` ``zca`` then rotates back to the vectors'
     own axes."""
+    if basis not in WHITENING_BASES:
+        raise ValueError(f"whitening basis {basis!r}: one of {', '.join(WHITENING_BASES)}")
     vectors = np.asarray(vectors, dtype=np.float64)
     mean = vectors.mean(axis=0)
     centred = vectors - mean

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_diffusion.utils.files import atomic_write, saved_config
+from recbole_diffusion.utils.files import atomic_write, saved_config, with_values_before_the_key
 
 FORMAT = "recbole_diffusion.checkpoint/1"
 # Keys that Config derives from the others (and rebuilds when a configuration is read back).
@@ -98,7 +98,9 @@ def resume_differences(saved, current, ignore=()):
     """``(refused, moved, added)``: the keys in which a saved configuration and the current one differ, as a resume
     sees them. ``moved``: :data:`LOCATION_KEYS` (the run continues elsewhere); ``added``: keys this package gained
     since the checkpoint was written (the run continues with their current values, the defaults unless set);
-    ``refused``: every other difference outside :data:`RESUME_MAY_DIFFER` and ``ignore``."""
+    ``refused``: every other difference outside :data:`RESUME_MAY_DIFFER` and ``ignore``. A key of
+    :data:`~recbole_diffusion.utils.files.VALUES_BEFORE_THE_KEY` is not "added": the saved run had its earlier value."""
+    saved = with_values_before_the_key(saved)
     differing = differing_keys(saved, current, ignore)
     added = [key for key in differing if key not in saved]
     moved = [key for key in differing if key in LOCATION_KEYS and key not in added]

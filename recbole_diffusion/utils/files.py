@@ -58,9 +58,21 @@ def read_json(path):
         return json.load(handle)
 
 
+# Keys this package gained after checkpoints were written, whose every earlier checkpoint was made with one value
+# (the behaviour before the key existed): a checkpoint without the key is read as having it, so that a resume or a
+# transfer with another value is refused instead of taken for a key the checkpoint never had.
+VALUES_BEFORE_THE_KEY = {"text_whitening": "pca"}
+
+
+def with_values_before_the_key(config):
+    """A checkpoint's saved configuration with :data:`VALUES_BEFORE_THE_KEY` for the keys it lacks."""
+    return {**VALUES_BEFORE_THE_KEY, **config}
+
+
 def saved_config(path):
-    """The configuration a checkpoint of this package stores, read without loading its tensors (memory-mapped)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+    """The configuration a checkpoint of this package stores (:func:`with_values_before_the_key`), read without
+    loading its tensors (memory-mapped)."""
+    return with_values_before_the_key(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"])
 
 
 def parse_atomic_header(line, field_separator="\t"):
