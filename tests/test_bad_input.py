@@ -566,3 +566,33 @@ def test_a_truncated_checkpoint_is_refused_naming_it_without_offering_trust(work
         with pytest.raises(ValueError, match="damaged or incomplete") as refused_load:
             ckpt.load_checkpoint(str(cut), trust_pickled=trust)
         assert "cut.pth" in str(refused_load.value) and "trust_pickled" not in str(refused_load.value)
+
+
+def _scan_notes(data_path):
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.data.checks import check_interaction_files
+
+    config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "state": "WARNING"})
+    return [note for _, note in check_interaction_files(config).notes]
+
+
+def test_times_that_float32_cannot_order_or_exact_ties_are_counted_with_what_chooses_the_targets(workdir, caplog):
+    """RecBole keeps the time column as float32: Unix seconds 10 s apart tie there and fall back to the file's
+    line order, which here reverses user 1's last three interactions (its test and validation targets)."""
+    reversed_user = [f"1\t{item}\t{1_700_000_000 + 10 * position}" for position, item in reversed(list(enumerate(
+        range(1, 7))))]
+    others = [row for row in rows() if not row.startswith("1\t")]
+    notes = _scan_notes(write_inter(workdir, lines(HEADER, *reversed_user, *others)))
+    assert len(notes) == 1
+    assert_mentions(notes[0], "1 of 8 users get another test or validation target", "float32",
+                    "Subtract the smallest time")
+    # Positions 1, 2, ... in reverse line order: float32 keeps them apart, so nothing to say.
+    positions = [f"1\t{item}\t{position}" for position, item in reversed(list(enumerate(range(1, 7), 1)))]
+    assert _scan_notes(write_inter(workdir, lines(HEADER, *positions, *others))) == []
+    # An exact tie at the end: the line order chooses between the two targets.
+    tied = [row if not row.startswith("2\t") or not row.endswith("\t6") else row[:-1] + "5" for row in rows()]
+    notes = _scan_notes(write_inter(workdir, lines(HEADER, *tied)))
+    assert len(notes) == 1 and "1 of 8 users' test or validation target has the same timestamp" in notes[0]
+    with caplog.at_level(logging.WARNING):  # and a run logs it
+        assert main(arguments(write_inter(workdir, lines(HEADER, *tied)))) == 0
+    assert any("has the same timestamp" in record.getMessage() for record in caplog.records)

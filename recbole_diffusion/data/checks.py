@@ -419,6 +419,47 @@ def _check_duplicates(config, columns, lines, path):
                             f"validation target equal the test target and inflates the metrics. {remedy}")
 
 
+def time_order_notes(config, columns, lines, path):
+    """Counted warnings about the order RecBole gives each user's interactions (``TIME_FIELD``, leave-one-out's
+    targets are the last two): RecBole keeps the times as float32, so times closer than float32 can tell apart
+    (64 s near Unix seconds of today, 131 s for milliseconds) tie, and ties keep the file's line order; exact ties
+    in the file do too. Both choose targets by line order, which these notes count."""
+    user_field, time_field = config["USER_ID_FIELD"], config["TIME_FIELD"]
+    if not needs_time_order(config) or user_field not in columns or time_field not in columns:
+        return []
+    users = np.asarray(columns[user_field].codes)
+    exact = np.asarray(columns[time_field], dtype=np.float64)
+    line_order = np.arange(len(users))
+    order = np.lexsort((line_order, exact, users))  # by user, exact time, line
+    stored = np.lexsort((line_order, exact.astype(np.float32), users))  # as RecBole sorts
+    sorted_users, sorted_times = users[order], exact[order]
+    last = np.flatnonzero(np.append(sorted_users[1:] != sorted_users[:-1], True))
+    first = np.append(0, last[:-1] + 1)
+    targets = [last[last - first >= offset] - offset for offset in (0, 1)]  # test, validation positions
+    notes = []
+    moved = np.zeros(len(last), dtype=bool)
+    for positions in targets:
+        changed = order[positions] != stored[positions]
+        moved[np.searchsorted(last, positions[changed])] = True
+    if moved.any():
+        notes.append((logging.WARNING, f"{path}: {int(moved.sum())} of {len(last)} users get another test or "
+                      f"validation target than their exact {time_field} order gives: RecBole stores {time_field} "
+                      "as float32, which cannot tell apart times this close (their order falls back to the file's "
+                      "lines). Subtract the smallest time from every value, or write each user's positions 1, 2, "
+                      "3, ..., so that float32 keeps the order."))
+    tied = np.zeros(len(last), dtype=bool)
+    for positions in targets:
+        inside = positions > first[np.searchsorted(last, positions)]  # the user has an earlier interaction
+        before = positions[inside] - 1
+        tied_here = sorted_times[positions[inside]] == sorted_times[before]
+        tied[np.searchsorted(last, positions[inside][tied_here])] = True
+    if tied.any():
+        notes.append((logging.WARNING, f"{path}: {int(tied.sum())} of {len(last)} users' test or validation "
+                      f"target has the same {time_field} as the interaction before it; RecBole orders ties by the "
+                      "file's lines, so the line order chooses those targets."))
+    return notes
+
+
 def _ascii_compatible(encoding):
     probe = "\t\n\r,;| :" + QUOTE
     return probe.encode(encoding, errors="replace") == probe.encode("ascii")
@@ -470,6 +511,7 @@ def scan_interaction_file(path, config):
             columns[name] = _as_numbers(columns[name], path, lines, name,
                                         missing_allowed=name != config["TIME_FIELD"])
     _check_duplicates(config, columns, lines, path)
+    notes = tuple(notes) + tuple(time_order_notes(config, columns, lines, path))
     user_field = config["USER_ID_FIELD"]
     users = len(columns[user_field].categories) if user_field in columns else 0
     return FileSummary(rows=len(lines), users=users, notes=notes)
