@@ -23,6 +23,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import ModelType, init_seed
 
 from recbole_diffusion.data.dataloader import cut_to_longest
+from recbole_diffusion.evaluation.metrics import unrankable_rows
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.quick_start.inference import load_data_and_model
 from recbole_diffusion.utils.command_line import entry_parser, parse_entry
@@ -165,8 +166,9 @@ def top_k(config, model, dataset, test_data, user_ids, k, include_seen=False):
         interaction = model_input(config, dataset, test_data, batch)
         scores = score_every_item(model, interaction, dataset, config["eval_batch_size"])
         scores = scores.view(len(batch), dataset.item_num)
-        if bool(torch.isnan(scores).any()):
-            raise FloatingPointError(f"{config['model']} scored NaN for some of the requested users")
+        if bool(unrankable_rows(scores).any()):
+            raise FloatingPointError(f"{config['model']} scored NaN or an infinity (+inf, or -inf for every item) "
+                                     "for some of the requested users")
         if include_seen:
             excluded = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         else:

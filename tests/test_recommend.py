@@ -336,3 +336,21 @@ def test_rows_appended_for_known_users_and_items_are_refused_naming_the_cause(tr
     with pytest.raises(ValueError, match=r"users were added or removed") as refused:
         recbole_diffusion.load_data_and_model(model_file(trained, "SASRec"), data_path=new_user)
     assert "map to other items" not in str(refused.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_scores_that_rank_nothing_are_refused(trained, in_tmp_cwd, monkeypatch, value):
+    from recbole_diffusion.quick_start.inference import load_data_and_model
+
+    config, model, dataset, _, _, test_data = load_data_and_model(model_file(trained, "SASRec"))
+    full_sort = model.full_sort_predict
+
+    def spoiled(interaction):
+        scores = full_sort(interaction).clone()
+        scores[:, 3] = value
+        return scores
+
+    monkeypatch.setattr(model, "full_sort_predict", spoiled)
+    users = recommend.user_ids_of(dataset, ["1", "2"])
+    with pytest.raises(FloatingPointError, match="NaN or an infinity"):
+        recommend.top_k(config, model, dataset, test_data, users, 5)

@@ -85,13 +85,26 @@ def test_step_schedule_without_its_keys_is_refused(data_root):
         build_config("SASRec", "ml-100k-small", config_dict={"data_path": data_root, "lr_scheduler": "step"})
 
 
-def test_nan_scores_stop_evaluation_with_a_message(data_root, in_tmp_cwd, monkeypatch):
+def _some_items(scores, value):
+    scores = scores.clone()
+    scores[:, 5:9] = value
+    return scores
+
+
+@pytest.mark.parametrize("spoil", [lambda scores: scores * float("nan"),
+                                   lambda scores: _some_items(scores, float("inf")),
+                                   lambda scores: torch.full_like(scores, float("-inf"))],
+                         ids=["nan", "+inf on some items", "-inf everywhere"])
+def test_scores_that_rank_nothing_stop_evaluation_with_a_message(data_root, in_tmp_cwd, monkeypatch, spoil):
+    """+inf on a few items or -inf on all of them gives metrics too (the ranking by item id that ties fall back to)."""
     data, trainer = _pipeline("DiffuRec", data_root, epochs=1)
     full_sort = trainer.model.full_sort_predict
-    monkeypatch.setattr(trainer.model, "full_sort_predict",
-                        lambda interaction: full_sort(interaction) * float("nan"))
-    with pytest.raises(FloatingPointError, match="scored NaN"):
+    monkeypatch.setattr(trainer.model, "full_sort_predict", lambda interaction: spoil(full_sort(interaction)))
+    with pytest.raises(FloatingPointError, match="scored NaN or an infinity"):
         trainer.evaluate(data.test, load_best_model=False)
+    monkeypatch.setattr(trainer.model, "full_sort_predict",
+                        lambda interaction: _some_items(full_sort(interaction), float("-inf")))
+    assert trainer.evaluate(data.test, load_best_model=False)  # -inf on a few items is a mask: it ranks
 
 
 def test_target_ranks_are_positions_in_the_top_k():

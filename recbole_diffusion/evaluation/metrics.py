@@ -13,6 +13,12 @@ HEAD_SHARE = 0.2
 LENGTH_GROUPS = 5
 
 
+def unrankable_rows(scores):
+    """Rows of ``scores`` (users by items) that rank nothing: NaN or +inf anywhere, or -inf everywhere (-inf is how
+    RecBole masks an item; ties of infinities fall back to ranking by item id)."""
+    return (torch.isnan(scores) | torch.isposinf(scores)).any(dim=-1) | torch.isneginf(scores).all(dim=-1)
+
+
 def target_ranks(scores, positive_u, positive_i, max_k):
     """0-based rank of each target item among its user's scores, ``max_k`` when outside the top ``max_k``.
 

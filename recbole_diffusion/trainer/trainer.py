@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_diffusion.evaluation.metrics import target_ranks
+from recbole_diffusion.evaluation.metrics import target_ranks, unrankable_rows
 import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.data.checks import inter_file_paths
 from recbole_diffusion.utils import collectives
@@ -449,12 +449,14 @@ class PluginTrainerMixin:
         return self._inspect(*batch)
 
     def _inspect(self, interaction, scores, positive_u, positive_i):
-        """Refuse NaN scores; record target ranks when asked. Returns the batch unchanged."""
-        nan_rows = torch.isnan(scores).any(dim=-1)
-        if bool(nan_rows.any()):
+        """Refuse scores that rank nothing (:func:`~recbole_diffusion.evaluation.metrics.unrankable_rows`); record
+        target ranks when asked. Returns the batch unchanged."""
+        bad_rows = unrankable_rows(scores)
+        if bool(bad_rows.any()):
             raise FloatingPointError(
-                f"evaluation: the model scored NaN for {int(nan_rows.sum())} of {scores.size(0)} users in a "
-                f"batch of {self.config['model']}; its metrics would be meaningless (check for a diverged run)")
+                f"evaluation: the model scored NaN or an infinity (+inf, or -inf for every item) for "
+                f"{int(bad_rows.sum())} of {scores.size(0)} users in a batch of {self.config['model']}; its metrics "
+                "would be meaningless (check for a diverged run)")
         if self.collect_target_ranks:
             users = interaction[self.config["USER_ID_FIELD"]].to(scores.device)[positive_u.to(scores.device)]
             ranks = target_ranks(scores, positive_u, positive_i, max(self.config["topk"]))
