@@ -445,6 +445,9 @@ def test_threshold_is_refused_on_an_unloaded_column_and_noted_for_sequential_mod
     assert main(arguments(data_path, "--threshold={'rating': 4}", loaded)) == 0
     assert_mentions(capsys.readouterr().err, "SASRec (a sequential model) does not read",
                     "val_interval: {rating: '[4,inf)'}")
+    assert main(arguments(data_path, "--threshold={'rating': 4}", loaded, model="Pop")) == 0
+    assert_mentions(capsys.readouterr().err, "a ranking evaluation (eval_args mode", "does not read",
+                    "val_interval: {rating: '[4,inf)'}")
 
 
 def test_a_load_col_column_the_file_lacks_is_skipped_with_a_warning(workdir, caplog):

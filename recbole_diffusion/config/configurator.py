@@ -351,16 +351,21 @@ def check_training_stage(config, model_name):
 def check_threshold(config, model_name):
     """RecBole's ``threshold`` turns one loaded column into 0/1 labels (and drops the column): one column and its
     value (the data check refuses a column that is not loaded), noted for a sequential model, which reads no labels,
-    so thresholding changes nothing it trains or is evaluated on."""
+    and for any ranking evaluation (``eval_args`` mode full, uniN, popN: only ``labeled`` reads them), where every
+    interaction stays a possible target."""
     threshold = config["threshold"]
     if threshold is None:
         return
     if not isinstance(threshold, dict) or len(threshold) != 1:
         raise ValueError(f"threshold={threshold!r}: must name one column and its value, e.g. {{'rating': 4}}")
     (field, value), = threshold.items()
-    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
-        print(f"note: threshold={threshold!r} gives each interaction a 0/1 label, which {model_name} (a sequential "
-              "model) does not read: every interaction stays in the histories and can be a target. To keep only the "
+    modes = (config["eval_args"] or {}).get("mode") or {}
+    ranked = all(str(mode) != "labeled" for mode in (modes.values() if isinstance(modes, dict) else [modes]))
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL or ranked:
+        reader = (f"{model_name} (a sequential model) does not read: every interaction stays in the histories and "
+                  "can be a target" if config["MODEL_TYPE"] == ModelType.SEQUENTIAL else
+                  f"a ranking evaluation (eval_args mode {modes}) does not read: every interaction can be a target")
+        print(f"note: threshold={threshold!r} gives each interaction a 0/1 label, which {reader}. To keep only the "
               f"interactions with {field} >= {value}, set val_interval: {{{field}: '[{value},inf)'}} instead.",
               file=sys.stderr)
 
