@@ -599,3 +599,16 @@ def test_times_that_float32_cannot_order_or_exact_ties_are_counted_with_what_cho
     with caplog.at_level(logging.WARNING):  # and a run logs it
         assert main(arguments(write_inter(workdir, lines(HEADER, *tied)))) == 0
     assert any("has the same timestamp" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_ids_with_spaces_around_them_are_counted_as_other_ids(workdir, quoted):
+    padded = [row.replace("\t", " \t", 1) if index % 2 and row.startswith("3\t") else row
+              for index, row in enumerate(rows())]
+    if quoted:  # a quoted item id somewhere sends the file through the slower reader
+        padded = [f'{row.split(chr(9))[0]}\t"{row.split(chr(9))[1]}"\t{row.split(chr(9))[2]}'
+                  if row.startswith("4\t") else row for row in padded]
+    notes = _scan_notes(write_inter(workdir, lines(HEADER, *padded)))
+    spaced = [note for note in notes if "spaces around it" in note]
+    assert len(spaced) == 1
+    assert_mentions(spaced[0], "user_id '3 ' has spaces around it", "3 lines like it", "1 user_id value(s)")

@@ -392,6 +392,26 @@ def _check_ids(config, columns, lines, path):
                                            "delete those lines.")
 
 
+def padded_id_notes(config, columns, lines, path):
+    """A counted warning for ids with spaces around them: RecBole keeps the spaces, so ``"242 "`` and ``"242"``
+    become two users or items."""
+    notes = []
+    for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
+        field = config[key]
+        if field not in columns:
+            continue
+        ids = columns[field]
+        tokens = pd.Index(ids.categories).astype(str)
+        padded_codes = np.flatnonzero(tokens != tokens.str.strip())
+        if len(padded_codes):
+            padded = np.isin(ids.codes, padded_codes)
+            notes.append((logging.WARNING, f"{path}:{lines[padded][0]}: {field} {tokens[padded_codes[0]]!r} has "
+                          f"spaces around it{_more_lines(lines[padded])}; {len(padded_codes)} {field} value(s) have "
+                          "them, and RecBole keeps them, so each is another id than the same one without spaces. "
+                          "Strip the spaces from the file if they are the same."))
+    return notes
+
+
 def _check_duplicates(config, columns, lines, path):
     """Refuse rows equal in user, item and time unless ``rm_dup_inter`` says how RecBole should remove them."""
     keys = [name for name in (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"])
@@ -511,7 +531,8 @@ def scan_interaction_file(path, config):
             columns[name] = _as_numbers(columns[name], path, lines, name,
                                         missing_allowed=name != config["TIME_FIELD"])
     _check_duplicates(config, columns, lines, path)
-    notes = tuple(notes) + tuple(time_order_notes(config, columns, lines, path))
+    notes = tuple(notes) + tuple(padded_id_notes(config, columns, lines, path)) + tuple(
+        time_order_notes(config, columns, lines, path))
     user_field = config["USER_ID_FIELD"]
     users = len(columns[user_field].categories) if user_field in columns else 0
     return FileSummary(rows=len(lines), users=users, notes=notes)
