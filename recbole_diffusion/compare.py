@@ -57,9 +57,16 @@ def run_record(config, trainer, data, result, keep_checkpoint=False):
     trainer lives (:func:`recbole_diffusion.quick_start.quick_start.run`'s ``report``; rank 0's counts in a
     distributed run, its peak memory is rank 0's). Deletes the run's checkpoints unless ``keep_checkpoint``."""
     ranks, targets, users = trainer.collected_target_ranks()
-    groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
-    if len(data.heldout_items):
-        groups["held-out items"] = heldout_test_result(ranks, targets, data.heldout_items, config["topk"])
+    test_users = len(np.unique(users))
+    groups, note = {}, None
+    if test_users == len(users):
+        groups = group_metrics(ranks, targets, users, data.item_counts, data.user_lengths)
+        if len(data.heldout_items):
+            groups["held-out items"] = heldout_test_result(ranks, targets, data.heldout_items, config["topk"])
+    else:  # the per-user metrics and groups read one target per user
+        note = (f"{len(users)} test targets of {test_users} users: per-user metrics and the group tables need one "
+                "target per user (leave-one-out), so this run's numbers are RecBole's, rounded to "
+                f"metric_decimal_place ({config['metric_decimal_place']})")
     checkpoint = trainer.saved_model_file
     if not keep_checkpoint and collectives.is_rank_zero():
         for path in (checkpoint, result["last_checkpoint_file"]):
@@ -79,12 +86,13 @@ def run_record(config, trainer, data, result, keep_checkpoint=False):
         "train_seconds": float(sum(epoch_seconds)),
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
         "inference_seconds": result["test_seconds"],
-        "test_users": len(ranks),
-        "seconds_per_1000_users": result["test_seconds"] / len(ranks) * 1000,
+        "test_users": test_users,
+        "seconds_per_1000_users": result["test_seconds"] / test_users * 1000,
         "peak_memory_mb": result["peak_memory_mb"],
         "peak_memory_kind": result["peak_memory_kind"],
         "checkpoint": os.path.abspath(checkpoint) if keep_checkpoint else None,
         "groups": groups,
+        **({"groups_note": note} if note else {}),
         "config": {key: repr(value) if not isinstance(value, (int, float, str, bool, type(None), list, dict)) else value
                    for key, value in config.final_config_dict.items()},
     }
@@ -263,6 +271,8 @@ def write_reports(records, output, models, reference=None):
     if model_configs:
         parts += ["Per-model config files (`--model_config`, after `--config_files`, before the command line's "
                   "keys): " + "; ".join(f"{model}: `{path}`" for model, path in sorted(model_configs.items())), ""]
+    parts += [f"Note: {model} seed {seed}: {note}." for model, seed, note in
+              sorted({(r["model"], r["seed"], r["groups_note"]) for r in ok if r.get("groups_note")})]
     parts.append(comparison_table(records, models, reference, exact_test_metric, "All test users"))
     group_names = [name for name in ok[0]["groups"] if name != "all users"] if ok else []
     for group in group_names:

@@ -328,3 +328,18 @@ def test_held_out_items_get_their_own_group_and_table(data_root, tmp_path):
     assert len(counts) == 2  # each seed draws its own items, so the group's users differ
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         assert f"held-out items ({counts[0]}-{counts[1]} users, by seed)" in handle.read()
+
+
+def test_several_targets_per_user_report_recboles_metrics_and_say_why(data_root, tmp_path):
+    """A ratio split gives each user several test targets: the per-user metrics (one target each) would count
+    targets as users; the tables then use RecBole's values, and the summary says so."""
+    output = str(tmp_path / "ratio")
+    overrides = {**_overrides(data_root), "epochs": "1", "eval_args": "{'split': {'RS': [0.8, 0.1, 0.1]}, "
+                 "'order': 'RO', 'group_by': 'user', 'mode': 'full'}"}
+    record, = run_comparison(["Pop"], DATASET, [2020], output, overrides=overrides, isolate=False)
+    assert record["groups"] == {} and "test targets of" in record["groups_note"]
+    assert exact_test_metric(record, "hit@10") == record["test"]["hit@10"]
+    assert record["test_users"] <= 200  # users, not targets (ml-100k-small has 200)
+    with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
+        summary = handle.read()
+    assert "Note: Pop seed 2020:" in summary and f"{record['test']['hit@10']:.4f}" in summary
