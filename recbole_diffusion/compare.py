@@ -36,6 +36,7 @@ from matplotlib import pyplot as plt
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.data.checks import data_files_sha256
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics, heldout_test_result
 from recbole_diffusion.evaluation.statistics import paired_t_test
 from recbole_diffusion.quick_start.child_process import run_in_child
@@ -102,20 +103,38 @@ def _keep_checkpoints(config, trainer, data, result):
     return run_record(config, trainer, data, result, keep_checkpoint=True)
 
 
-def run_settings(dataset, config_files, overrides, model_config=None):
-    """What must be equal for two runs to sit in one comparison: dataset, config files and overrides, and a
-    model's own config file (``--model_config``) with the SHA-256 of its content when the run started (a search
-    that ran on rewrites its ``best.yaml``)."""
+def run_settings(dataset, config_files, overrides, model_config=None, data_sha256=None):
+    """What must be equal for two runs to sit in one comparison: dataset, config files (with the SHA-256 of their
+    content) and overrides, and a model's own config file (``--model_config``) with the SHA-256 of its content
+    when the run started (a search that ran on rewrites its ``best.yaml``), and the SHA-256 of the data files
+    the model's runs read (:func:`data_files_sha256`)."""
     settings = {"dataset": dataset, "config_files": list(config_files),
+                "config_files_sha256": [_sha256(path) for path in config_files],
                 "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
     if model_config:
         settings.update(model_config=model_config, model_config_sha256=_sha256(model_config))
+    if data_sha256:
+        settings["data_sha256"] = data_sha256
     return settings
 
 
+# Keys of run_settings that records written before them lack: such a record is compared on the keys it has.
+SETTINGS_ADDED_LATER = ("config_files_sha256", "data_sha256")
+
+
 def _shared_settings(settings):
-    """``settings`` without the model's own config file: what runs of every model of a comparison share."""
-    return {key: value for key, value in settings.items() if not key.startswith("model_config")}
+    """``settings`` without the model's own config file and data: what runs of every model of a comparison share
+    (a model's config file may point it at other data)."""
+    return {key: value for key, value in settings.items()
+            if not key.startswith("model_config") and key != "data_sha256"}
+
+
+def _settings_differ(saved, now):
+    """Whether a finished run's settings differ from this comparison's, on the keys the run recorded."""
+    now = {key: value for key, value in now.items() if key in saved or key not in SETTINGS_ADDED_LATER}
+    return saved != now
+
+
 
 
 def _trial(model, dataset, seed, config_files, overrides, keep_checkpoint, run_dir):
@@ -153,7 +172,6 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     cores avoids OpenMP oversubscription, which can slow small operations down many times. ``model_configs``:
     ``{model: config file}`` applied to that model's runs only, after ``config_files`` (``--model_config``).
     """
-    os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     output = os.path.abspath(output)
     config_files = [os.path.abspath(path) for path in config_files]
     model_configs = {model: os.path.abspath(path) for model, path in (model_configs or {}).items()}
@@ -161,14 +179,21 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     if "data_path" in overrides:
         overrides["data_path"] = os.path.abspath(overrides["data_path"])
 
-    settings = {model: run_settings(dataset, config_files, overrides, model_configs.get(model)) for model in models}
+    def files_of(model):
+        return config_files + ([model_configs[model]] if model in model_configs else [])
+
+    # Every model's configuration and data, checked (and the data fingerprinted) before anything is written.
+    data = {model: data_files_sha256(build_config(model, dataset, files_of(model),
+                                                  {**overrides, "seed": seeds[0]})[0]) for model in models}
+    settings = {model: run_settings(dataset, config_files, overrides, model_configs.get(model), data[model])
+                for model in models}
     shared = run_settings(dataset, config_files, overrides)
 
     def differs(record):
         """A finished run of another setting: in full for the models run now, the shared part for the others."""
         if record["model"] in settings:
-            return record["settings"] != settings[record["model"]]
-        return _shared_settings(record["settings"]) != shared
+            return _settings_differ(record["settings"], settings[record["model"]])
+        return _settings_differ(_shared_settings(record["settings"]), shared)
 
     finished = [r for r in load_runs(output) if r["status"] == "ok"]
     other = [r for r in finished if "settings" in r and differs(r)]
@@ -177,6 +202,7 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         raise ValueError(f"{output} holds {len(other)} finished run(s) made with other settings "
                          f"(first: {run_name(other[0]['model'], other[0]['seed'])}: {other[0]['settings']}; "
                          f"now: {now}); choose another --output so that runs are never mixed")
+    os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     done = {(r["model"], r["seed"]) for r in finished}
     todo = [(model, seed) for model in models for seed in seeds if (model, seed) not in done]
     if done:
@@ -185,7 +211,7 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         run_dir = os.path.join(output, "work", run_name(model, seed))
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         start = time.perf_counter()
-        files = config_files + ([model_configs[model]] if model in model_configs else [])
+        files = files_of(model)
         record, exit_code = run_in_child(_trial, (model, dataset, seed, files, overrides, keep_checkpoints,
                                                   run_dir), path, run_dir, threads=threads, isolate=isolate)
         if record is None:
@@ -435,15 +461,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:  # every model's configuration and the data, checked before anything is written
-        for model in args.models:
-            files = list(args.config_files) + ([args.model_configs[model]] if model in args.model_configs else [])
-            build_config(model, args.dataset, files, {**args.overrides, "seed": args.seeds[0]})
-    except (ValueError, FileNotFoundError) as error:
+    try:  # every model's configuration and the data are checked before anything is written
+        records = run_comparison(args.models, args.dataset, args.seeds, args.output, args.config_files,
+                                 args.overrides, args.isolate, args.reference, args.threads, args.keep_checkpoints,
+                                 args.model_configs)
+    except (ValueError, FileNotFoundError) as error:  # a run's own failure is recorded, not raised
         print(f"error: {error}", file=sys.stderr)
         return 2
-    records = run_comparison(args.models, args.dataset, args.seeds, args.output, args.config_files, args.overrides,
-                             args.isolate, args.reference, args.threads, args.keep_checkpoints, args.model_configs)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} run(s) finished, {len(failed)} failed; summary: "
           f"{os.path.join(args.output, 'summary.md')}")

@@ -343,3 +343,41 @@ def test_several_targets_per_user_report_recboles_metrics_and_say_why(data_root,
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         summary = handle.read()
     assert "Note: Pop seed 2020:" in summary and f"{record['test']['hit@10']:.4f}" in summary
+
+
+def test_a_resumed_comparison_refuses_changed_data_or_config_files_and_keeps_older_records(data_root, tmp_path,
+                                                                                          monkeypatch):
+    """Settings record the data files' and config files' content: a run on another version of either is not
+    mixed into the table. A record written before those fingerprints existed is compared on what it has."""
+    import shutil
+
+    import recbole_diffusion.compare as compare
+
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(data_root, DATASET), data / DATASET)
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("learning_rate: 0.001\n", encoding="utf-8")
+    output = str(tmp_path / "runs")
+    overrides = {**_overrides(str(data)), "epochs": "1"}
+    record, = run_comparison(["Pop"], DATASET, [2020], output, [str(shared)], overrides, isolate=False)
+    assert len(record["settings"]["data_sha256"]) == 64 and len(record["settings"]["config_files_sha256"]) == 1
+    monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
+    assert run_comparison(["Pop"], DATASET, [2020], output, [str(shared)], overrides, isolate=False)  # unchanged
+
+    shared.write_text("learning_rate: 0.01\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="other settings"):
+        run_comparison(["Pop"], DATASET, [2020], output, [str(shared)], overrides, isolate=False)
+    shared.write_text("learning_rate: 0.001\n", encoding="utf-8")
+    inter = data / DATASET / f"{DATASET}.inter"
+    kept = inter.read_text(encoding="utf-8").splitlines(keepends=True)
+    inter.write_text("".join(kept[:-5]), encoding="utf-8")  # five interactions fewer
+    with pytest.raises(ValueError, match="other settings"):
+        run_comparison(["Pop"], DATASET, [2020], output, [str(shared)], overrides, isolate=False)
+
+    path = os.path.join(output, "runs", "Pop-seed2020.json")
+    older = json.load(open(path, encoding="utf-8"))
+    for key in compare.SETTINGS_ADDED_LATER:
+        del older["settings"][key]
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(older, handle)
+    assert run_comparison(["Pop"], DATASET, [2020], output, [str(shared)], overrides, isolate=False)

@@ -202,6 +202,19 @@ def test_a_rerun_is_a_no_op_and_another_search_is_refused(finished_search, data_
     with tune.study_lock(search.directory):
         with pytest.raises(ValueError, match="another search is running"):
             tune.run_search(search)
+    with pytest.raises(ValueError, match="the data files changed"):
+        tune.run_search(search._replace(data_sha256="0" * 64))  # the same search on edited data
+
+
+def test_a_study_made_before_the_data_fingerprint_continues():
+    from recbole_diffusion.tune.study import identity_differences
+
+    now = {"model": "SASRec", "dataset": "d", "metric": "ndcg@10", "maximize": True, "fixed": {}, "space": {},
+           "data_sha256": "a" * 64}
+    older = {key: value for key, value in now.items() if key != "data_sha256"}
+    assert identity_differences(older, now) == []
+    assert identity_differences({**now, "data_sha256": "b" * 64}, now) == [
+        "the data files changed (their SHA-256 differs)"]
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(data_root, tmp_path):

@@ -13,6 +13,7 @@ before any log file or checkpoint is written (:func:`recbole_diffusion.config.co
 import codecs
 import contextlib
 import csv
+import hashlib
 import io
 import logging
 import logging.handlers
@@ -95,6 +96,25 @@ def inter_file_paths(config):
         return [os.path.join(config["data_path"], f"{config['dataset']}.{suffix}.inter")
                 for suffix in config["benchmark_filename"]]
     return [inter_file_path(config)]
+
+
+ATOMIC_SUFFIXES = (".inter", ".item", ".user", ".kg", ".link", ".net")
+
+
+def data_files_sha256(config):
+    """SHA-256 of the dataset's atomic files that RecBole may read (``<name>*.inter``, ``.item``, ``.user``,
+    ``.kg``, ``.link``, ``.net`` in its folder), names and content: a resumed comparison or search whose data
+    changed is refused instead of mixing runs on two versions of the data."""
+    folder, name = config["data_path"], config["dataset"]
+    digest = hashlib.sha256()
+    for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, file)
+        if file.startswith(name + ".") and file.endswith(ATOMIC_SUFFIXES) and os.path.isfile(path):
+            digest.update(file.encode("utf-8") + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def check_inter_path_is_file(config):

@@ -11,6 +11,7 @@ from recbole_diffusion.config.configurator import (
     DEFAULT_DATASET, DEFAULT_MODEL, build_config, config_file_values, known_config_keys, override_values,
     properties_file, resolve_model,
 )
+from recbole_diffusion.data.checks import data_files_sha256
 from recbole_diffusion.tune.space import read_space
 
 STUDY_NAME = "recbole-diffusion"
@@ -43,6 +44,7 @@ class Search(NamedTuple):
     metric: str          # RecBole's result key of valid_metric, e.g. "ndcg@10"
     maximize: bool
     defaults: dict       # the searched keys' values without the search (YAMLs + fixed), run first when asked
+    data_sha256: str     # the data files' fingerprint (recbole_diffusion.data.checks.data_files_sha256)
 
     @property
     def identity(self):
@@ -50,6 +52,7 @@ class Search(NamedTuple):
         return json.loads(json.dumps({
             "model": self.model, "dataset": self.dataset, "metric": self.metric, "maximize": self.maximize,
             "fixed": self.fixed, "space": {name: f"{p.kind} {p.text}" for name, p in self.space.items()},
+            "data_sha256": self.data_sha256,
         }, default=str))
 
     @property
@@ -131,7 +134,8 @@ def prepare_search(model, dataset, config_files, overrides, space_file=None, dir
                   prune_startup_trials=int(prune_startup_trials), prune_warmup_epochs=int(prune_warmup_epochs),
                   confirm_seeds=int(confirm_seeds), confirm_top=int(confirm_top), threads=threads,
                   seed=int(config["seed"]), metric=config["valid_metric"].lower(),
-                  maximize=bool(config["valid_metric_bigger"]), defaults=defaults)
+                  maximize=bool(config["valid_metric_bigger"]), defaults=defaults,
+                  data_sha256=data_files_sha256(config))
 
 
 def _in_space(value, param):
