@@ -188,7 +188,7 @@ def run_selfcheck(device=None, gpu_id=0, users=300, models=None, stream=None):
         names = [name for name in names if name not in TEXT_VARIANTS]
     with tempfile.TemporaryDirectory(prefix="recbole-diffusion-selfcheck-") as folder, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")  # RecBole 1.2.1's own noise
-        data_path = write_user_slice(ML100K_INTER, DATASET, users, os.path.join(folder, "data"))
+        data_path = write_user_slice(ML100K_INTER, DATASET, users, os.path.join(folder, "data"), positions=True)
         shutil.copy(ML100K_ITEM, os.path.join(data_path, DATASET, f"{DATASET}.item"))
         settings = {**settings, "text_cache_dir": os.path.join(folder, "text-cache")}
         cwd = os.getcwd()

@@ -32,6 +32,18 @@ def test_user_slice_counts_users_with_crlf_and_a_last_line_without_newline(tmp_p
         assert _users(os.path.join(folder, "cut", "cut.inter")) == ["a", "b", "a", "b"]
 
 
+def test_a_slice_in_positions_orders_each_user_by_time_and_leaves_no_order_to_float32(tmp_path):
+    source = tmp_path / "source.inter"
+    rows = ["user_id:token\titem_id:token\ttimestamp:float", "a\t1\t1700000090", "b\t7\t5", "a\t2\t1700000010",
+            "a\t3\t1700000010", "c\t9\t1", "a\t4\t1700000050"]
+    _write(source, rows, "\n")
+    folder = write_user_slice(str(source), "cut", 2, str(tmp_path / "cut"), positions=True)
+    with open(os.path.join(folder, "cut", "cut.inter"), encoding="utf-8") as handle:
+        kept = [line.rstrip("\n").split("\t") for line in handle][1:]
+    # a: times 10 (item 2), 10 (item 3, after it in the file), 50, 90; b: one row; c is the third user
+    assert kept == [["a", "2", "1"], ["a", "3", "2"], ["a", "4", "3"], ["a", "1", "4"], ["b", "7", "1"]]
+
+
 def test_item_subset_keeps_the_chosen_items_and_their_interactions(tmp_path):
     item, inter = tmp_path / "source.item", tmp_path / "source.inter"
     _write(item, ["item_id:token\tyear:float", "1\t1990", "2\t2000", "3\t1985"], "\r\n")

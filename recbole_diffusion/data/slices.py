@@ -10,27 +10,40 @@ ML100K_INTER = os.path.join(os.path.dirname(__import__("recbole").__file__), "da
 ML100K_ITEM = ML100K_INTER[:-len(".inter")] + ".item"
 
 
-def write_user_slice(source_inter, name, n_users, folder):
+def write_user_slice(source_inter, name, n_users, folder, positions=False):
     """Copy every row of the first ``n_users`` users (in file order) of ``source_inter`` to
     ``folder/<name>/<name>.inter`` and return ``folder``, RecBole's ``data_path`` for dataset ``name``.
 
-    The file is written beside its target and moved into place, so a run reading an earlier copy of the same
-    slice (a second search started on it) never sees a half-written file."""
+    ``positions``: each user's rows in time order (ties in file order), with the time column replaced by their
+    positions 1, 2, ..., which RecBole's float32 copy of the times keeps apart (Unix seconds closer than about a
+    minute tie there). The file is written beside its target and moved into place, so a run reading an earlier
+    copy of the same slice (a second search started on it) never sees a half-written file."""
     target_dir = os.path.join(folder, name)
     os.makedirs(target_dir, exist_ok=True)
     target_path = os.path.join(target_dir, f"{name}.inter")
     partial_path = f"{target_path}.{os.getpid()}.partial"
-    kept = set()
+    kept = {}
     with open(source_inter, encoding="utf-8") as source, open(partial_path, "w", encoding="utf-8") as target:
         header = source.readline()
         target.write(header)
-        user_column = _column_names(header).index("user_id")
+        columns = _column_names(header)
+        user_column = columns.index("user_id")
         for line in source:
             user = line.rstrip("\r\n").split("\t")[user_column]
             if user not in kept and len(kept) < n_users:
-                kept.add(user)
+                kept[user] = []
             if user in kept:
-                target.write(line)
+                if positions:
+                    kept[user].append(line.rstrip("\r\n").split("\t"))
+                else:
+                    target.write(line)
+        if positions:
+            time_column = columns.index("timestamp")
+            for rows in kept.values():
+                rows.sort(key=lambda row: float(row[time_column]))  # stable: ties keep the file's order
+                for position, row in enumerate(rows, 1):
+                    row[time_column] = str(position)
+                    target.write("\t".join(row) + "\n")
     os.replace(partial_path, target_path)
     return folder
 
