@@ -571,11 +571,11 @@ def test_a_truncated_checkpoint_is_refused_naming_it_without_offering_trust(work
         assert "cut.pth" in str(refused_load.value) and "trust_pickled" not in str(refused_load.value)
 
 
-def _scan_notes(data_path):
+def _scan_notes(data_path, **settings):
     from recbole_diffusion.config.configurator import build_config
     from recbole_diffusion.data.checks import check_interaction_files
 
-    config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "state": "WARNING"})
+    config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "state": "WARNING", **settings})
     return [note for _, note in check_interaction_files(config).notes]
 
 
@@ -588,7 +588,13 @@ def test_times_that_float32_cannot_order_or_exact_ties_are_counted_with_what_cho
     notes = _scan_notes(write_inter(workdir, lines(HEADER, *reversed_user, *others)))
     assert len(notes) == 1
     assert_mentions(notes[0], "1 of 8 users get another test or validation target", "float32",
-                    "Subtract the smallest time")
+                    "Write each user's positions")
+    # RecBole's duplicate removal sorts by the exact times first: no float32 note then.
+    assert _scan_notes(write_inter(workdir, lines(HEADER, *reversed_user, *others)),
+                       rm_dup_inter="first") == []
+    # A user with two interactions has no target for a sequential model: not counted.
+    short = [f"9\t{item}\t{1_700_000_000 + 10 * position}" for position, item in ((1, 5), (0, 6))]
+    assert _scan_notes(write_inter(workdir, lines(HEADER, *rows(), *short))) == []
     # Positions 1, 2, ... in reverse line order: float32 keeps them apart, so nothing to say.
     positions = [f"1\t{item}\t{position}" for position, item in reversed(list(enumerate(range(1, 7), 1)))]
     assert _scan_notes(write_inter(workdir, lines(HEADER, *positions, *others))) == []

@@ -460,43 +460,50 @@ def _check_duplicates(config, columns, lines, path):
 
 
 def time_order_notes(config, columns, lines, path):
-    """Counted warnings about the order RecBole gives each user's interactions (``TIME_FIELD``, leave-one-out's
-    targets are the last two): RecBole keeps the times as float32, so times closer than float32 can tell apart
-    (64 s near Unix seconds of today, 131 s for milliseconds) tie, and ties keep the file's line order; exact ties
-    in the file do too. Both choose targets by line order, which these notes count."""
-    user_field, time_field = config["USER_ID_FIELD"], config["TIME_FIELD"]
-    if not needs_time_order(config) or user_field not in columns or time_field not in columns:
+    """Counted warnings about what chooses leave-one-out's targets (the last one or two of a user's interactions
+    by ``TIME_FIELD``): RecBole keeps the times as float32, where times closer than float32 tells apart (64 s near
+    today's Unix seconds, 131 s for milliseconds) tie, and ties, like exact ties in the file, keep the file's line
+    order. Counted on the file as read, before RecBole's filters; with ``rm_dup_inter`` RecBole first sorts by the
+    exact times (pandas), so only exact ties are left, in an order pandas' sort does not define."""
+    user_field, item_field, time_field = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]
+    minimum = leave_one_out_minimum(config)
+    if (not needs_time_order(config) or minimum is None
+            or not {user_field, item_field, time_field} <= set(columns)):
         return []
     users = np.asarray(columns[user_field].codes)
+    items = np.asarray(columns[item_field].codes)
     exact = np.asarray(columns[time_field], dtype=np.float64)
     line_order = np.arange(len(users))
     order = np.lexsort((line_order, exact, users))  # by user, exact time, line
     stored = np.lexsort((line_order, exact.astype(np.float32), users))  # as RecBole sorts
     sorted_users, sorted_times = users[order], exact[order]
     last = np.flatnonzero(np.append(sorted_users[1:] != sorted_users[:-1], True))
-    first = np.append(0, last[:-1] + 1)
-    targets = [last[last - first >= offset] - offset for offset in (0, 1)]  # test, validation positions
+    length = last - np.append(0, last[:-1] + 1) + 1
+    mode = config["eval_args"]["split"]["LS"]
+    # (offset from the user's last interaction, interactions needed) of each target the split makes
+    targets = {"valid_and_test": [(0, minimum.get("test")), (1, minimum.get("validation"))],
+               "test_only": [(0, minimum.get("test"))], "valid_only": [(0, minimum.get("validation"))]}[mode]
+    moved, tied = np.zeros(len(last), dtype=bool), np.zeros(len(last), dtype=bool)
+    for offset, needed in targets:
+        has = length >= needed
+        positions = last[has] - offset
+        moved[has] |= items[order[positions]] != items[stored[positions]]
+        tied[has] |= sorted_times[positions] == sorted_times[positions - 1]  # needed >= 2: an earlier row exists
+    before = (" (counted on the file, before RecBole's filters remove rows)"
+              if set(_filters_set(config)) - {"rm_dup_inter"} else "")
     notes = []
-    moved = np.zeros(len(last), dtype=bool)
-    for positions in targets:
-        changed = order[positions] != stored[positions]
-        moved[np.searchsorted(last, positions[changed])] = True
-    if moved.any():
+    if moved.any() and config["rm_dup_inter"] is None:
         notes.append((logging.WARNING, f"{path}: {int(moved.sum())} of {len(last)} users get another test or "
-                      f"validation target than their exact {time_field} order gives: RecBole stores {time_field} "
-                      "as float32, which cannot tell apart times this close (their order falls back to the file's "
-                      "lines). Subtract the smallest time from every value, or write each user's positions 1, 2, "
-                      "3, ..., so that float32 keeps the order."))
-    tied = np.zeros(len(last), dtype=bool)
-    for positions in targets:
-        inside = positions > first[np.searchsorted(last, positions)]  # the user has an earlier interaction
-        before = positions[inside] - 1
-        tied_here = sorted_times[positions[inside]] == sorted_times[before]
-        tied[np.searchsorted(last, positions[inside][tied_here])] = True
+                      f"validation target than their exact {time_field} order gives{before}: RecBole stores "
+                      f"{time_field} as float32, which cannot tell apart times this close (their order falls back "
+                      "to the file's lines). Write each user's positions 1, 2, 3, ... as the time (subtracting the "
+                      "smallest time helps only as far as the remaining span is small)."))
     if tied.any():
+        order_of_ties = ("RecBole's duplicate removal (rm_dup_inter) sorts them with pandas in no defined order"
+                         if config["rm_dup_inter"] is not None else "RecBole orders ties by the file's lines")
         notes.append((logging.WARNING, f"{path}: {int(tied.sum())} of {len(last)} users' test or validation "
-                      f"target has the same {time_field} as the interaction before it; RecBole orders ties by the "
-                      "file's lines, so the line order chooses those targets."))
+                      f"target has the same {time_field} as the interaction before it{before}; {order_of_ties}, "
+                      "so that order chooses those targets."))
     return notes
 
 
