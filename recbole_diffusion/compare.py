@@ -103,11 +103,12 @@ def _keep_checkpoints(config, trainer, data, result):
     return run_record(config, trainer, data, result, keep_checkpoint=True)
 
 
-def run_settings(dataset, config_files, overrides, model_config=None, data_sha256=None):
+def run_settings(dataset, config_files, overrides, model_config=None, data_sha256=None, shared_data_sha256=None):
     """What must be equal for two runs to sit in one comparison: dataset, config files (with the SHA-256 of their
     content) and overrides, and a model's own config file (``--model_config``) with the SHA-256 of its content
     when the run started (a search that ran on rewrites its ``best.yaml``), and the SHA-256 of the data files
-    the model's runs read (:func:`data_files_sha256`)."""
+    (:func:`~recbole_diffusion.data.checks.data_files_sha256`) the model's runs read and those the shared
+    configuration reads (the same unless the model's own file names other data)."""
     settings = {"dataset": dataset, "config_files": list(config_files),
                 "config_files_sha256": [_sha256(path) for path in config_files],
                 "overrides": {key: str(value) for key, value in sorted(overrides.items())}}
@@ -115,11 +116,13 @@ def run_settings(dataset, config_files, overrides, model_config=None, data_sha25
         settings.update(model_config=model_config, model_config_sha256=_sha256(model_config))
     if data_sha256:
         settings["data_sha256"] = data_sha256
+    if shared_data_sha256:
+        settings["shared_data_sha256"] = shared_data_sha256
     return settings
 
 
 # Keys of run_settings that records written before them lack: such a record is compared on the keys it has.
-SETTINGS_ADDED_LATER = ("config_files_sha256", "data_sha256")
+SETTINGS_ADDED_LATER = ("config_files_sha256", "data_sha256", "shared_data_sha256")
 
 
 def _shared_settings(settings):
@@ -164,30 +167,40 @@ def _sha256(path):
         return hashlib.sha256(handle.read()).hexdigest()
 
 
-def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
-                   threads=None, keep_checkpoints=False, model_configs=None):
-    """Train every (model, seed) pair not finished yet, then write the summary files; returns the records.
+class Comparison(NamedTuple):
+    """A comparison checked before anything is written (:func:`prepare_comparison`)."""
 
-    ``threads`` sets torch's CPU threads in each run: on a machine shared with other jobs, fewer threads than
-    cores avoids OpenMP oversubscription, which can slow small operations down many times. ``model_configs``:
-    ``{model: config file}`` applied to that model's runs only, after ``config_files`` (``--model_config``).
-    """
+    models: list
+    dataset: str
+    seeds: list
+    output: str
+    files: dict          # model -> its config files (the shared ones, then its own)
+    overrides: dict
+    settings: dict       # model -> run_settings
+    todo: list           # (model, seed) pairs not finished yet
+    finished: int
+
+
+def prepare_comparison(models, dataset, seeds, output, config_files=(), overrides=None, model_configs=None):
+    """Check every model's configuration and data, fingerprint them (:func:`run_settings`) and refuse a folder
+    whose finished runs were made with other settings; writes nothing. Returns a :class:`Comparison`."""
     output = os.path.abspath(output)
     config_files = [os.path.abspath(path) for path in config_files]
     model_configs = {model: os.path.abspath(path) for model, path in (model_configs or {}).items()}
     overrides = dict(overrides or {})
     if "data_path" in overrides:
         overrides["data_path"] = os.path.abspath(overrides["data_path"])
+    files = {model: config_files + ([model_configs[model]] if model in model_configs else []) for model in models}
 
-    def files_of(model):
-        return config_files + ([model_configs[model]] if model in model_configs else [])
+    def data_of(model, model_files):
+        return data_files_sha256(build_config(model, dataset, model_files, {**overrides, "seed": seeds[0]})[0])
 
-    # Every model's configuration and data, checked (and the data fingerprinted) before anything is written.
-    data = {model: data_files_sha256(build_config(model, dataset, files_of(model),
-                                                  {**overrides, "seed": seeds[0]})[0]) for model in models}
-    settings = {model: run_settings(dataset, config_files, overrides, model_configs.get(model), data[model])
-                for model in models}
-    shared = run_settings(dataset, config_files, overrides)
+    data = {model: data_of(model, files[model]) for model in models}
+    # The data without any model's own file (which may point that model elsewhere): what every run shares.
+    shared_data = data_of(models[0], config_files) if models[0] in model_configs else data[models[0]]
+    settings = {model: run_settings(dataset, config_files, overrides, model_configs.get(model), data[model],
+                                    shared_data) for model in models}
+    shared = run_settings(dataset, config_files, overrides, shared_data_sha256=shared_data)
 
     def differs(record):
         """A finished run of another setting: in full for the models run now, the shared part for the others."""
@@ -202,18 +215,33 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
         raise ValueError(f"{output} holds {len(other)} finished run(s) made with other settings "
                          f"(first: {run_name(other[0]['model'], other[0]['seed'])}: {other[0]['settings']}; "
                          f"now: {now}); choose another --output so that runs are never mixed")
-    os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     done = {(r["model"], r["seed"]) for r in finished}
     todo = [(model, seed) for model in models for seed in seeds if (model, seed) not in done]
-    if done:
-        print(f"resuming: {len(done)} finished run(s) kept, {len(todo)} to go", flush=True)
+    return Comparison(list(models), dataset, list(seeds), output, files, overrides, settings, todo, len(done))
+
+
+def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
+                   threads=None, keep_checkpoints=False, model_configs=None, prepared=None):
+    """Train every (model, seed) pair not finished yet, then write the summary files; returns the records.
+
+    ``threads`` sets torch's CPU threads in each run: on a machine shared with other jobs, fewer threads than
+    cores avoids OpenMP oversubscription, which can slow small operations down many times. ``model_configs``:
+    ``{model: config file}`` applied to that model's runs only, after ``config_files`` (``--model_config``).
+    ``prepared``: the :func:`prepare_comparison` of these arguments, when the caller checked them already.
+    """
+    comparison = prepared or prepare_comparison(models, dataset, seeds, output, config_files, overrides,
+                                                model_configs)
+    output, settings, todo = comparison.output, comparison.settings, comparison.todo
+    os.makedirs(os.path.join(output, "runs"), exist_ok=True)
+    if comparison.finished:
+        print(f"resuming: {comparison.finished} finished run(s) kept, {len(todo)} to go", flush=True)
     for index, (model, seed) in enumerate(todo, 1):
         run_dir = os.path.join(output, "work", run_name(model, seed))
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
         start = time.perf_counter()
-        files = files_of(model)
-        record, exit_code = run_in_child(_trial, (model, dataset, seed, files, overrides, keep_checkpoints,
-                                                  run_dir), path, run_dir, threads=threads, isolate=isolate)
+        record, exit_code = run_in_child(_trial, (model, dataset, seed, comparison.files[model], comparison.overrides,
+                                                  keep_checkpoints, run_dir), path, run_dir, threads=threads,
+                                         isolate=isolate)
         if record is None:
             record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
                       "error": f"the run ended without a record (exit code {exit_code})"}
@@ -462,12 +490,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:  # every model's configuration and the data are checked before anything is written
-        records = run_comparison(args.models, args.dataset, args.seeds, args.output, args.config_files,
-                                 args.overrides, args.isolate, args.reference, args.threads, args.keep_checkpoints,
-                                 args.model_configs)
-    except (ValueError, FileNotFoundError) as error:  # a run's own failure is recorded, not raised
+        prepared = prepare_comparison(args.models, args.dataset, args.seeds, args.output, args.config_files,
+                                      args.overrides, args.model_configs)
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    records = run_comparison(args.models, args.dataset, args.seeds, args.output, args.config_files, args.overrides,
+                             args.isolate, args.reference, args.threads, args.keep_checkpoints, args.model_configs,
+                             prepared=prepared)
     failed = [r for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)} run(s) finished, {len(failed)} failed; summary: "
           f"{os.path.join(args.output, 'summary.md')}")

@@ -19,7 +19,7 @@ from scipy import stats
 
 from recbole_diffusion import PreferDiff
 from recbole_diffusion.compare import METRICS, exact_test_metric, main, parse_args, run_comparison
-from conftest import TINY
+from conftest import TINY, TINY_USERS
 
 SEEDS = [2020, 2021]
 DATASET = "ml-100k-tiny"  # the runs check the comparison's bookkeeping, not the models
@@ -339,10 +339,25 @@ def test_several_targets_per_user_report_recboles_metrics_and_say_why(data_root,
     record, = run_comparison(["Pop"], DATASET, [2020], output, overrides=overrides, isolate=False)
     assert record["groups"] == {} and "test targets of" in record["groups_note"]
     assert exact_test_metric(record, "hit@10") == record["test"]["hit@10"]
-    assert record["test_users"] <= 200  # users, not targets (ml-100k-small has 200)
+    targets, users = (int(word) for word in record["groups_note"].split()[0:5:4])  # "N test targets of M users"
+    assert users == record["test_users"] <= TINY_USERS < targets  # users counted, not targets
     with open(os.path.join(output, "summary.md"), encoding="utf-8") as handle:
         summary = handle.read()
     assert "Note: Pop seed 2020:" in summary and f"{record['test']['hit@10']:.4f}" in summary
+
+
+def test_another_model_joining_a_folder_after_the_data_changed_is_refused(data_root, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(data_root, DATASET), data / DATASET)
+    output = str(tmp_path / "runs")
+    overrides = {**_overrides(str(data)), "epochs": "1"}
+    run_comparison(["Pop"], DATASET, [2020], output, overrides=overrides, isolate=False)
+    inter = data / DATASET / f"{DATASET}.inter"
+    inter.write_text("".join(inter.read_text(encoding="utf-8").splitlines(keepends=True)[:-5]), encoding="utf-8")
+    with pytest.raises(ValueError, match="other settings"):
+        run_comparison(["SASRec"], DATASET, [2020], output, overrides=overrides, isolate=False)
 
 
 def test_a_resumed_comparison_refuses_changed_data_or_config_files_and_keeps_older_records(data_root, tmp_path,

@@ -104,17 +104,19 @@ ATOMIC_SUFFIXES = (".inter", ".item", ".user", ".kg", ".link", ".net")
 def data_files_sha256(config):
     """SHA-256 of the dataset's atomic files that RecBole may read (``<name>*.inter``, ``.item``, ``.user``,
     ``.kg``, ``.link``, ``.net`` in its folder), names and content: a resumed comparison or search whose data
-    changed is refused instead of mixing runs on two versions of the data."""
+    changed is refused instead of mixing runs on two versions of the data. ``None`` when there is none yet (a
+    dataset RecBole downloads): nothing to compare."""
     folder, name = config["data_path"], config["dataset"]
-    digest = hashlib.sha256()
+    digest, found = hashlib.sha256(), False
     for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path = os.path.join(folder, file)
         if file.startswith(name + ".") and file.endswith(ATOMIC_SUFFIXES) and os.path.isfile(path):
+            found = True
             digest.update(file.encode("utf-8") + b"\0")
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-    return digest.hexdigest()
+    return digest.hexdigest() if found else None  # None: RecBole has yet to download the dataset
 
 
 def check_inter_path_is_file(config):

@@ -37,7 +37,7 @@ def identity_differences(before, now):
     for key in ("model", "dataset", "metric", "maximize"):
         if before.get(key) != now.get(key):
             differences.append(f"{key}: {before.get(key)!r} then, {now.get(key)!r} now")
-    if "data_sha256" in before and before["data_sha256"] != now.get("data_sha256"):  # older studies lack it
+    if before.get("data_sha256") and before["data_sha256"] != now.get("data_sha256"):  # older studies lack it
         differences.append("the data files changed (their SHA-256 differs)")
     for part in ("fixed", "space"):
         old, new = before.get(part, {}), now.get(part, {})
