@@ -138,8 +138,6 @@ def _settings_differ(saved, now):
     return saved != now
 
 
-
-
 def _trial(model, dataset, seed, config_files, overrides, keep_checkpoint, run_dir):
     """One run through the runner's pipeline (a killed run continues from its last checkpoint, ``resume: True``),
     its record or its error; each run's checkpoints live in its own folder."""
@@ -197,7 +195,8 @@ def prepare_comparison(models, dataset, seeds, output, config_files=(), override
 
     data = {model: data_of(model, files[model]) for model in models}
     # The data without any model's own file (which may point that model elsewhere): what every run shares.
-    shared_data = data_of(models[0], config_files) if models[0] in model_configs else data[models[0]]
+    plain = next((model for model in models if model not in model_configs), None)
+    shared_data = data[plain] if plain else data_of(models[0], config_files)
     settings = {model: run_settings(dataset, config_files, overrides, model_configs.get(model), data[model],
                                     shared_data) for model in models}
     shared = run_settings(dataset, config_files, overrides, shared_data_sha256=shared_data)
