@@ -8,12 +8,13 @@
 
 Stage ``heldout`` is one ``compare`` of SASRec (RecBole's defaults, d 64), PreferDiff with an id table and
 PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>). Genres: <genres>") on ml-100k
-(RecBole's copy) with ``holdout_items_ratio`` 0.2 (a different draw per seed); PreferDiff (ids) runs at d 384, the
-text table's width, and both at FFN 384 (:data:`MODEL_CONFIG`), so the two differ in the table alone. Its
-``summary.md`` has every user's metrics and the "held-out items" table (the users whose test target no model saw in
-training), each with paired t-tests against SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint
-datasets by release year (:data:`CUTS`; ``recbole_diffusion.data.slices.write_item_subset``), trains PreferDiff-T on each of the two older ones and on their
-merge (``merge_datasets``: more pretraining data; ``compare``, checkpoints kept), evaluates each seed's checkpoint
+(RecBole's copy, its times written as each user's positions in exact time order) with ``holdout_items_ratio`` 0.2
+(a different draw per seed); PreferDiff (ids) runs at d 384, the text table's width, and both at FFN 384
+(:data:`MODEL_CONFIG`), so the two differ in the table alone. Its ``summary.md`` has every user's metrics and the
+"held-out items" table (the users whose test target no model saw in training), each with paired t-tests against
+SASRec. Stage ``transfer`` cuts ml-100k into three item-disjoint datasets by release year (:data:`CUTS`;
+``recbole_diffusion.data.slices.write_item_subset``, times as positions too), trains PreferDiff-T on each of the
+two older ones and on their merge (``merge_datasets``: more pretraining data; ``compare``, checkpoints kept), evaluates each seed's checkpoint
 on the films from 1995 with ``transfer_from`` (no training on them), and trains SASRec, Pop and PreferDiff-T
 in-domain on those for reference (``compare``); its text tables are whitened with ``zca`` (:data:`TRANSFER`), since
 stage ``bases`` measured that the authors' ``pca`` puts the target's table in axes unrelated to the training's.
@@ -69,11 +70,14 @@ def release_year(row):
 
 
 def write_transfer_datasets(folder, max_users=None):
-    """The item-disjoint datasets of stage ``transfer`` (the two films with no year are in none)."""
+    """The item-disjoint datasets of stage ``transfer`` (the two films with no year are in none), their times
+    written as each user's positions (exact time order, ties in file order: RecBole's float32 copy of ml-100k's Unix
+    seconds would reorder them)."""
     for name, (low, high) in CUTS.items():
-        write_item_subset(ML100K_INTER, ML100K_ITEM, name,
-                          lambda row, low=low, high=high: release_year(row) is not None and low <= release_year(row) < high,
-                          folder, max_users)
+        def kept(row, low=low, high=high):
+            return release_year(row) is not None and low <= release_year(row) < high
+
+        write_item_subset(ML100K_INTER, ML100K_ITEM, name, kept, folder, max_users, positions=True)
     return folder
 
 
@@ -287,11 +291,9 @@ def main(argv=None):
     if args.stage == "bases":
         return bases_stage(args.root, args.text_cache_dir or os.path.join(args.root, "encoder-cache"))
     if args.stage == "heldout":
-        data_path = None
-        if args.max_users:
-            data_path = write_user_slice(ML100K_INTER, "ml-100k", args.max_users,
-                                         os.path.join(args.root, data_folder(args.max_users)))
-            shutil.copy(ML100K_ITEM, os.path.join(data_path, "ml-100k", "ml-100k.item"))
+        data_path = write_user_slice(ML100K_INTER, "ml-100k", args.max_users,
+                                     os.path.join(args.root, data_folder(args.max_users)), positions=True)
+        shutil.copy(ML100K_ITEM, os.path.join(data_path, "ml-100k", "ml-100k.item"))
         return call(compare_command(["SASRec", "PreferDiff", "PreferDiff-T"], "ml-100k",
                                     os.path.join(args.root, "heldout"), {"holdout_items_ratio": 0.2, **extra},
                                     data_path, seeds=args.seeds))

@@ -226,6 +226,13 @@ def test_text_zero_shot_cuts_item_disjoint_datasets_by_release_year(tmp_path):
         items[name] = years
     for name, (low, high) in text_zero_shot.CUTS.items():
         assert low <= min(items[name].values()) and max(items[name].values()) < high
+        with open(os.path.join(folder, name, f"{name}.inter"), encoding="utf-8") as handle:
+            time_column = handle.readline().rstrip("\n").split("\t").index("timestamp:float")
+            by_user = {}
+            for line in handle:
+                cells = line.rstrip("\n").split("\t")
+                by_user.setdefault(cells[0], []).append(int(cells[time_column]))
+        assert all(times == list(range(1, len(times) + 1)) for times in by_user.values())  # positions, in order
 
 
 def test_text_zero_shot_gives_both_tables_one_ffn_width_and_the_transfer_the_encoder_s_axes(tmp_path, monkeypatch):

@@ -53,3 +53,10 @@ def test_item_subset_keeps_the_chosen_items_and_their_interactions(tmp_path):
     with open(tmp_path / "old" / "old.inter", encoding="utf-8") as handle:
         kept = [line.rstrip("\r\n").split("\t") for line in handle][1:]
     assert kept == [["a", "1"], ["b", "3"], ["c", "3"]]
+    _write(inter, ["user_id:token\titem_id:token\ttimestamp:float", "a\t1\t900", "a\t3\t100", "a\t2\t50",
+                   "b\t3\t7"], "\n")
+    write_item_subset(str(inter), str(item), "old", lambda row: float(row["year"]) < 1995, str(tmp_path),
+                      positions=True)
+    with open(tmp_path / "old" / "old.inter", encoding="utf-8") as handle:
+        kept = [line.rstrip("\n").split("\t") for line in handle][1:]
+    assert kept == [["a", "3", "1"], ["a", "1", "2"], ["b", "3", "1"]]  # item 2 (year 2000) left out

@@ -11,13 +11,12 @@ ML100K_ITEM = ML100K_INTER[:-len(".inter")] + ".item"
 
 
 def write_user_slice(source_inter, name, n_users, folder, positions=False):
-    """Copy every row of the first ``n_users`` users (in file order) of ``source_inter`` to
+    """Copy every row of the first ``n_users`` users (in file order; ``None``: all) of ``source_inter`` to
     ``folder/<name>/<name>.inter`` and return ``folder``, RecBole's ``data_path`` for dataset ``name``.
 
-    ``positions``: each user's rows in time order (ties in file order), with the time column replaced by their
-    positions 1, 2, ..., which RecBole's float32 copy of the times keeps apart (Unix seconds closer than about a
-    minute tie there). The file is written beside its target and moved into place, so a run reading an earlier
-    copy of the same slice (a second search started on it) never sees a half-written file."""
+    ``positions``: the times written as positions (:func:`write_in_positions`). The file is written beside its
+    target and moved into place, so a run reading an earlier copy of the same slice (a second search started on it)
+    never sees a half-written file."""
     target_dir = os.path.join(folder, name)
     os.makedirs(target_dir, exist_ok=True)
     target_path = os.path.join(target_dir, f"{name}.inter")
@@ -30,7 +29,7 @@ def write_user_slice(source_inter, name, n_users, folder, positions=False):
         user_column = columns.index("user_id")
         for line in source:
             user = line.rstrip("\r\n").split("\t")[user_column]
-            if user not in kept and len(kept) < n_users:
+            if user not in kept and (n_users is None or len(kept) < n_users):
                 kept[user] = []
             if user in kept:
                 if positions:
@@ -38,21 +37,28 @@ def write_user_slice(source_inter, name, n_users, folder, positions=False):
                 else:
                     target.write(line)
         if positions:
-            time_column = columns.index("timestamp")
-            for rows in kept.values():
-                rows.sort(key=lambda row: float(row[time_column]))  # stable: ties keep the file's order
-                for position, row in enumerate(rows, 1):
-                    row[time_column] = str(position)
-                    target.write("\t".join(row) + "\n")
+            write_in_positions(target, kept, columns.index("timestamp"))
     os.replace(partial_path, target_path)
     return folder
 
 
-def write_item_subset(source_inter, source_item, name, keep_item, folder, max_users=None):
+def write_in_positions(target, rows_by_user, time_column):
+    """Write each user's rows (lists of cells) in time order, ties in the order given, with the time replaced by
+    their positions 1, 2, ...: RecBole keeps times as float32, where Unix seconds closer than about a minute tie
+    and fall back to the file's order, so positions keep leave-one-out's targets those of the exact times."""
+    for rows in rows_by_user.values():
+        rows.sort(key=lambda row: float(row[time_column]))  # stable: ties keep the given order
+        for position, row in enumerate(rows, 1):
+            row[time_column] = str(position)
+            target.write("\t".join(row) + "\n")
+
+
+def write_item_subset(source_inter, source_item, name, keep_item, folder, max_users=None, positions=False):
     """``folder/<name>/<name>.inter`` and ``.item`` with only the items whose ``.item`` row ``keep_item`` accepts
     (called with ``{field name: value}``) and the interactions with them, of the first ``max_users`` users (in file
     order; all by default). Two calls with disjoint ``keep_item`` cut two item-disjoint datasets from one, the
-    source and target of a zero-shot transfer (e.g. ml-100k's films by release year). Returns ``folder``."""
+    source and target of a zero-shot transfer (e.g. ml-100k's films by release year). ``positions``: the kept
+    interactions' times written as positions (:func:`write_in_positions`). Returns ``folder``."""
     target_dir = os.path.join(folder, name)
     os.makedirs(target_dir, exist_ok=True)
     with open(source_item, encoding="utf-8") as source, \
@@ -72,15 +78,20 @@ def write_item_subset(source_inter, source_item, name, keep_item, folder, max_us
         target.write(header)
         columns = _column_names(header)
         user_column, item_column = columns.index("user_id"), columns.index("item_id")
-        users = set()
+        users = {}
         for line in source:
             cells = line.rstrip("\r\n").split("\t")
             user = cells[user_column]
             if max_users is not None and user not in users and len(users) >= max_users:
                 continue
-            users.add(user)
+            users.setdefault(user, [])
             if cells[item_column] in kept_items:
-                target.write(line)
+                if positions:
+                    users[user].append(cells)
+                else:
+                    target.write(line)
+        if positions:
+            write_in_positions(target, users, columns.index("timestamp"))
     return folder
 
 
