@@ -226,10 +226,12 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     ``threads`` sets torch's CPU threads in each run: on a machine shared with other jobs, fewer threads than
     cores avoids OpenMP oversubscription, which can slow small operations down many times. ``model_configs``:
     ``{model: config file}`` applied to that model's runs only, after ``config_files`` (``--model_config``).
-    ``prepared``: the :func:`prepare_comparison` of these arguments, when the caller checked them already.
+    ``prepared``: the :func:`prepare_comparison` of these arguments, when the caller checked them already (its
+    models, dataset, seeds and output are the ones run).
     """
     comparison = prepared or prepare_comparison(models, dataset, seeds, output, config_files, overrides,
                                                 model_configs)
+    models, dataset, seeds = comparison.models, comparison.dataset, comparison.seeds
     output, settings, todo = comparison.output, comparison.settings, comparison.todo
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
     if comparison.finished:

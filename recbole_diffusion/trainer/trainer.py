@@ -119,9 +119,9 @@ class PluginTrainerMixin:
         own_optimizers = self._other_optimizers()
         if self.lr_scheduler is not None and own_optimizers:
             raise ValueError(f"lr_scheduler={config['lr_scheduler']!r}, "
-                             f"lr_warmup_epochs={config['lr_warmup_epochs']!r}: {config['model']}'s trainer steps its own optimizers "
-                             f"({', '.join(sorted(own_optimizers))}), which a schedule would not change; "
-                             "use lr_scheduler: none without a warm-up.")
+                             f"lr_warmup_epochs={config['lr_warmup_epochs']!r}: {config['model']}'s trainer steps its "
+                             f"own optimizers ({', '.join(sorted(own_optimizers))}), which a schedule would not "
+                             "change; use lr_scheduler: none without a warm-up.")
         self.epoch_seconds, self.learning_rates, self.validation_curve = [], [], []
         self.target_rank_batches = []
         self._epoch = None
