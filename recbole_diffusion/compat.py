@@ -23,6 +23,11 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
   the matrix's own dict (:func:`restore_dok_update`).
 * RecBole's trainer module creates its scaler through ``torch.cuda.amp``, deprecated since PyTorch 2.4 (a
   FutureWarning in every run); it gets an ``amp`` namespace that calls ``torch.amp`` with ``"cuda"`` instead.
+* RecBole's BERT4Rec (``loss_type: CE``) scores every item at all ``int(mask_ratio * MAX_ITEM_LIST_LENGTH)``
+  mask slots of every training row and then zeroes the padded slots' losses; on short histories most slots are
+  padding (Amazon Beauty at L 20: 84 % of them), so three quarters of its training time went to scores it threw
+  away. Its loss is computed on the real slots only (:func:`bert4rec_scores_real_mask_slots_only`): the same
+  loss and gradients, up to float rounding, about four times faster per batch there.
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
   package never imports it: :mod:`recbole_diffusion.quick_start` builds the pipeline from RecBole's parts.
 * RecBole's evaluation collector calls ``.cpu()`` on an int and a Counter, so ItemCoverage, GiniIndex,
@@ -277,6 +282,33 @@ def follow_data_path_for_ml100k():
     Config._set_default_parameters = set_default_parameters
 
 
+def bert4rec_scores_real_mask_slots_only():
+    """Replace BERT4Rec's cross-entropy ``calculate_loss`` by the same loss over its real mask slots only.
+
+    RecBole's version gathers the hidden state at each of the row's mask slots (``MASK_INDEX``, padded with 0),
+    scores all items there, and averages the cross-entropy over the slots whose index is above 0 (so, like
+    RecBole, an item masked at position 0 is not a target). This one gathers those slots first and scores them
+    alone; the forward pass, its dropout draws, the masking and the BPR loss are RecBole's. RecBole's function
+    stays reachable as ``BERT4Rec.calculate_loss.recbole`` (``tests/test_compat.py`` holds the two equal)."""
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    recbole_loss = BERT4Rec.calculate_loss
+    if hasattr(recbole_loss, "recbole"):
+        return
+
+    def calculate_loss(self, interaction):
+        if self.loss_type != "CE":
+            return recbole_loss(self, interaction)
+        mask_index = interaction[self.MASK_INDEX]
+        hidden = self.forward(interaction[self.MASK_ITEM_SEQ])
+        rows, slots = (mask_index > 0).nonzero(as_tuple=True)
+        logits = hidden[rows, mask_index[rows, slots]] @ self.item_embedding.weight[: self.n_items].T + self.output_bias
+        return torch.nn.functional.cross_entropy(logits, interaction[self.POS_ITEMS][rows, slots])
+
+    calculate_loss.recbole = recbole_loss
+    BERT4Rec.calculate_loss = calculate_loss
+
+
 def apply():
     """Apply every fix; safe to call more than once."""
     require_recbole()
@@ -289,3 +321,4 @@ def apply():
     tensorboard_on_rank_zero()
     collect_tensors_only()
     follow_data_path_for_ml100k()
+    bert4rec_scores_real_mask_slots_only()

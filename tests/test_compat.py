@@ -188,3 +188,32 @@ def test_a_given_data_path_holds_ml100k_too(tmp_path):
     assert config["data_path"] == os.path.join(folder, "ml-100k")
     default, _ = build_config("Pop", "ml-100k")
     assert os.path.realpath(default["data_path"]).startswith(os.path.realpath(os.path.dirname(recbole.__file__)))
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_bert4rec_loss_over_real_mask_slots_is_recboles(loss_type, data_root):
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    compat.apply()
+    config, _ = build_config("BERT4Rec", "ml-100k-small", config_dict={
+        **TINY, "data_path": data_root, "loss_type": loss_type, "mask_ratio": 0.6, "train_batch_size": 256,
+        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1} if loss_type == "BPR" else None})
+    init_seed(config["seed"], True)
+    train_data = data_preparation(config, create_dataset(config))[0]
+    batch = next(iter(train_data))
+    model = BERT4Rec(config, train_data._dataset)
+    mask_index = batch[model.MASK_INDEX]
+    assert 0 < int((mask_index > 0).sum()) < mask_index.numel()  # rows with real and with padded slots
+
+    def loss_and_gradients(calculate_loss):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout draws for both
+        loss = calculate_loss(model, batch)
+        loss.backward()
+        return loss.detach(), [parameter.grad.clone() for parameter in model.parameters()]
+
+    ours, ours_gradients = loss_and_gradients(BERT4Rec.calculate_loss)
+    recboles, recboles_gradients = loss_and_gradients(BERT4Rec.calculate_loss.recbole)
+    assert torch.isfinite(ours) and torch.allclose(ours, recboles, rtol=1e-5, atol=1e-7)
+    for gradient, expected in zip(ours_gradients, recboles_gradients):
+        assert torch.allclose(gradient, expected, rtol=1e-4, atol=1e-7)
