@@ -27,7 +27,7 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
   mask slots of every training row and then zeroes the padded slots' losses; on short histories most slots are
   padding (Amazon Beauty at L 20: 84 % of them), so three quarters of its training time went to scores it threw
   away. Its loss is computed on the real slots only (:func:`bert4rec_scores_real_mask_slots_only`): the same
-  loss and gradients, up to float rounding, about four times faster per batch there.
+  loss and gradients, up to float rounding; training runs 3.7 times faster there (BENCHMARKS run 23).
 * ``recbole.quick_start`` imports ray at import time (ray needs ``pkg_resources`` and numpy < 2). This
   package never imports it: :mod:`recbole_diffusion.quick_start` builds the pipeline from RecBole's parts.
 * RecBole's evaluation collector calls ``.cpu()`` on an int and a Counter, so ItemCoverage, GiniIndex,
