@@ -440,7 +440,8 @@ def parse_args(argv=None):
                         help="a config file for that model's runs only (e.g. tune's best.yaml), after --config_files; "
                              "the command line's keys still win; repeat it, or comma-separate, for several models")
     parser.add_argument("--reference", default=None, help="model the others are compared with (default SASRec)")
-    parser.add_argument("--in-process", action="store_true", help="run in this process (peak memory not per run)")
+    parser.add_argument("--in_process", "--in-process", action="store_true",
+                        help="run in this process (peak memory not per run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
     parser.add_argument("--nproc", type=int, default=None,
                         help="processes per run (RecBole's nproc: DistributedDataParallel, gloo on CPUs, NCCL on "

@@ -224,7 +224,7 @@ def test_a_model_config_applies_to_its_model_only_and_the_command_line_wins(data
     best = tmp_path / "best.yaml"
     best.write_text("eval_step: 2\nepochs: 1\n", encoding="utf-8")
     output = str(tmp_path / "tuned")
-    argv = ["--models", "SASRec,GRU4Rec", "--dataset", DATASET, "--seeds", "1", "--output", output, "--in-process",
+    argv = ["--models", "SASRec,GRU4Rec", "--dataset", DATASET, "--seeds", "1", "--output", output, "--in_process",
             "--model_config", f"SASRec={best}"]
     for key, value in {**_overrides(data_root), "epochs": "2"}.items():
         argv += [f"--{key}", value]
@@ -257,7 +257,7 @@ def test_a_model_config_applies_to_its_model_only_and_the_command_line_wins(data
 def test_a_bad_configuration_is_refused_before_anything_is_written(data_root, tmp_path, capsys):
     """A key every run would refuse (one model's or all models') ends the command at once, exit status 2."""
     output = tmp_path / "never"
-    argv = ["--models", "SASRec,PreferDiff", "--dataset", DATASET, "--output", str(output), "--in-process",
+    argv = ["--models", "SASRec,PreferDiff", "--dataset", DATASET, "--output", str(output), "--in_process",
             "--data_path", data_root, "--neg_samples", "10000"]
     assert main(argv) == 2
     assert "neg_samples=10000" in capsys.readouterr().err and not output.exists()

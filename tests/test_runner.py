@@ -130,6 +130,34 @@ def test_recbole_builtin_runs_through_the_same_entry(model, data_root, in_tmp_cw
     assert result["test_result"]["hit@20"] >= result["test_result"]["hit@10"] >= result["test_result"]["hit@5"]
 
 
+def test_each_run_in_one_process_writes_its_own_log(data_root, in_tmp_cwd):
+    """Two runs in one process (compare --in-process, a notebook): RecBole's logger is set up through
+    logging.basicConfig, a no-op once handlers exist, so the second run used to write into the first run's file."""
+    import logging
+
+    root = logging.getLogger()
+    outside = root.handlers[:]  # pytest's own handlers, which make basicConfig a no-op too
+    for handler in outside:
+        root.removeHandler(handler)
+    try:
+        settings = {**TINY, "data_path": data_root, "epochs": 1, "state": "INFO"}
+        results = [run("GRU4Rec", "ml-100k-tiny", config_dict={**settings, "seed": seed}) for seed in (11, 12)]
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in outside:
+            root.addHandler(handler)
+    first, second = (result["log_file"] for result in results)
+    assert first != second
+    with open(first, encoding="utf-8") as handle:
+        first_text = handle.read()
+    with open(second, encoding="utf-8") as handle:
+        second_text = handle.read()
+    assert "seed = 11" in first_text and "seed = 12" not in first_text
+    assert "seed = 12" in second_text and second_text.count("[Training]") == 1
+
+
 def test_nan_loss_stops_training_with_a_message(data_root, in_tmp_cwd, monkeypatch):
     from recbole_diffusion.model import DiffuRec
 

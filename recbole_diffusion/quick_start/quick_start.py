@@ -60,6 +60,7 @@ def prepare_data(config, summary=None, log_file=True):
     batches by length (:mod:`recbole_diffusion.data.dataloader`). ``log_file=False`` logs to the console only
     (inference writes no log).
     """
+    end_previous_log()
     init_seed(config["seed"], config["reproducibility"])
     if summary is None:
         summary = data_checks.check_interaction_files(config)
@@ -96,9 +97,30 @@ def prepare_data(config, summary=None, log_file=True):
     return RunData(dataset, train_data, valid_data, test_data, item_counts, user_lengths, heldout)
 
 
+_run_log_handlers = []  # the root logger's handlers that the last run in this process installed (init_log)
+
+
+def end_previous_log():
+    """Detach and close the log handlers of an earlier run in this process (``compare --in-process``, the
+    self-check, a notebook). RecBole's ``init_logger`` goes through ``logging.basicConfig``, which does nothing
+    while the root logger has handlers: a second run would write into the first run's file and open none of its
+    own. Handlers that this package did not install (a notebook's, pytest's) stay."""
+    root = logging.getLogger()
+    for handler in _run_log_handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _run_log_handlers.clear()
+
+
 def init_log(config, log_file=True):
     """RecBole's log (file and console) in a single process and on rank 0; other ranks print errors only.
     ``log_file=False``: the console alone, at the configuration's ``state`` level."""
+    before = set(logging.getLogger().handlers)
+    _init_log(config, log_file)
+    _run_log_handlers.extend(handler for handler in logging.getLogger().handlers if handler not in before)
+
+
+def _init_log(config, log_file):
     if collectives.is_rank_zero() and log_file:
         init_logger(config)
         return
