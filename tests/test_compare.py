@@ -203,6 +203,21 @@ def test_in_process_mode_resumes_without_rerunning(comparison, data_root, monkey
     assert {(r["model"], r["seed"]) for r in records} == ok
 
 
+def test_a_sampled_ranking_records_each_test_user_once(data_root, tmp_path):
+    """Under uni10 RecBole's batch holds a row per (user, candidate): the per-user ranks (groups, paired tests,
+    seconds per 1,000 users) must still name each test user once, as a full ranking does."""
+    overrides = {**_overrides(data_root), "epochs": "1"}
+    sampled = {**overrides, "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "uni10",
+                                          "group_by": "user"}}
+    full, = run_comparison(["SASRec"], DATASET, [2020], str(tmp_path / "full"), overrides=overrides, isolate=False)
+    uni, = run_comparison(["SASRec"], DATASET, [2020], str(tmp_path / "uni10"), overrides=sampled, isolate=False)
+    assert uni["status"] == "ok" and "groups_note" not in uni
+    assert uni["test_users"] == full["test_users"] > 50
+    assert set(uni["groups"]) == set(full["groups"])
+    # from the per-user ranks, as RecBole computes it (4 digits)
+    assert uni["groups"]["all users"]["ndcg@10"] == pytest.approx(uni["test"]["ndcg@10"], abs=1e-4)
+
+
 def test_a_variant_s_runs_are_recorded_under_its_name_and_resume(data_root, tmp_path, monkeypatch):
     """A variant (``DiffuRec-smallinit``) trains as its class, but its records, its resume and its summary row
     go by the name asked for: keyed by the class, every resumed comparison would train it again."""

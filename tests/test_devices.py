@@ -23,6 +23,9 @@ def scheduler_mask(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
 
 
 def test_without_a_mask_gpu_id_becomes_the_mask_and_processes_started_here_know_it(monkeypatch):
@@ -53,6 +56,7 @@ def test_a_run_keeps_the_mask_and_refuses_a_gpu_outside_it(scheduler_mask, data_
     config, _ = build_config("SASRec", "ml-100k-tiny", config_dict={**settings, "gpu_id": "1"})
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"  # RecBole's Config would have made it "1"
     assert config["device"] == torch.device("cuda", 1)
+    assert scheduler_mask == [torch.device("cuda", 1)]  # the current GPU: what takes no device reads this one
     with pytest.raises(ValueError, match="outside this job's CUDA_VISIBLE_DEVICES"):
         build_config("SASRec", "ml-100k-tiny", config_dict={**settings, "gpu_id": "4"})
 

@@ -494,6 +494,8 @@ def test_the_optional_adapter_starts_at_the_identity_and_trains_while_the_table_
     optimizer.step()
     assert torch.equal(model.item_embedding.table.weight, table)
     assert not torch.equal(model.item_embedding.adapter.weight.detach(), torch.eye(8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as enable_amp's autocast: an id table's rows stay float32
+        assert model.item_embedding(items).dtype == model.item_embedding.weight.dtype == torch.float32
 
 
 def test_a_transfer_keeps_the_adapter_and_rebuilds_the_table(disjoint_settings, in_tmp_cwd):

@@ -60,11 +60,19 @@ class AdaptedTextTable(nn.Module):
         self.embedding_dim = table.embedding_dim
 
     def forward(self, ids):
-        return self.adapter(self.table(ids))
+        return self._adapted(self.table(ids))
 
     @property
     def weight(self):
-        return self.adapter(self.table.weight)
+        return self._adapted(self.table.weight)
+
+    def _adapted(self, rows):
+        """The adapter's rows in float32 under autocast too (RecBole's ``enable_amp``), as an id table's rows are:
+        the diffusion targets and their noise keep full precision."""
+        if not torch.amp.is_autocast_available(rows.device.type):
+            return self.adapter(rows)
+        with torch.autocast(rows.device.type, enabled=False):
+            return self.adapter(rows.float())
 
 
 def whitening(vectors, floor, basis="pca"):

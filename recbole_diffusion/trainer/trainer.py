@@ -446,11 +446,15 @@ class PluginTrainerMixin:
     def _neg_sample_batch_eval(self, batched_data):
         with torch.inference_mode():
             batch = super()._neg_sample_batch_eval(batched_data)
-        return self._inspect(*batch)
+        # A sampled ranking's interaction holds a row per (user, candidate); row_idx names each row's user in the
+        # batch, the index that positive_u and the score rows use.
+        return self._inspect(*batch, user_of_row=batched_data[1])
 
-    def _inspect(self, interaction, scores, positive_u, positive_i):
+    def _inspect(self, interaction, scores, positive_u, positive_i, user_of_row=None):
         """Refuse scores that rank nothing (:func:`~recbole_diffusion.evaluation.metrics.unrankable_rows`); record
-        target ranks when asked. Returns the batch unchanged."""
+        target ranks when asked. ``user_of_row``: the batch user of each interaction row when there are several
+        rows per user (a sampled ranking); otherwise row ``k`` is the batch's user ``k``. Returns the batch
+        unchanged."""
         bad_rows = unrankable_rows(scores)
         if bool(bad_rows.any()):
             raise FloatingPointError(
@@ -458,9 +462,12 @@ class PluginTrainerMixin:
                 f"{int(bad_rows.sum())} of {scores.size(0)} users in a batch of {self.config['model']}; its metrics "
                 "would be meaningless (check for a diverged run)")
         if self.collect_target_ranks:
-            users = interaction[self.config["USER_ID_FIELD"]].to(scores.device)[positive_u.to(scores.device)]
+            user_ids = interaction[self.config["USER_ID_FIELD"]].cpu()
+            if user_of_row is not None:
+                user_ids = user_ids.new_zeros(scores.size(0)).index_copy_(0, user_of_row.cpu(), user_ids)
+            users = user_ids[positive_u.cpu()]
             ranks = target_ranks(scores, positive_u, positive_i, max(self.config["topk"]))
-            self.target_rank_batches.append((ranks.cpu(), positive_i.cpu(), users.cpu()))
+            self.target_rank_batches.append((ranks.cpu(), positive_i.cpu(), users))
             if self.distributed:
                 rows = self._eval_row + positive_u.cpu().numpy()
                 self._target_rank_samples.append(np.asarray(self.eval_sample_indices)[rows])

@@ -59,13 +59,16 @@ def cuda_indices(gpu_id):
 
 def single_device(config_dict):
     """This process's device for a run of one process (RecBole's ``Config._init_device`` with the scheduler's
-    mask respected, :func:`cuda_indices`): the first listed GPU, or the CPU."""
+    mask respected, :func:`cuda_indices`): the first listed GPU, made the current one (so that what takes no
+    device, such as ``torch.cuda.max_memory_allocated``, reads this GPU), or the CPU."""
     gpus = listed_gpus(config_dict["gpu_id"])
     config_dict["gpu_id"] = ",".join(gpus)
     indices = cuda_indices(gpus)
     on_cuda = bool(indices) and torch.cuda.is_available()
-    config_dict.update(single_spec=True, local_rank=0,
-                       device=torch.device("cuda", indices[0]) if on_cuda else torch.device("cpu"))
+    device = torch.device("cuda", indices[0]) if on_cuda else torch.device("cpu")
+    if on_cuda:
+        torch.cuda.set_device(device)
+    config_dict.update(single_spec=True, local_rank=0, device=device)
 
 
 def launched_externally():
