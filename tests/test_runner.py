@@ -136,7 +136,7 @@ def test_each_run_in_one_process_writes_its_own_log(data_root, in_tmp_cwd):
     import logging
 
     root = logging.getLogger()
-    outside = root.handlers[:]  # pytest's own handlers, which make basicConfig a no-op too
+    outside, level = root.handlers[:], root.level  # pytest's own handlers, which make basicConfig a no-op too
     for handler in outside:
         root.removeHandler(handler)
     try:
@@ -148,6 +148,7 @@ def test_each_run_in_one_process_writes_its_own_log(data_root, in_tmp_cwd):
             handler.close()
         for handler in outside:
             root.addHandler(handler)
+        root.setLevel(level)
     first, second = (result["log_file"] for result in results)
     assert first != second
     with open(first, encoding="utf-8") as handle:
