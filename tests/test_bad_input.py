@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from recbole_diffusion.config.configurator import build_config
 from recbole_diffusion.quick_start.quick_start import run
 from recbole_diffusion.runner import main
 
@@ -413,6 +414,31 @@ def test_pre_split_files_of_a_sequential_model_need_histories_that_share_the_ite
     assert_mentions(message, "tiny.train.inter has no column 'item_id_list'", "item_id_list:token_seq")
 
 
+def test_pre_split_histories_may_repeat_a_target_after_other_histories(workdir):
+    """Without times, two pre-split rows of one user and one target item are not duplicates: their histories differ
+    (a repeated item), and RecBole reads both."""
+    from recbole_diffusion.data.checks import check_interaction_files
+
+    data_path, sequences = write_presplit_histories(workdir)
+    user, items = next(iter(sequences.items()))
+    with open(os.path.join(data_path, NAME, f"{NAME}.train.inter"), "a", encoding="utf-8") as handle:
+        handle.write(f"{user}\t{' '.join(items[:3])}\t{items[1]}\n")  # items[1] again, after a longer history
+    config, _ = build_config("SASRec", NAME, config_dict={"data_path": data_path, "load_col": None,
+                                                          "benchmark_filename": ["train", "valid", "test"],
+                                                          "alias_of_item_id": ["item_id_list"]})
+    check_interaction_files(config)
+
+
+def test_pre_split_files_are_found_where_any_dataset_is(workdir, monkeypatch):
+    """Without data_path, pre-split files are looked for in the same folders as a whole file (here
+    RECBOLE_DIFFUSION_DATA), by their first part."""
+    data_path, _ = write_presplit_histories(workdir)
+    monkeypatch.setenv("RECBOLE_DIFFUSION_DATA", data_path)
+    config, _ = build_config("SASRec", NAME, config_dict={"load_col": None, "alias_of_item_id": ["item_id_list"],
+                                                          "benchmark_filename": ["train", "valid", "test"]})
+    assert os.path.normpath(config["data_path"]) == os.path.normpath(os.path.join(data_path, NAME))
+
+
 def test_pre_split_histories_train_without_timestamps_and_recommend_the_whole_history(workdir):
     """With alias_of_item_id, pre-split histories run (no time column: RecBole does not order them), and recommend
     continues each user's whole history (the file's lists are narrower than MAX_ITEM_LIST_LENGTH)."""
@@ -434,9 +460,12 @@ def test_pre_split_histories_train_without_timestamps_and_recommend_the_whole_hi
 
 
 def test_threshold_is_refused_on_an_unloaded_column_and_noted_for_sequential_models(workdir, capsys):
+    """The protocol's load_col takes the column threshold names; a load_col of the user's that leaves it out is
+    refused."""
     rated = [f"{row}\t{1 + index % 5}" for index, row in enumerate(rows())]
     data_path = write_inter(workdir, lines(HEADER + "\trating:float", *rated))
-    message = refused(workdir, capsys, arguments(data_path, "--threshold={'rating': 4}"))
+    without = "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"
+    message = refused(workdir, capsys, arguments(data_path, "--threshold={'rating': 4}", without))
     assert_mentions(message, "tiny.inter:1:", "threshold={'rating': 4}", "column 'rating' is not loaded", "load_col")
     message = refused(workdir, capsys, arguments(data_path, "--threshold={'stars': 4}",
                                                  "--load_col={'inter': ['user_id', 'item_id', 'timestamp', 'stars']}"))
@@ -448,6 +477,7 @@ def test_threshold_is_refused_on_an_unloaded_column_and_noted_for_sequential_mod
     assert main(arguments(data_path, "--threshold={'rating': 4}", loaded, model="Pop")) == 0
     assert_mentions(capsys.readouterr().err, "a ranking evaluation (eval_args mode", "does not read",
                     "val_interval: {rating: '[4,inf)'}")
+    assert main(arguments(data_path, "--threshold={'rating': 4}")) == 0  # the protocol's load_col takes rating
 
 
 def test_a_load_col_column_the_file_lacks_is_skipped_with_a_warning(workdir, caplog):

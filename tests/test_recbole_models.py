@@ -154,3 +154,17 @@ def test_every_recbole_model_runs_through_the_runner_or_is_refused_saying_why(mo
     if config["MODEL_TYPE"] in recommend.SUPPORTED_MODEL_TYPES:
         user = dataset.id2token(dataset.uid_field, 1)
         assert recommend.main([f"--model_file={result['saved_model_file']}", f"--users={user}", "--k=5"]) == 0
+
+
+def test_a_context_aware_model_on_ml100k_loads_the_column_its_recbole_defaults_label_by():
+    """RecBole's own defaults for its context-aware models on ml-100k label interactions by rating >= 4
+    (``threshold``): the protocol's load_col, which loads user, item and time only, takes that column too, so the
+    data check passes instead of refusing a run that RecBole makes."""
+    from recbole_diffusion.data import checks
+
+    config, _ = build_config("FM", "ml-100k")
+    assert config["threshold"] == {"rating": 4}
+    assert config["load_col"]["inter"] == ["user_id", "item_id", "timestamp", "rating"]
+    checks.check_interaction_files(config)
+    config, _ = build_config("SASRec", "ml-100k", config_dict={"val_interval": {"rating": "[3,inf)"}})
+    assert "rating" in config["load_col"]["inter"]  # RecBole would stop at "Field [rating] not defined" otherwise

@@ -85,7 +85,8 @@ def test_unknown_keys_are_warned_with_a_suggestion(data_root, capsys):
     err = capsys.readouterr().err
     assert "'learning_rat' is not used" in err and "learning_rate" in err
     assert "'lambda' is not used" in err
-    build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root, "learning_rate": "0.01"})
+    build_config("DiffuRec", "ml-100k-small", config_dict={"data_path": data_root, "learning_rate": "0.01",
+                                                          "encoding": "utf-8"})  # RecBole reads encoding, undeclared
     assert "not used" not in capsys.readouterr().err
 
 

@@ -44,7 +44,8 @@ RECBOLE_SUBPACKAGES = ("general_recommender", "sequential_recommender", "context
 RECBOLE_RUNTIME_KEYS = {"model", "dataset", "config_files", "nproc", "world_size", "offset", "ip", "port",
                         "local_rank", "gpu_id", "use_gpu", "benchmark_filename", "wandb_project", "log_wandb",
                         "enable_amp", "enable_scaler", "transform", "numerical_features", "discretization",
-                        "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args", "ddp_backend"}
+                        "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args", "ddp_backend",
+                        "encoding"}
 
 
 def properties_file(*parts):
@@ -219,11 +220,13 @@ def resolve_data_path(config, data_path_given):
     Without an explicit ``data_path`` the folders tried are RecBole's default (``dataset/<name>``),
     ``$RECBOLE_DIFFUSION_DATA/<name>``, ``../shared/data/<name>`` beside this checkout (the project's
     benchmark data), and last the copy inside the installed ``recbole`` package (ml-100k): the same order for every
-    dataset, so a user's own ``dataset/ml-100k`` is read, where RecBole always reads its own copy.
+    dataset, so a user's own ``dataset/ml-100k`` is read, where RecBole always reads its own copy. Pre-split files
+    (``benchmark_filename``) are looked for by their first part, ``<name>.<part>.inter``; when none is found the data
+    check names the file.
     """
     dataset = config["dataset"]
-    if config["benchmark_filename"]:
-        return
+    parts = config["benchmark_filename"]
+    file_name = f"{dataset}.{parts[0]}.inter" if parts else f"{dataset}.inter"
     bundled = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset)
     if data_path_given:
         candidates = [config["data_path"]]
@@ -235,10 +238,12 @@ def resolve_data_path(config, data_path_given):
         candidates += [os.path.join(checkout, "..", "shared", "data", dataset), bundled]
     tried = []
     for folder in candidates:
-        if os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+        if os.path.isfile(os.path.join(folder, file_name)):
             config["data_path"] = os.path.normpath(folder)
             return
         tried.append(os.path.normpath(folder))
+    if parts:
+        return  # RecBole downloads no pre-split files; the data check names the missing file
     with open(_recbole_properties("dataset", "url.yaml"), encoding="utf-8") as handle:
         url = (yaml.safe_load(handle) or {}).get(dataset)
     ours = os.path.isfile(properties_file("dataset", f"{dataset}.yaml"))
@@ -374,10 +379,18 @@ def load_what_the_model_reads(config):
     """The protocol's ``load_col`` loads the interaction file alone (RecBole loads no other atomic file a
     ``load_col`` does not name). A knowledge-aware model also gets the knowledge graph and the item-entity links
     (``.kg``, ``.link``), and a model that reads item features (``selected_features`` of SASRecF, GRU4RecF, FDSA)
-    the item file's id and those features."""
+    the item file's id and those features. The interaction columns that ``threshold``, ``val_interval`` and
+    ``unused_col`` name are loaded too (RecBole's own ml-100k defaults for its context-aware models label by
+    ``rating``)."""
     load_col = config["load_col"]
     if not isinstance(load_col, dict):
         return
+    inter = load_col.get("inter")
+    named = [*(config["threshold"] or {}), *(config["val_interval"] or {}),
+             *(config["unused_col"] or {}).get("inter", [])]
+    if isinstance(inter, list) and any(field not in inter for field in named):
+        load_col = {**load_col, "inter": inter + [field for field in dict.fromkeys(named) if field not in inter]}
+        config["load_col"] = load_col
     added = {}
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
         added["kg"] = [config["HEAD_ENTITY_ID_FIELD"], config["RELATION_ID_FIELD"], config["TAIL_ENTITY_ID_FIELD"]]

@@ -441,6 +441,8 @@ def _check_duplicates(config, columns, lines, path):
     removed = config["rm_dup_inter"] is not None or config["drop_exact_duplicates"]
     if (removed and not config["benchmark_filename"]) or len(keys) < 2:
         return  # RecBole's filters (which drop_exact_duplicates joins) do not run on pre-split benchmark files
+    if config["benchmark_filename"] and config["TIME_FIELD"] not in keys:
+        return  # pre-split rows without times may differ in what is not compared here, e.g. a sequential file's history
     frame = pd.DataFrame({name: columns[name].codes if hasattr(columns[name], "codes") else columns[name]
                           for name in keys})
     if not pd.util.hash_pandas_object(frame, index=False).duplicated().any():
