@@ -41,6 +41,9 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
   with ``device_ids`` in its trainer: ``recbole_diffusion.config.configurator.PluginConfig`` and the trainer layer
   set the processes up instead (:mod:`recbole_diffusion.utils.collectives`). Every process would also open its own
   TensorBoard folder: ranks other than 0 get a writer that writes nothing (:func:`tensorboard_on_rank_zero`).
+* RecBole's ``ensure_dir`` checks that a folder is missing and then creates it, so two processes of a distributed
+  run that both create ``saved/`` can fail with ``FileExistsError`` (about one run in ten on 2 CPU ranks); it
+  creates the folder unless it exists, in one step (:func:`create_folders_concurrently`).
 """
 
 import contextlib
@@ -193,6 +196,24 @@ def tensorboard_on_rank_zero():
     trainer_module.get_tensorboard = get_tensorboard
 
 
+def create_folders_concurrently():
+    """Replace RecBole's ``ensure_dir`` (in every module that imported it by name) with ``os.makedirs(...,
+    exist_ok=True)``: the same folder, with no window between the check and the creation for a second process."""
+    import recbole.data.dataset.dataset
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    def ensure_dir(dir_path):
+        os.makedirs(dir_path, exist_ok=True)
+
+    for module in (recbole.utils.utils, recbole.utils, recbole.utils.logger, recbole.trainer.trainer,
+                   recbole.data.utils, recbole.data.dataset.dataset):
+        module.ensure_dir = ensure_dir
+
+
 def keep_autograd_anomaly_detection_off():
     """Import RecBole's sequential models now and undo what ``recbole/model/sequential_recommender/sine.py`` does
     at import: ``torch.autograd.set_detect_anomaly(True)`` for the whole process. Loading any RecBole sequential
@@ -319,6 +340,7 @@ def apply():
     sort_interactions_as_arrays()
     use_torch_amp_in_recbole_trainer()
     tensorboard_on_rank_zero()
+    create_folders_concurrently()
     collect_tensors_only()
     follow_data_path_for_ml100k()
     bert4rec_scores_real_mask_slots_only()

@@ -176,6 +176,21 @@ def test_recboles_graph_models_can_fill_a_dok_matrix():
     assert matrix.tocsr().toarray().tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
 
 
+def test_a_folder_another_process_created_after_the_check_is_no_error(tmp_path, monkeypatch):
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils.logger
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda path: False)  # the other rank creates it right after the check
+    for module in (recbole.trainer.trainer, recbole.data.utils, recbole.utils.logger):
+        module.ensure_dir(str(folder))  # RecBole's raised FileExistsError here
+    monkeypatch.undo()
+    recbole.trainer.trainer.ensure_dir(str(tmp_path / "new" / "nested"))
+    assert (tmp_path / "new" / "nested").is_dir()
+
+
 def test_a_given_data_path_holds_ml100k_too(tmp_path):
     """RecBole points ml-100k at its own copy whatever data_path says; a given data_path is followed."""
     import recbole
