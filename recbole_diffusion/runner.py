@@ -20,7 +20,7 @@ from recbole_diffusion.config.configurator import DEFAULT_DATASET, DEFAULT_MODEL
 from recbole_diffusion.quick_start import launcher
 from recbole_diffusion.quick_start.quick_start import run
 from recbole_diffusion.trainer import TrainingPreempted
-from recbole_diffusion.utils.collectives import launched_externally
+from recbole_diffusion.utils.collectives import exit_finished_rank, launched_externally
 from recbole_diffusion.utils.command_line import add_config_files, entry_parser, parse_entry
 
 # Sizes of the no-argument demo: small enough to finish in minutes on two CPU cores.
@@ -121,9 +121,12 @@ def main(argv=None):
     except launcher.WorkerFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if not launched_externally() or int(os.environ["RANK"]) == 0:
+    if not launched_externally():
         print(format_run_summary(result))
-    return 0
+        return 0
+    if int(os.environ["RANK"]) == 0:
+        print(format_run_summary(result))
+    exit_finished_rank()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import recbole_diffusion
 from recbole_diffusion.quick_start import launcher
@@ -91,6 +92,8 @@ def test_the_command_line_returns_rank_0s_result_with_one_log_and_one_checkpoint
     checkpoints, logs = glob.glob("saved/*.pth"), glob.glob("log/PreferDiff/*.log")
     assert len(checkpoints) == 1 and len(logs) == 1
     assert "Test metrics" in done.stdout and os.path.basename(checkpoints[0]) in done.stdout
+    curves = EventAccumulator(os.path.dirname(glob.glob("log_tensorboard/*/events.out.tfevents.*")[0])).Reload()
+    assert {"Loss/Train", "Vaild_score"} <= set(curves.Tags()["scalars"])  # rank 0's curves reached the disk
 
 
 def _worker_pids():

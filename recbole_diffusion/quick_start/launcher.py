@@ -31,7 +31,8 @@ import torch.multiprocessing as mp
 
 from recbole_diffusion.quick_start.child_process import end_with_parent
 from recbole_diffusion.trainer import TrainingPreempted
-from recbole_diffusion.utils.collectives import cuda_indices, launched_externally, leave_group, listed_gpus
+from recbole_diffusion.utils.collectives import (cuda_indices, exit_finished_rank, launched_externally, leave_group,
+                                                 listed_gpus)
 from recbole_diffusion.utils.files import read_json, write_json
 
 # How long the other processes get to end by themselves after one failed, before SIGTERM (and as long again
@@ -195,6 +196,7 @@ def _run_rank(local_rank, fn, args, folder, parent_pid):
         leave_group(finished)
     if local_rank == 0:
         write_json(os.path.join(folder, "result.json"), value)
+    exit_finished_rank()
 
 
 def _failure(context, folder, offset):

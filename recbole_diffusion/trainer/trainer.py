@@ -167,6 +167,7 @@ class PluginTrainerMixin:
         finally:
             restore_handler()
             self._epoch_start_state = None  # the epoch's copy is released whatever ended training
+            self.tensorboard.flush()  # a distributed rank ends without the interpreter's exit (exit_finished_rank)
         self.finished = True
         if self._writes_last_checkpoints():
             self._write_last(self._training_state(next_epoch=self._epoch + 1 if self._epoch is not None else 0))
