@@ -648,3 +648,16 @@ def test_ids_with_spaces_around_them_are_counted_as_other_ids(workdir, quoted):
     spaced = [note for note in notes if "spaces around it" in note]
     assert len(spaced) == 1
     assert_mentions(spaced[0], "user_id '3 ' has spaces around it", "3 lines like it", "1 user_id value(s)")
+
+
+def test_one_and_zero_are_booleans_as_in_recbole(workdir, capsys):
+    """RecBole reads --show_progress=0 as the integer 0 and takes it as False; it was refused as not a boolean."""
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.runner import parse_args
+
+    data_path = write_inter(workdir, lines(HEADER, *rows()))
+    overrides = parse_args(["--model=SASRec", "--show_progress=0", "--batch_by_length=1", "--resume=0"])[3]
+    config, _ = build_config("SASRec", NAME, config_dict={**overrides, "data_path": data_path})
+    assert (config["show_progress"], config["batch_by_length"], config["resume"]) == (False, True, False)
+    assert_mentions(refused(workdir, capsys, arguments(data_path, "--show_progress=2")),
+                    "show_progress=2", "True or False")

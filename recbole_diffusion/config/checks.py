@@ -96,6 +96,7 @@ def check_recbole_types(config, declared=None):
             continue
         if kinds == {"bool"}:
             require_bool(config, key)
+            continue
         fail(key, value, "must be " + " or ".join(KIND_NAMES[kind] for kind in sorted(kinds)))
 
 

@@ -31,6 +31,12 @@ def require_range(config, key, low, high, low_open=False, high_open=False):
 
 
 def require_bool(config, key):
-    if not isinstance(config[key], bool):
-        fail(key, config[key], "must be True or False (a string such as 'no' is neither: write --key=True or "
-                               "--key=False)")
+    """True or False; 1 and 0 (RecBole reads ``--key=1`` as the integer, and its own ``if config[key]`` takes it)
+    are stored as the booleans they mean. A string is refused: RecBole would take any non-empty one, 'no'
+    included, as true."""
+    value = config[key]
+    if not isinstance(value, bool) and not (isinstance(value, int) and value in (0, 1)):
+        fail(key, value, "must be True or False (or 1 or 0; a string such as 'no' is neither: write --key=True or "
+                         "--key=False)")
+    config[key] = bool(value)
+    return config[key]
