@@ -661,3 +661,20 @@ def test_one_and_zero_are_booleans_as_in_recbole(workdir, capsys):
     assert (config["show_progress"], config["batch_by_length"], config["resume"]) == (False, True, False)
     assert_mentions(refused(workdir, capsys, arguments(data_path, "--show_progress=2")),
                     "show_progress=2", "True or False")
+
+
+def test_a_general_model_without_times_is_offered_the_random_order_that_then_runs(workdir, capsys):
+    """Order TO (this dataset's YAML, say) needs a time column; a general model can split in random order instead,
+    and the refusal says how, keeping the other eval_args."""
+    from recbole_diffusion.config.configurator import build_config
+    from recbole_diffusion.data.checks import check_interaction_files
+
+    data_path = write_inter(workdir, lines("user_id:token\titem_id:token",
+                                           *[row.rsplit("\t", 1)[0] for row in rows()]))
+    time_order = "--eval_args={'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'mode': 'full'}"
+    message = refused(workdir, capsys, arguments(data_path, time_order, model="BPR"))
+    assert_mentions(message, "TIME_FIELD='timestamp'", "BPR (not a sequential model)", "'order': 'RO'")
+    offered = message.split("--eval_args=")[1].rstrip(".").strip('"')
+    config, _ = build_config("BPR", NAME, config_dict={"data_path": data_path, "eval_args": eval(offered)})
+    assert config["eval_args"]["split"] == {"LS": "valid_and_test"}
+    check_interaction_files(config)  # passes
