@@ -35,7 +35,7 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from recbole_diffusion.config.configurator import build_config
+from recbole_diffusion.config.configurator import build_config, refuse_pretraining
 from recbole_diffusion.data.checks import data_files_sha256
 from recbole_diffusion.evaluation.metrics import MAIN_METRIC, METRICS, group_metrics, heldout_test_result
 from recbole_diffusion.evaluation.statistics import paired_t_test
@@ -191,7 +191,9 @@ def prepare_comparison(models, dataset, seeds, output, config_files=(), override
     files = {model: config_files + ([model_configs[model]] if model in model_configs else []) for model in models}
 
     def data_of(model, model_files):
-        return data_files_sha256(build_config(model, dataset, model_files, {**overrides, "seed": seeds[0]})[0])
+        config = build_config(model, dataset, model_files, {**overrides, "seed": seeds[0]})[0]
+        refuse_pretraining(config, "compare")
+        return data_files_sha256(config)
 
     data = {model: data_of(model, files[model]) for model in models}
     # The data without any model's own file (which may point that model elsewhere): what every run shares.

@@ -44,11 +44,15 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
 * RecBole's ``ensure_dir`` checks that a folder is missing and then creates it, so two processes of a distributed
   run that both create ``saved/`` can fail with ``FileExistsError`` (about one run in ten on 2 CPU ranks); it
   creates the folder unless it exists, in one step (:func:`create_folders_concurrently`).
+* RaCT logs the file it loads with ``print``'s convention (the path as a second argument), which made ``logging``
+  print "--- Logging error ---" and a traceback in each stage that loads weights; the message and the path are
+  joined (:func:`log_pretrained_paths_without_logging_errors`).
 """
 
 import contextlib
 import copy
 import functools
+import logging
 import os
 import sys
 import types
@@ -214,6 +218,24 @@ def create_folders_concurrently():
         module.ensure_dir = ensure_dir
 
 
+class _JoinArgumentsWithoutPlaceholders(logging.Filter):
+    """A record whose message has no ``%`` placeholder for its arguments gets them appended, as ``print`` would."""
+
+    def filter(self, record):
+        if record.args and isinstance(record.msg, str) and "%" not in record.msg:
+            record.msg, record.args = " ".join([record.msg, *map(str, record.args)]), ()
+        return True
+
+
+def log_pretrained_paths_without_logging_errors():
+    """RaCT logs ``logger.info("Load pretrained model from", path)``, print's convention: logging found no
+    placeholder for the path and printed "--- Logging error ---" with a traceback, twice per run, in every stage
+    that loads weights. RecBole's logger (the root logger) joins such a message and its arguments instead."""
+    root = logging.getLogger()
+    if not any(isinstance(each, _JoinArgumentsWithoutPlaceholders) for each in root.filters):
+        root.addFilter(_JoinArgumentsWithoutPlaceholders())
+
+
 def keep_autograd_anomaly_detection_off():
     """Import RecBole's sequential models now and undo what ``recbole/model/sequential_recommender/sine.py`` does
     at import: ``torch.autograd.set_detect_anomaly(True)`` for the whole process. Loading any RecBole sequential
@@ -341,6 +363,7 @@ def apply():
     use_torch_amp_in_recbole_trainer()
     tensorboard_on_rank_zero()
     create_folders_concurrently()
+    log_pretrained_paths_without_logging_errors()
     collect_tensors_only()
     follow_data_path_for_ml100k()
     bert4rec_scores_real_mask_slots_only()

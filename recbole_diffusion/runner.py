@@ -90,6 +90,10 @@ def format_run_summary(result):
             lines += ["  " + line for line in _metric_table(metrics)]
         else:
             lines.append("Test metrics of users whose target is held out of training: none (no such test user)")
+    if result.get("pretrained_model_file"):
+        lines += [f"Pretrained weights (train_stage {result['train_stage']}): {result['pretrained_model_file']}",
+                  f"Next stage: --train_stage={result['next_train_stage']} "
+                  f"--pre_model_path={result['pretrained_model_file']}"]
     if result.get("transfer_from"):
         lines.append(f"Zero-shot: {result['transfer_from']} (trained on {result['trained_on']}), not trained here")
     if result.get("best_valid_score") is not None:

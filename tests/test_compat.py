@@ -191,6 +191,19 @@ def test_a_folder_another_process_created_after_the_check_is_no_error(tmp_path, 
     assert (tmp_path / "new" / "nested").is_dir()
 
 
+def test_a_message_logged_with_prints_convention_is_joined_not_a_logging_error(capsys):
+    """RaCT's ``logger.info("Load pretrained model from", path)``: logging printed "--- Logging error ---"."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    try:
+        root.warning("Load pretrained model from", "saved/RaCT.pth")
+        root.warning("%d%% of %s", 5, "items")  # a message with placeholders is formatted as before
+    finally:
+        root.removeHandler(handler)
+    assert capsys.readouterr().err.splitlines() == ["Load pretrained model from saved/RaCT.pth", "5% of items"]
+
+
 def test_a_given_data_path_holds_ml100k_too(tmp_path):
     """RecBole points ml-100k at its own copy whatever data_path says; a given data_path is followed."""
     import recbole

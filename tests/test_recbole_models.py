@@ -89,7 +89,6 @@ EVERY_MODEL_SETTINGS = {"epochs": 1, "train_batch_size": 512, "eval_batch_size":
 EVERY_MODEL_OVERRIDES = {"DGCF": {"cor_weight": 0}, "FEARec": {"n_layers": 2}, "ConvNCF": {"embedding_size": 64}}
 # Models this package cannot run, with the one message that says why (before anything is written).
 REFUSED = {
-    "RaCT": "pretraining stage", "S3Rec": "pretraining stage",  # RecBole's PretrainTrainer pickles its files
     "GRU4RecKG": "ml-100k-models.ent] not found", "KSR": "ml-100k-models.ent] not found",  # pretrained entities
 }
 
@@ -146,6 +145,7 @@ def test_every_recbole_model_runs_through_the_runner_or_is_refused_saying_why(mo
             run(model, MODELS_DATASET, config_dict=settings)
         assert not any(os.path.exists(tmp_path / name) for name in ("log", "saved", "log_tensorboard"))
         return
+    settings = {**settings, **_pretrained_stages(model, settings)}
     result = run(model, MODELS_DATASET, config_dict=settings)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
     resumed = run(model, MODELS_DATASET, config_dict={**settings, "resume": True})
@@ -154,6 +154,24 @@ def test_every_recbole_model_runs_through_the_runner_or_is_refused_saying_why(mo
     if config["MODEL_TYPE"] in recommend.SUPPORTED_MODEL_TYPES:
         user = dataset.id2token(dataset.uid_field, 1)
         assert recommend.main([f"--model_file={result['saved_model_file']}", f"--users={user}", "--k=5"]) == 0
+
+
+def _pretrained_stages(model, settings):
+    """A staged model's (RaCT, S3Rec) pretraining stages, run one epoch each, each reading the file the one before
+    saved: the settings of its finetune stage (``{}`` for other models). Each file reads under ``weights_only``."""
+    from recbole_diffusion.utils.staged_models import NEXT_STAGE
+
+    stage, finetune = {"RaCT": "actor_pretrain", "S3Rec": "pretrain"}.get(model), {}
+    while stage and stage != "finetune":
+        result = run(model, MODELS_DATASET, config_dict={**settings, **finetune, "train_stage": stage,
+                                                          "pretrain_epochs": 1, "save_step": 1})
+        assert "test_result" not in result and result["next_train_stage"] == NEXT_STAGE[model][stage]
+        assert torch.load(result["pretrained_model_file"], weights_only=True)["state_dict"]  # tensors only
+        moved = os.path.join(os.path.dirname(result["pretrained_model_file"]), f"{stage}.pth")
+        os.replace(result["pretrained_model_file"], moved)  # the next stage would save over it
+        stage, finetune = result["next_train_stage"], {"train_stage": result["next_train_stage"],
+                                                       "pre_model_path": moved}
+    return finetune
 
 
 def test_a_context_aware_model_on_ml100k_loads_the_column_its_recbole_defaults_label_by():
@@ -168,3 +186,39 @@ def test_a_context_aware_model_on_ml100k_loads_the_column_its_recbole_defaults_l
     checks.check_interaction_files(config)
     config, _ = build_config("SASRec", "ml-100k", config_dict={"val_interval": {"rating": "[3,inf)"}})
     assert "rating" in config["load_col"]["inter"]  # RecBole would stop at "Field [rating] not defined" otherwise
+
+
+def test_a_pretraining_stage_resumes_and_its_refusals_come_before_anything_is_written(models_data, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """S3Rec's pretraining continues from its last checkpoint when pretrain_epochs grows (as epochs may); a stage
+    that would save nothing, save over the file it loads, or run in several processes is refused first, and so
+    are compare and tune, which need a tested model."""
+    from recbole_diffusion.compare import prepare_comparison
+    from recbole_diffusion.tune.search import prepare_search
+
+    monkeypatch.chdir(tmp_path)
+    settings = {**EVERY_MODEL_SETTINGS, "data_path": models_data, "save_step": 1}
+    first = run("S3Rec", MODELS_DATASET, config_dict={**settings, "pretrain_epochs": 1})
+    assert first["epochs_trained"] == 1 and first["pretrained_model_file"].endswith("S3Rec-ml-100k-models-1.pth")
+    more = run("S3Rec", MODELS_DATASET, config_dict={**settings, "pretrain_epochs": 2, "resume": True})
+    assert more["resumed_from"] == first["last_checkpoint_file"] and more["epochs_trained"] == 2
+    assert more["pretrained_model_file"].endswith("S3Rec-ml-100k-models-2.pth")
+    written = sorted(os.listdir(tmp_path / "saved"))
+
+    refusals = {
+        "save nothing": ({"pretrain_epochs": 2, "save_step": 5}, "would save nothing"),
+        "save over its input": ({"train_stage": "critic_pretrain", "pretrain_epochs": 1,
+                                 "pre_model_path": "saved/RaCT-ml-100k-models-1.pth"}, "save its own weights over"),
+        "no input": ({"train_stage": "critic_pretrain"}, "pre_model_path, which is not set"),
+        "two processes": ({"nproc": 2}, "runs in one process"),
+    }
+    for name, (extra, message) in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            run("RaCT", MODELS_DATASET, config_dict={**settings, **extra})
+    with pytest.raises(ValueError, match="compare has nothing to rank.*--train_stage=finetune"):
+        prepare_comparison(["S3Rec"], MODELS_DATASET, [2020], str(tmp_path / "out"), overrides=settings)
+    with pytest.raises(ValueError, match="tune has nothing to rank"):
+        space = tmp_path / "S3Rec.hyper"
+        space.write_text("learning_rate loguniform -9.21,-4.61\n", encoding="utf-8")
+        prepare_search("S3Rec", MODELS_DATASET, [], settings, space_file=str(space), directory=str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "saved")) == written and not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ from recbole_diffusion.model import MODELS
 from recbole_diffusion.text.item_vectors import default_cache_dir
 from recbole_diffusion.utils.checks import fail
 from recbole_diffusion.utils.collectives import join_group, single_device
+from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage
 
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
@@ -335,22 +336,48 @@ def check_optional_library(config, model_name):
                          "installed (pip install kmeans-pytorch); n_cate: 1 needs no library")
 
 
+def refuse_pretraining(config, entry):
+    """``entry`` (compare, tune) needs a tested model, which a pretraining stage does not make."""
+    stage = pretraining_stage(config)
+    if stage:
+        raise ValueError(f"train_stage={stage!r}: {config['model']}'s pretraining saves weights and tests nothing, so "
+                         f"{entry} has nothing to rank. Pretrain with run_recbole_diffusion.py, then {entry} its "
+                         f"next stage: --train_stage={next_stage(config)} --pre_model_path=<the file it saved>.")
+
+
 def check_training_stage(config, model_name):
-    """RecBole's staged models (RaCT, S3Rec) pretrain with RecBole's ``PretrainTrainer``, which saves its files
-    pickled with the configuration, and their next stage reads them with a plain ``torch.load``, which PyTorch >= 2.6
-    refuses; a pretraining stage also leaves no model to test. Refused before anything runs, as is a finetune stage
-    without a pretrained file."""
+    """RecBole's staged models (RaCT, S3Rec): a pretraining stage runs in RecBole's ``PretrainTrainer`` (one process,
+    weights saved every ``save_step`` epochs as tensors, :meth:`PluginTrainerMixin.save_pretrained_model`), and the
+    stage after it needs ``pre_model_path``. Refused before anything runs: a stage that would save nothing, or that
+    would save over the file it loads."""
     stage = config["train_stage"]
     if not isinstance(stage, str) or model_name in MODELS:
         return
-    if "pretrain" in stage:
-        raise ValueError(f"train_stage={stage!r}: {model_name}'s pretraining stage runs in RecBole's PretrainTrainer, "
-                         "which saves pickled files that its next stage loads with torch.load, refused by PyTorch "
-                         f">= 2.6 (and it leaves no model to test), so this runner does not run it. Run train_stage "
-                         "finetune with pre_model_path naming a file of tensors (a dict with 'state_dict').")
-    if stage == "finetune" and not config["pre_model_path"]:
-        raise ValueError(f"train_stage='finetune': {model_name} loads its pretrained weights from pre_model_path, "
-                         "which is not set; name a file of tensors (a dict with 'state_dict').")
+    if stage in ("finetune", "critic_pretrain") and not config["pre_model_path"]:
+        raise ValueError(f"train_stage={stage!r}: {model_name} loads its pretrained weights from pre_model_path, "
+                         "which is not set; name the file its previous stage saved.")
+    if not pretraining_stage(config):
+        return
+    if int(config["nproc"] or 1) > 1 or int(config["world_size"] or 1) > 1:
+        raise ValueError(f"train_stage={stage!r}: {model_name}'s pretraining runs in one process (RecBole's "
+                         "PretrainTrainer); leave nproc / world_size at 1")
+    epochs, step = config["pretrain_epochs"], config["save_step"]
+    for key, value in (("pretrain_epochs", epochs), ("save_step", step)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: must be an integer >= 1")
+    if epochs < step:
+        raise ValueError(f"pretrain_epochs={epochs}, save_step={step}: RecBole saves the pretrained weights every "
+                         f"save_step epochs, so this stage would save nothing; set save_step <= pretrain_epochs")
+    if epochs % step:
+        print(f"note: pretrain_epochs={epochs}, save_step={step}: RecBole saves the weights every save_step epochs, so "
+              f"the last {epochs % step} epoch(s) train but are not saved; the last file is epoch "
+              f"{epochs - epochs % step}'s", file=sys.stderr)
+    written = {os.path.abspath(os.path.join(config["checkpoint_dir"], f"{model_name}-{config['dataset']}-{epoch}.pth"))
+               for epoch in range(step, epochs + 1, step)}
+    if config["pre_model_path"] and os.path.abspath(config["pre_model_path"]) in written:
+        raise ValueError(f"pre_model_path={config['pre_model_path']!r}: train_stage {stage!r} would save its own weights "
+                         f"over this file (RecBole names them <model>-<dataset>-<epoch>.pth in checkpoint_dir); "
+                         "rename or move it, or set another checkpoint_dir.")
 
 
 def check_threshold(config, model_name):
@@ -378,8 +405,8 @@ def check_threshold(config, model_name):
 def load_what_the_model_reads(config):
     """The protocol's ``load_col`` loads the interaction file alone (RecBole loads no other atomic file a
     ``load_col`` does not name). A knowledge-aware model also gets the knowledge graph and the item-entity links
-    (``.kg``, ``.link``), and a model that reads item features (``selected_features`` of SASRecF, GRU4RecF, FDSA)
-    the item file's id and those features. The interaction columns that ``threshold``, ``val_interval`` and
+    (``.kg``, ``.link``), and a model that reads item features (``selected_features`` of SASRecF, GRU4RecF, FDSA,
+    ``item_attribute`` of S3Rec) the item file's id and those features. The interaction columns that ``threshold``, ``val_interval`` and
     ``unused_col`` name are loaded too (RecBole's own ml-100k defaults for its context-aware models label by
     ``rating``)."""
     load_col = config["load_col"]
@@ -395,9 +422,10 @@ def load_what_the_model_reads(config):
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
         added["kg"] = [config["HEAD_ENTITY_ID_FIELD"], config["RELATION_ID_FIELD"], config["TAIL_ENTITY_ID_FIELD"]]
         added["link"] = [config["ITEM_ID_FIELD"], config["ENTITY_ID_FIELD"]]
-    features = config["selected_features"]
-    if isinstance(features, list) and features:
-        added["item"] = [config["ITEM_ID_FIELD"], *features]
+    features = [*(config["selected_features"] if isinstance(config["selected_features"], list) else []),
+                *([config["item_attribute"]] if isinstance(config["item_attribute"], str) else [])]
+    if features:
+        added["item"] = [config["ITEM_ID_FIELD"], *dict.fromkeys(features)]
     if added:
         config["load_col"] = {**load_col, **{key: value for key, value in added.items() if key not in load_col}}
 

@@ -35,6 +35,7 @@ from recbole_diffusion.model import MODELS
 from recbole_diffusion.model.item_table import TEXT_TABLE_KEYS
 from recbole_diffusion.trainer import get_trainer
 from recbole_diffusion.utils import collectives
+from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage
 
 
 class RunData(NamedTuple):
@@ -239,6 +240,25 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     }
 
 
+def pretrain(trainer, data, resume_from=None):
+    """A RecBole model's pretraining stage (:func:`~recbole_diffusion.utils.staged_models.pretraining_stage`):
+    RecBole's ``PretrainTrainer`` trains ``pretrain_epochs`` epochs and saves the weights every ``save_step``; there
+    is nothing to test. Returns ``train_stage``, ``pretrained_model_file`` (the last weights saved),
+    ``next_train_stage`` (the stage that loads them through ``pre_model_path``), ``epochs_trained``,
+    ``resumed_from``, ``last_checkpoint_file`` and ``log_file``."""
+    config = trainer.config
+    if resume_from:
+        trainer.resume_checkpoint(resume_from)
+    trainer.fit(data.train, show_progress=config["show_progress"])
+    stage = pretraining_stage(config)
+    getLogger().info(f"pretrained weights (train_stage {stage}): {trainer.saved_model_file}")
+    return {"train_stage": stage, "pretrained_model_file": trainer.saved_model_file,
+            "next_train_stage": next_stage(config), "epochs_trained": len(trainer.epoch_seconds),
+            "resumed_from": resume_from,
+            "last_checkpoint_file": trainer.last_checkpoint_file if trainer.checkpoint_every else None,
+            "log_file": _log_file()}
+
+
 def transfer_and_test(trainer, data, path):
     """Zero-shot on another dataset (``transfer_from``): the checkpoint's weights, all but its item table, which is
     this dataset's (built from its text when the model was), evaluated on this dataset's validation and test splits
@@ -368,6 +388,8 @@ def train_in_process(config, model_class, saved, epoch_callback=None, report=Non
     resume_from = collectives.broadcast_object(resume_file(config) if collectives.is_rank_zero() else None)
     if config["transfer_from"]:
         result = transfer_and_test(trainer, data, config["transfer_from"])
+    elif pretraining_stage(config):
+        result = pretrain(trainer, data, resume_from)
     else:
         result = fit_and_test(trainer, data, saved=saved, resume_from=resume_from, epoch_callback=epoch_callback)
     if report is not None:

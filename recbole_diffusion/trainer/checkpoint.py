@@ -32,8 +32,8 @@ DERIVED_KEYS = frozenset({"model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", 
                           "single_spec", "local_rank", "valid_metric_bigger"})
 # Keys that may differ between a run and its resumption: they do not change what is trained or measured
 # (evaluation noise is keyed by user, so the evaluation batch size does not change the metrics).
-RESUME_MAY_DIFFER = ("epochs", "stopping_step", "show_progress", "state", "eval_batch_size", "resume",
-                     "checkpoint_every", "ip", "port")
+RESUME_MAY_DIFFER = ("epochs", "pretrain_epochs", "stopping_step", "show_progress", "state", "eval_batch_size",
+                     "resume", "checkpoint_every", "ip", "port")
 # Keys that differ between the processes of one distributed run (each machine has its own offset and nproc).
 PER_PROCESS_KEYS = ("local_rank", "offset", "nproc", "device")
 # Keys that say where a run happens, not what it computes: a run re-queued on another node, GPU or scratch folder

@@ -36,6 +36,7 @@ from recbole_diffusion.evaluation.metrics import target_ranks, unrankable_rows
 import recbole_diffusion.trainer.checkpoint as ckpt
 from recbole_diffusion.data.checks import inter_file_paths
 from recbole_diffusion.utils import collectives
+from recbole_diffusion.utils.staged_models import pretraining_stage
 
 
 class TrainingPreempted(Exception):
@@ -151,8 +152,9 @@ class PluginTrainerMixin:
         if self._pending_rng is not None:
             ckpt.set_rng_states(self._pending_rng, self._train_generator)
             self._pending_rng = None
-        if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
-            self.logger.info(f"training already ended at epoch {self.start_epoch - 1} (epochs={self.epochs}, "
+        epochs = self.config["pretrain_epochs"] if pretraining_stage(self.config) else self.epochs
+        if self.start_epoch >= epochs or self.cur_step > self.stopping_step:
+            self.logger.info(f"training already ended at epoch {self.start_epoch - 1} (epochs={epochs}, "
                              f"stopping_step={self.stopping_step}): nothing left to train")
             self.finished = True
             return self.best_valid_score, self.best_valid_result
@@ -239,6 +241,13 @@ class PluginTrainerMixin:
         return lambda: signal.signal(signal.SIGTERM, previous)
 
     # ----- checkpoints ----------------------------------------------------------------------------------------
+
+    def save_pretrained_model(self, epoch, saved_model_file):
+        """RecBole's ``PretrainTrainer`` (S3Rec, RaCT) file without the pickled configuration it held: tensors and
+        plain data, which the next stage's plain ``torch.load`` reads under PyTorch >= 2.6's ``weights_only``."""
+        torch.save({"epoch": epoch, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "other_parameter": self.model.other_parameter()}, saved_model_file)
+        self.saved_model_file = saved_model_file
 
     def _writes_last_checkpoints(self):
         return self._saving and self.checkpoint_every > 0

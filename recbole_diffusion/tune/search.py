@@ -9,7 +9,7 @@ import optuna
 from recbole_diffusion.config.checks import check_config_file
 from recbole_diffusion.config.configurator import (
     DEFAULT_DATASET, DEFAULT_MODEL, build_config, config_file_values, known_config_keys, override_values,
-    properties_file, resolve_model,
+    properties_file, refuse_pretraining, resolve_model,
 )
 from recbole_diffusion.data.checks import data_files_sha256
 from recbole_diffusion.tune.space import read_space
@@ -116,6 +116,7 @@ def prepare_search(model, dataset, config_files, overrides, space_file=None, dir
         raise ValueError(f"the search space names key(s) that {base_model} and RecBole do not use: "
                          f"{', '.join(unknown)}")
     config, _ = build_config(model, dataset, config_files, overrides)
+    refuse_pretraining(config, "tune")
     if int(config["nproc"] or 1) > 1 or int(config["world_size"] or 1) > 1:
         raise ValueError("the tuner runs each trial in one process: leave nproc / world_size at 1")
     fixed.setdefault("seed", int(config["seed"]))

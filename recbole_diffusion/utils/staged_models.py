@@ -1,0 +1,21 @@
+"""RecBole's staged models (S3Rec, RaCT): which ``train_stage`` pretrains, and which stage reads what it saved.
+
+A leaf, read by the configuration's checks (what a stage needs), the trainer (how many epochs a stage has) and the
+pipeline (what a pretraining run returns).
+"""
+
+# Each model's pretraining stages -> the stage that loads their weights through ``pre_model_path``.
+NEXT_STAGE = {"S3Rec": {"pretrain": "finetune"},
+              "RaCT": {"actor_pretrain": "critic_pretrain", "critic_pretrain": "finetune"}}
+
+
+def pretraining_stage(config):
+    """The ``train_stage`` of a staged model's pretraining, which saves weights and tests nothing; ``None`` for
+    every other run."""
+    stage = config["train_stage"]
+    return stage if stage in NEXT_STAGE.get(config["model"], {}) else None
+
+
+def next_stage(config):
+    """The stage that reads what this pretraining stage saves."""
+    return NEXT_STAGE[config["model"]][pretraining_stage(config)]
