@@ -30,7 +30,7 @@ from recbole_diffusion.model import MODELS
 from recbole_diffusion.text.item_vectors import default_cache_dir
 from recbole_diffusion.utils.checks import fail
 from recbole_diffusion.utils.collectives import join_group, single_device
-from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage
+from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage, saved_weights
 
 DEFAULT_MODEL = "DiffuRec"
 DEFAULT_DATASET = "ml-100k"
@@ -372,8 +372,7 @@ def check_training_stage(config, model_name):
         print(f"note: pretrain_epochs={epochs}, save_step={step}: RecBole saves the weights every save_step epochs, so "
               f"the last {epochs % step} epoch(s) train but are not saved; the last file is epoch "
               f"{epochs - epochs % step}'s", file=sys.stderr)
-    written = {os.path.abspath(os.path.join(config["checkpoint_dir"], f"{model_name}-{config['dataset']}-{epoch}.pth"))
-               for epoch in range(step, epochs + 1, step)}
+    written = {os.path.abspath(path) for path in saved_weights(config)}
     if config["pre_model_path"] and os.path.abspath(config["pre_model_path"]) in written:
         raise ValueError(f"pre_model_path={config['pre_model_path']!r}: train_stage {stage!r} would save its own weights "
                          f"over this file (RecBole names them <model>-<dataset>-<epoch>.pth in checkpoint_dir); "
@@ -406,8 +405,8 @@ def load_what_the_model_reads(config):
     """The protocol's ``load_col`` loads the interaction file alone (RecBole loads no other atomic file a
     ``load_col`` does not name). A knowledge-aware model also gets the knowledge graph and the item-entity links
     (``.kg``, ``.link``), and a model that reads item features (``selected_features`` of SASRecF, GRU4RecF, FDSA,
-    ``item_attribute`` of S3Rec) the item file's id and those features. The interaction columns that ``threshold``, ``val_interval`` and
-    ``unused_col`` name are loaded too (RecBole's own ml-100k defaults for its context-aware models label by
+    ``item_attribute`` of S3Rec) the item file's id and those features. The interaction columns that ``threshold``,
+    ``val_interval`` and ``unused_col`` name are loaded too (RecBole's own ml-100k defaults for its context-aware models label by
     ``rating``)."""
     load_col = config["load_col"]
     if not isinstance(load_col, dict):

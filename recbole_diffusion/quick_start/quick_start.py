@@ -35,7 +35,7 @@ from recbole_diffusion.model import MODELS
 from recbole_diffusion.model.item_table import TEXT_TABLE_KEYS
 from recbole_diffusion.trainer import get_trainer
 from recbole_diffusion.utils import collectives
-from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage
+from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage, saved_weights
 
 
 class RunData(NamedTuple):
@@ -243,16 +243,16 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
 def pretrain(trainer, data, resume_from=None):
     """A RecBole model's pretraining stage (:func:`~recbole_diffusion.utils.staged_models.pretraining_stage`):
     RecBole's ``PretrainTrainer`` trains ``pretrain_epochs`` epochs and saves the weights every ``save_step``; there
-    is nothing to test. Returns ``train_stage``, ``pretrained_model_file`` (the last weights saved),
-    ``next_train_stage`` (the stage that loads them through ``pre_model_path``), ``epochs_trained``,
-    ``resumed_from``, ``last_checkpoint_file`` and ``log_file``."""
+    is nothing to test. Returns ``train_stage``, ``pretrained_model_file`` (the last weights it saves, also when a
+    resumed stage had nothing left to train), ``next_train_stage`` (the stage that loads them through
+    ``pre_model_path``), ``epochs_trained``, ``resumed_from``, ``last_checkpoint_file`` and ``log_file``."""
     config = trainer.config
     if resume_from:
         trainer.resume_checkpoint(resume_from)
     trainer.fit(data.train, show_progress=config["show_progress"])
-    stage = pretraining_stage(config)
-    getLogger().info(f"pretrained weights (train_stage {stage}): {trainer.saved_model_file}")
-    return {"train_stage": stage, "pretrained_model_file": trainer.saved_model_file,
+    stage, weights = pretraining_stage(config), saved_weights(config)[-1]
+    getLogger().info(f"pretrained weights (train_stage {stage}): {weights}")
+    return {"train_stage": stage, "pretrained_model_file": weights,
             "next_train_stage": next_stage(config), "epochs_trained": len(trainer.epoch_seconds),
             "resumed_from": resume_from,
             "last_checkpoint_file": trainer.last_checkpoint_file if trainer.checkpoint_every else None,
