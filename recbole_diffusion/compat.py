@@ -42,7 +42,7 @@ it (:func:`require_recbole`). Each fix is small, idempotent and covered by ``tes
   set the processes up instead (:mod:`recbole_diffusion.utils.collectives`). Every process would also open its own
   TensorBoard folder: ranks other than 0 get a writer that writes nothing (:func:`tensorboard_on_rank_zero`).
 * RecBole's ``ensure_dir`` checks that a folder is missing and then creates it, so two processes of a distributed
-  run that both create ``saved/`` can fail with ``FileExistsError`` (about one run in ten on 2 CPU ranks); it
+  run that both create ``saved/`` can fail with ``FileExistsError`` (2 of 13 two-rank CPU runs here); it
   creates the folder unless it exists, in one step (:func:`create_folders_concurrently`).
 * RaCT logs the file it loads with ``print``'s convention (the path as a second argument), which made ``logging``
   print "--- Logging error ---" and a traceback in each stage that loads weights; the message and the path are

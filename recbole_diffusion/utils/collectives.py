@@ -120,7 +120,7 @@ def exit_finished_rank():
     """End this process now, exit status 0, its logs and console output flushed: for a rank whose work is done and
     whose group is left. It skips the interpreter's finalization, where gloo's C++ threads can still release
     tensors once Python is half torn down and abort the process ("terminate called without an active exception",
-    SIGABRT; about one run in fifty of two CPU ranks here, see pytorch/pytorch PR 179291), which turned a finished
+    SIGABRT; 2 of about 140 two-rank CPU runs here, see pytorch/pytorch PR 179291), which turned a finished
     run into a failed one."""
     logging.shutdown()
     sys.stdout.flush()
