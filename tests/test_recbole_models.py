@@ -190,7 +190,8 @@ def test_a_context_aware_model_on_ml100k_loads_the_column_its_recbole_defaults_l
 
 def test_a_pretraining_stage_resumes_and_its_refusals_come_before_anything_is_written(models_data, tmp_path,
                                                                                       monkeypatch, capsys):
-    """S3Rec's pretraining continues from its last checkpoint when pretrain_epochs grows (as epochs may); a stage
+    """S3Rec's pretraining continues from its last checkpoint when pretrain_epochs grows (as epochs may), and its
+    weights are not taken for a tested run's checkpoint by ``recommend``; a stage
     that would save nothing, save over the file it loads, or run in several processes is refused first, and so
     are compare and tune, which need a tested model."""
     from recbole_diffusion.compare import prepare_comparison
@@ -203,6 +204,8 @@ def test_a_pretraining_stage_resumes_and_its_refusals_come_before_anything_is_wr
     more = run("S3Rec", MODELS_DATASET, config_dict={**settings, "pretrain_epochs": 2, "resume": True})
     assert more["resumed_from"] == first["last_checkpoint_file"] and more["epochs_trained"] == 2
     assert more["pretrained_model_file"].endswith("S3Rec-ml-100k-models-2.pth")
+    assert recommend.main([f"--model_file={more['pretrained_model_file']}", "--users=1"]) == 2
+    assert "holds a pretraining stage's weights" in capsys.readouterr().err
     written = sorted(os.listdir(tmp_path / "saved"))
 
     refusals = {

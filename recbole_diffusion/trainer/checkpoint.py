@@ -282,6 +282,17 @@ def _cut_short(path):
     return not start or (start == b"PK\x03\x04" and not zipfile.is_zipfile(path))
 
 
+# What a staged model's pretraining stage saves (:func:`pretrained_weights`).
+PRETRAINED_KEYS = ("epoch", "state_dict", "optimizer", "other_parameter")
+
+
+def pretrained_weights(model, optimizer, epoch):
+    """A pretraining stage's file (RaCT, S3Rec): RecBole's ``PretrainTrainer`` keys without the pickled
+    configuration it held, so the next stage's plain ``torch.load`` reads it under PyTorch >= 2.6's
+    ``weights_only``."""
+    return dict(zip(PRETRAINED_KEYS, (epoch, model.state_dict(), optimizer.state_dict(), model.other_parameter())))
+
+
 def load_checkpoint(path, map_location="cpu", trust_pickled=False):
     """Read a checkpoint written by :func:`save_checkpoint` without running any code from the file.
 
@@ -312,6 +323,9 @@ def load_checkpoint(path, map_location="cpu", trust_pickled=False):
         if not isinstance(checkpoint.get("config"), dict):
             checkpoint["config"] = plain_config(checkpoint["config"])
         return checkpoint
+    if isinstance(checkpoint, dict) and tuple(checkpoint) == PRETRAINED_KEYS:
+        raise ValueError(f"{path!r} holds a pretraining stage's weights, not a tested run's checkpoint: pass it to the "
+                         "next stage as --pre_model_path, then use the checkpoint that stage saves")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UnsafeCheckpointError(
             f"checkpoint {path!r} refused: format {checkpoint.get('format') if isinstance(checkpoint, dict) else None!r}"

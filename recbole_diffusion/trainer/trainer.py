@@ -243,10 +243,8 @@ class PluginTrainerMixin:
     # ----- checkpoints ----------------------------------------------------------------------------------------
 
     def save_pretrained_model(self, epoch, saved_model_file):
-        """RecBole's ``PretrainTrainer`` (S3Rec, RaCT) file without the pickled configuration it held: tensors and
-        plain data, which the next stage's plain ``torch.load`` reads under PyTorch >= 2.6's ``weights_only``."""
-        torch.save({"epoch": epoch, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "other_parameter": self.model.other_parameter()}, saved_model_file)
+        """RecBole's ``PretrainTrainer`` (S3Rec, RaCT) saves tensors and plain data (:func:`ckpt.pretrained_weights`)."""
+        torch.save(ckpt.pretrained_weights(self.model, self.optimizer, epoch), saved_model_file)
         self.saved_model_file = saved_model_file
 
     def _writes_last_checkpoints(self):
