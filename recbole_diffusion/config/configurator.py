@@ -374,8 +374,8 @@ def check_training_stage(config, model_name):
               f"{epochs - epochs % step}'s", file=sys.stderr)
     written = {os.path.abspath(path) for path in saved_weights(config)}
     if config["pre_model_path"] and os.path.abspath(config["pre_model_path"]) in written:
-        raise ValueError(f"pre_model_path={config['pre_model_path']!r}: train_stage {stage!r} would save its own weights "
-                         f"over this file (RecBole names them <model>-<dataset>-<epoch>.pth in checkpoint_dir); "
+        raise ValueError(f"pre_model_path={config['pre_model_path']!r}: train_stage {stage!r} would save its own "
+                         "weights over this file (RecBole names them <model>-<dataset>-<epoch>.pth in checkpoint_dir); "
                          "rename or move it, or set another checkpoint_dir.")
 
 
@@ -406,8 +406,8 @@ def load_what_the_model_reads(config):
     ``load_col`` does not name). A knowledge-aware model also gets the knowledge graph and the item-entity links
     (``.kg``, ``.link``), and a model that reads item features (``selected_features`` of SASRecF, GRU4RecF, FDSA,
     ``item_attribute`` of S3Rec) the item file's id and those features. The interaction columns that ``threshold``,
-    ``val_interval`` and ``unused_col`` name are loaded too (RecBole's own ml-100k defaults for its context-aware models label by
-    ``rating``)."""
+    ``val_interval`` and ``unused_col`` name are loaded too (RecBole's own ml-100k defaults for its context-aware
+    models label by ``rating``)."""
     load_col = config["load_col"]
     if not isinstance(load_col, dict):
         return

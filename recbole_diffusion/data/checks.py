@@ -263,10 +263,10 @@ def check_required_columns(config, header, loaded, path):
         remedy = "Add a timestamp column or set TIME_FIELD."
         if config["MODEL_TYPE"].name != "SEQUENTIAL":
             random_order = {**(config["eval_args"] or {}), "order": "RO"}
-            remedy = (f"Add a timestamp column, set TIME_FIELD, or let {config['model']} (not a sequential model) split "
-                      f"each user's interactions in random order: --eval_args=\"{random_order}\".")
-        raise ValueError(f"TIME_FIELD={time_field!r}: {path} has no such column (columns: {header.columns}); sequential "
-                         f"models and order TO sort each user's interactions by it. {remedy}")
+            remedy = (f"Add a timestamp column, set TIME_FIELD, or let {config['model']} (not a sequential model) "
+                      f"split each user's interactions in random order: --eval_args=\"{random_order}\".")
+        raise ValueError(f"TIME_FIELD={time_field!r}: {path} has no such column (columns: {header.columns}); "
+                         f"sequential models and order TO sort each user's interactions by it. {remedy}")
     if header.types[time_field] != "float":
         _fail(path, 1, f"column {time_field!r} (TIME_FIELD) has type {header.types[time_field]!r}; RecBole would "
                        f"order by the token's id, not by time. Declare it {time_field}:float.")

@@ -243,7 +243,8 @@ class PluginTrainerMixin:
     # ----- checkpoints ----------------------------------------------------------------------------------------
 
     def save_pretrained_model(self, epoch, saved_model_file):
-        """RecBole's ``PretrainTrainer`` (S3Rec, RaCT) saves tensors and plain data (:func:`ckpt.pretrained_weights`)."""
+        """RecBole's ``PretrainTrainer`` (S3Rec, RaCT) saves tensors and plain data
+        (:func:`~recbole_diffusion.trainer.checkpoint.pretrained_weights`)."""
         torch.save(ckpt.pretrained_weights(self.model, self.optimizer, epoch), saved_model_file)
         self.saved_model_file = saved_model_file
 

@@ -15,7 +15,7 @@ def pretraining_stage(config):
     """The ``train_stage`` of a staged model's pretraining, which saves weights and tests nothing; ``None`` for
     every other run."""
     stage = config["train_stage"]
-    return stage if stage in NEXT_STAGE.get(config["model"], {}) else None
+    return stage if isinstance(stage, str) and stage in NEXT_STAGE.get(config["model"], {}) else None
 
 
 def next_stage(config):
