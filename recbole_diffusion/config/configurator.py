@@ -28,7 +28,7 @@ from recbole_diffusion.data import checks as data_checks
 from recbole_diffusion.data.slices import write_merged_dataset
 from recbole_diffusion.model import MODELS
 from recbole_diffusion.text.item_vectors import default_cache_dir
-from recbole_diffusion.utils.checks import fail
+from recbole_diffusion.utils.checks import fail, require_int
 from recbole_diffusion.utils.collectives import join_group, single_device
 from recbole_diffusion.utils.staged_models import next_stage, pretraining_stage, saved_weights
 
@@ -361,10 +361,7 @@ def check_training_stage(config, model_name):
     if int(config["nproc"] or 1) > 1 or int(config["world_size"] or 1) > 1:
         raise ValueError(f"train_stage={stage!r}: {model_name}'s pretraining runs in one process (RecBole's "
                          "PretrainTrainer); leave nproc / world_size at 1")
-    epochs, step = config["pretrain_epochs"], config["save_step"]
-    for key, value in (("pretrain_epochs", epochs), ("save_step", step)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r}: must be an integer >= 1")
+    epochs, step = require_int(config, "pretrain_epochs", 1), require_int(config, "save_step", 1)
     if epochs < step:
         raise ValueError(f"pretrain_epochs={epochs}, save_step={step}: RecBole saves the pretrained weights every "
                          f"save_step epochs, so this stage would save nothing; set save_step <= pretrain_epochs")

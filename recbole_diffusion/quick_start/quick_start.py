@@ -200,14 +200,7 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     device = torch.device(config["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if resume_from:
-        trainer.resume_checkpoint(resume_from)
-    elif config["resume"]:
-        other = ckpt.other_configuration_note(ckpt.plain_config(config), config["checkpoint_dir"])
-        if other is None:
-            logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
-        else:
-            logger.warning(other)
+    _resume(trainer, resume_from)
     best_valid_score, best_valid_result = trainer.fit(
         data.train, data.valid, saved=saved, show_progress=config["show_progress"], callback_fn=epoch_callback
     )
@@ -240,6 +233,19 @@ def fit_and_test(trainer, data, saved=True, resume_from=None, epoch_callback=Non
     }
 
 
+def _resume(trainer, resume_from):
+    """Continue from ``resume_from``; under ``resume: True`` without one, say why training starts at epoch 0."""
+    config, logger = trainer.config, getLogger()
+    if resume_from:
+        trainer.resume_checkpoint(resume_from)
+    elif config["resume"]:
+        other = ckpt.other_configuration_note(ckpt.plain_config(config), config["checkpoint_dir"])
+        if other is None:
+            logger.info("resume: no checkpoint of this configuration yet, training starts at epoch 0")
+        else:
+            logger.warning(other)
+
+
 def pretrain(trainer, data, resume_from=None):
     """A RecBole model's pretraining stage (:func:`~recbole_diffusion.utils.staged_models.pretraining_stage`):
     RecBole's ``PretrainTrainer`` trains ``pretrain_epochs`` epochs and saves the weights every ``save_step``; there
@@ -247,8 +253,7 @@ def pretrain(trainer, data, resume_from=None):
     resumed stage had nothing left to train), ``next_train_stage`` (the stage that loads them through
     ``pre_model_path``), ``epochs_trained``, ``resumed_from``, ``last_checkpoint_file`` and ``log_file``."""
     config = trainer.config
-    if resume_from:
-        trainer.resume_checkpoint(resume_from)
+    _resume(trainer, resume_from)
     trainer.fit(data.train, show_progress=config["show_progress"])
     stage, weights = pretraining_stage(config), saved_weights(config)[-1]
     getLogger().info(f"pretrained weights (train_stage {stage}): {weights}")
