@@ -245,11 +245,12 @@ def test_text_zero_shot_gives_both_tables_one_ffn_width_and_the_transfer_the_enc
         "inner_size: 384" in open(configs["PreferDiff-T"]).read()
     # Stage transfer, its training stubbed: every run and zero-shot evaluation reads the tables in the encoder's
     # axes, and a zero-shot record is redone when its checkpoint changed.
-    calls, evaluated = [], []
-    monkeypatch.setattr(text_zero_shot, "call", lambda command: calls.append(parse_args(command[3:])) or 0)
+    calls, evaluated, order = [], [], []
+    monkeypatch.setattr(text_zero_shot, "call", lambda command: calls.append(parse_args(command[3:])) or
+                        order.append("train") or 0)
     import recbole_diffusion.quick_start.quick_start as quick_start
     monkeypatch.setattr(quick_start, "run", lambda model, dataset, config_dict, saved: evaluated.append(
-        config_dict) or {"test_result": {"ndcg@10": 0.1}})
+        config_dict) or order.append("zero-shot") or {"test_result": {"ndcg@10": 0.1}})
     checkpoint = tmp_path / "best.pth"
     checkpoint.write_bytes(b"x")
     for source in text_zero_shot.SOURCES:
@@ -262,6 +263,8 @@ def test_text_zero_shot_gives_both_tables_one_ffn_width_and_the_transfer_the_enc
     assert calls[0].overrides["data_path"].endswith("data-20-users")  # a smoke test's slices apart from the data
     assert len(evaluated) == 3 and all(settings["text_whitening"] == "zca" and settings["inner_size"] == 384
                                        for settings in evaluated)
+    # the sources, then the zero-shot evaluations, then the (costlier) in-domain references on the target
+    assert order == ["train"] * 3 + ["zero-shot"] * 3 + ["train"] and calls[-1].dataset == text_zero_shot.TARGET
     text_zero_shot.transfer_stage(str(tmp_path), {}, 1, 20)
     assert len(evaluated) == 3  # done, the same checkpoints: kept
     os.utime(checkpoint, (1, 1))
