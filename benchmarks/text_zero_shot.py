@@ -23,7 +23,8 @@ stage ``bases`` measured that the authors' ``pca`` puts the target's table in ax
 Stage ``aligned`` was added after the zero-shot results (exploratory, not the plan's): it evaluates each source
 checkpoint on the films from 1995 again, with the target's rows put through the whitening the source's table had
 (fitted on the source's films) instead of whitened alone, so that the network reads them in the axes it was trained
-in; a control row rebuilds the table ``transfer_from`` builds and must reproduce the zero-shot record.
+in; a control row rebuilds the table ``transfer_from`` builds and must reproduce the zero-shot record, and a source
+checkpoint transferred onto its own dataset must reproduce its in-domain test.
 
 Stages ``heldout`` and ``transfer`` resume (``compare`` keeps finished runs; a zero-shot record is redone only when
 its checkpoint or settings changed). Training is capped
@@ -54,6 +55,7 @@ TRAINING = {"epochs": 60, "eval_step": 1, "stopping_step": 5, "show_progress": F
 CUTS = {"ml-100k-before-1990": (0, 1990), "ml-100k-1990-1994": (1990, 1995), "ml-100k-from-1995": (1995, 10000)}
 TARGET = "ml-100k-from-1995"
 MERGED = "ml-100k-before-1995"
+SEED_OF_SELF_CHECK = 2020  # stage aligned: whose source checkpoints are transferred onto their own data
 SOURCES = {"ml-100k-before-1990": {}, "ml-100k-1990-1994": {},
            MERGED: {"merge_datasets": "['ml-100k-before-1990','ml-100k-1990-1994']"}}
 # PreferDiff's FFN width is its hidden size in the authors' code: 384 for both tables (PreferDiff-T's model width is
@@ -258,7 +260,18 @@ def aligned_stage(root, extra, max_users):
     variants = {source: {f"{source}'s whitening": steps[source]} for source in older}
     variants[MERGED] = {f"the merge's, through {source}'s step": (lambda rows, step=steps[source]: joint(step(rows)))
                         for source in older}
-    record = {"settings": base, "floor": floor, "basis": basis, "runs": []}
+    start = time.perf_counter()
+    record = {"settings": base, "floor": floor, "basis": basis, "runs": [], "self_transfer": []}
+    for source in older:  # the pipeline's check: a checkpoint transferred onto its own data must give its own test
+        with open(os.path.join(root, "transfer", source, "runs", f"PreferDiff-T-seed{SEED_OF_SELF_CHECK}.json"),
+                  encoding="utf-8") as handle:
+            trained = json.load(handle)
+        config, model_class = build_config("PreferDiff-T", source, config_dict={
+            **base, "seed": trained["seed"], "transfer_from": trained["checkpoint"]})
+        data = prepare_data(config, log_file=False)
+        result = transfer_and_test(build_trainer(config, model_class, data.train), data, trained["checkpoint"])
+        record["self_transfer"].append({"source": source, "seed": trained["seed"], "in_domain_test": trained["test"],
+                                        "transferred_test": result["test_result"]})
     for source in SOURCES:
         runs = os.path.join(root, "transfer", source, "runs")
         for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
@@ -280,6 +293,7 @@ def aligned_stage(root, extra, max_users):
                 record["runs"].append({"source": source, "seed": trained["seed"], "target_table": label,
                                        "test_result": result["test_result"]})
                 print(source, trained["seed"], label, result["test_result"], flush=True)
+    record["wall_seconds"] = time.perf_counter() - start
     with open(os.path.join(root, "transfer", "aligned.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
     return 0
