@@ -4,8 +4,8 @@
     python benchmarks/text_zero_shot.py bases       # a transfer's target table against the training's axes
     python benchmarks/text_zero_shot.py heldout     # 20 % of the items held out of training; 3 seeds
     python benchmarks/text_zero_shot.py transfer    # older films -> films from 1995, zero-shot; 3 seeds
-    python benchmarks/text_zero_shot.py report      # transfer.md from the transfer stage's records
     python benchmarks/text_zero_shot.py aligned     # the zero-shot again, the target's rows in the training's axes
+    python benchmarks/text_zero_shot.py report      # transfer.md from the records of stages transfer and aligned
 
 Stage ``heldout`` is one ``compare`` of SASRec (RecBole's defaults, d 64), PreferDiff with an id table and
 PreferDiff-T (text table: all-MiniLM-L6-v2's 384-d vectors of "<title> (<year>). Genres: <genres>") on ml-100k
@@ -321,6 +321,15 @@ def report_stage(root, max_users=None):
     rows = {f"PreferDiff-T, zero-shot, trained on {labels[source]}":
             {record["seed"]: record["test_result"] for record in records if record["source"] == source}
             for source in SOURCES}
+    aligned_path = os.path.join(root, "transfer", "aligned.json")
+    if os.path.isfile(aligned_path):  # stage aligned's rows, after the plan's: the target's rows in the source's axes
+        with open(aligned_path, encoding="utf-8") as handle:
+            aligned = [run for run in json.load(handle)["runs"] if run["target_table"] != "whitened alone (control)"]
+        for source in SOURCES:
+            for table in sorted({run["target_table"] for run in aligned if run["source"] == source}):
+                rows[f"PreferDiff-T, zero-shot, trained on {labels[source]}, the target's rows in {table} "
+                     "(exploratory)"] = {run["seed"]: run["test_result"] for run in aligned
+                                         if run["source"] == source and run["target_table"] == table}
     for model in ("PreferDiff-T", "SASRec", "Pop"):
         rows[f"{model}, trained on the target"] = {r["seed"]: r["test"] for r in target
                                                    if r["model"] == model and r["status"] == "ok"}
