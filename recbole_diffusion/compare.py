@@ -16,9 +16,11 @@ train and inference seconds, peak memory, head/tail and sequence-length group me
 seeds), ``quality_vs_cost.png`` and ``validation_curves.png``. A finished run is never repeated: rerunning the
 same command resumes a killed comparison, and a run killed mid-training continues from its last checkpoint
 (every ``checkpoint_every`` epochs) instead of from scratch; a failed run records its error, is retried on the next start, and
-the summary lists it. Each run trains in its own process, so its peak memory is its own. With ``--nproc N``
-each run trains on N processes (RecBole's distributed mode, :mod:`recbole_diffusion.quick_start.launcher`; peak memory
-is rank 0's) and its record says so.
+the summary lists it. Processes may share one output folder (jobs of a cluster): a run is claimed while it trains
+(:func:`recbole_diffusion.utils.files.claimed`), and one that another process is running or has finished is
+skipped; the summary is the last finisher's. Each run trains in its own process, so its peak memory is its own.
+With ``--nproc N`` each run trains on N processes (RecBole's distributed mode,
+:mod:`recbole_diffusion.quick_start.launcher`; peak memory is rank 0's) and its record says so.
 """
 
 import csv
@@ -43,7 +45,7 @@ from recbole_diffusion.quick_start.child_process import run_in_child
 from recbole_diffusion.quick_start.quick_start import run
 from recbole_diffusion.utils import collectives
 from recbole_diffusion.utils.command_line import add_config_files, entry_parser, parse_entry
-from recbole_diffusion.utils.files import read_json, write_json
+from recbole_diffusion.utils.files import claimed, read_json, write_json
 
 DEFAULT_SEED = 2020
 MOST_SEEDS = 999  # a larger count is a seed written as a count (--seeds 2022): refused, as no one means it
@@ -221,6 +223,18 @@ def prepare_comparison(models, dataset, seeds, output, config_files=(), override
     return Comparison(list(models), dataset, list(seeds), output, files, overrides, settings, todo, len(done))
 
 
+def _finished_elsewhere(path, settings):
+    """Why a planned run needs no training: another process finished it with these settings (``None`` when it
+    did not). A run it finished with other settings is refused, as :func:`prepare_comparison` refuses them."""
+    record = read_json(path) if os.path.isfile(path) else None
+    if record is None or record.get("status") != "ok":
+        return None
+    if "settings" in record and _settings_differ(record["settings"], settings):
+        raise ValueError(f"{path} was finished by another process with other settings ({record['settings']}; now: "
+                         f"{settings}); choose another --output so that runs are never mixed")
+    return "another process finished it"
+
+
 def run_comparison(models, dataset, seeds, output, config_files=(), overrides=None, isolate=True, reference=None,
                    threads=None, keep_checkpoints=False, model_configs=None, prepared=None):
     """Train every (model, seed) pair not finished yet, then write the summary files; returns the records.
@@ -241,16 +255,22 @@ def run_comparison(models, dataset, seeds, output, config_files=(), overrides=No
     for index, (model, seed) in enumerate(todo, 1):
         run_dir = os.path.join(output, "work", run_name(model, seed))
         path = os.path.join(output, "runs", f"{run_name(model, seed)}.json")
-        start = time.perf_counter()
-        record, exit_code = run_in_child(_trial, (model, dataset, seed, comparison.files[model], comparison.overrides,
-                                                  keep_checkpoints, run_dir), path, run_dir, threads=threads,
-                                         isolate=isolate)
-        if record is None:
-            record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
-                      "error": f"the run ended without a record (exit code {exit_code})"}
-        record.update(settings=settings[model], model_config=settings[model].get("model_config"),
-                      wall_seconds=time.perf_counter() - start)
-        write_json(path, record)
+        with claimed(run_dir) as ours:
+            # Another process on this folder may run this pair now, or have finished it since the plan was made.
+            taken = "another process is running it" if not ours else _finished_elsewhere(path, settings[model])
+            if taken:
+                print(f"[{index}/{len(todo)}] {model} seed {seed}: skipped, {taken}", flush=True)
+                continue
+            start = time.perf_counter()
+            record, exit_code = run_in_child(_trial, (model, dataset, seed, comparison.files[model],
+                                                      comparison.overrides, keep_checkpoints, run_dir), path, run_dir,
+                                             threads=threads, isolate=isolate)
+            if record is None:
+                record = {"model": model, "dataset": dataset, "seed": seed, "status": "failed",
+                          "error": f"the run ended without a record (exit code {exit_code})"}
+            record.update(settings=settings[model], model_config=settings[model].get("model_config"),
+                          wall_seconds=time.perf_counter() - start)
+            write_json(path, record)
         if record["status"] == "ok":
             line = f"{MAIN_METRIC} {record['test'][MAIN_METRIC]:.4f}, {record['epochs']} epochs"
         else:

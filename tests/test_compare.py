@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import torch
 from scipy import stats
 
 from recbole_diffusion import PreferDiff
-from recbole_diffusion.compare import METRICS, exact_test_metric, main, parse_args, run_comparison
+from recbole_diffusion.compare import METRICS, exact_test_metric, main, parse_args, prepare_comparison, run_comparison
 from conftest import TINY, TINY_USERS
 
 SEEDS = [2020, 2021]
@@ -411,3 +412,38 @@ def test_a_resumed_comparison_refuses_changed_data_or_config_files_and_keeps_old
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(older, handle)
     assert run_comparison(["Pop"], DATASET, [2020], output, [str(shared)], overrides, isolate=False)
+
+
+def test_processes_sharing_a_folder_never_run_one_run_twice(comparison, data_root, tmp_path, monkeypatch, capsys):
+    """A run planned here but claimed by another process, or finished by one since the plan, is skipped (each
+    with one line saying so) and its record kept; one finished with other settings is refused."""
+    import fcntl
+
+    import recbole_diffusion.compare as compare
+
+    output = str(tmp_path / "shared")
+    shutil.copytree(comparison[0], output)
+    runs = os.path.join(output, "runs")
+    for name in ("SASRec-seed2020.json", "SASRec-seed2021.json"):
+        os.rename(os.path.join(runs, name), os.path.join(tmp_path, name))  # not finished when the plan is made
+    planned = prepare_comparison(["SASRec"], DATASET, SEEDS, output, overrides=_overrides(data_root))
+    assert planned.todo == [("SASRec", 2020), ("SASRec", 2021)]
+    os.rename(os.path.join(tmp_path, "SASRec-seed2020.json"), os.path.join(runs, "SASRec-seed2020.json"))
+    monkeypatch.setattr(compare, "_trial", lambda *args: pytest.fail(f"re-ran {args[:3]}"))
+    with open(os.path.join(output, "work", "SASRec-seed2021", ".claim"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another live process holds it
+        records = run_comparison(["SASRec"], DATASET, SEEDS, output, overrides=_overrides(data_root),
+                                 isolate=False, prepared=planned)
+    printed = capsys.readouterr().out
+    assert "SASRec seed 2020: skipped, another process finished it" in printed
+    assert "SASRec seed 2021: skipped, another process is running it" in printed
+    assert [(r["model"], r["seed"]) for r in records] == [("SASRec", 2020)]
+    assert not os.path.exists(os.path.join(runs, "SASRec-seed2021.json"))
+    with open(os.path.join(tmp_path, "SASRec-seed2021.json"), encoding="utf-8") as handle:
+        other = json.load(handle)
+    other["settings"] = {**other["settings"], "overrides": {**other["settings"]["overrides"], "epochs": "3"}}
+    with open(os.path.join(runs, "SASRec-seed2021.json"), "w", encoding="utf-8") as handle:
+        json.dump(other, handle)
+    with pytest.raises(ValueError, match="finished by another process with other settings"):
+        run_comparison(["SASRec"], DATASET, SEEDS, output, overrides=_overrides(data_root), isolate=False,
+                       prepared=planned)

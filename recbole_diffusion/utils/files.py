@@ -4,12 +4,18 @@ Every file a user hands over (a config file, an interaction file) is read throug
 missing file, a directory or a file without read permission gets the same message everywhere. Checkpoints and the
 per-run JSON records of ``compare`` and ``tune`` are written through :func:`atomic_write`: a process killed while
 writing leaves the previous file intact (and at most a stray ``.tmp-<pid>`` file). RecBole's atomic files' header
-lines (``name:type`` columns) are parsed in one place, :func:`parse_atomic_header`.
+lines (``name:type`` columns) are parsed in one place, :func:`parse_atomic_header`. :func:`claimed` lets
+processes that share an output folder split its jobs.
 """
 
 import contextlib
 import json
 import os
+
+try:
+    import fcntl
+except ImportError:  # Windows: no claims, one process per output folder
+    fcntl = None
 
 import torch
 
@@ -84,3 +90,25 @@ def atomic_header(path, field_separator="\t", encoding="utf-8"):
     """:func:`parse_atomic_header` of the first line of the atomic file at ``path``."""
     with open(path, encoding=encoding) as handle:
         return parse_atomic_header(handle.readline(), field_separator)
+
+
+@contextlib.contextmanager
+def claimed(folder):
+    """Whether this process holds ``folder``'s claim for the block: an exclusive, non-blocking ``flock`` on
+    ``folder/.claim``, which the system releases when the holder ends, even killed, so a claim never outlives its
+    process and a resumed job is never locked out. Two processes sharing an output folder (``compare`` on a
+    cluster) thus never run one job at once. Always ``True`` where ``fcntl`` is missing (Windows)."""
+    os.makedirs(folder, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    with open(os.path.join(folder, ".claim"), "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
