@@ -140,6 +140,15 @@ def encoder_stage(root, cache_dir):
     return 0
 
 
+def source_whitenings(vectors, floor, basis):
+    """Each source's whitening (fitted on its rows in ``vectors``, by source) and the merge's joint step: the
+    merge's table is each source whitened alone, stacked, then whitened once more (model/item_table.py)."""
+    from recbole_diffusion.model.item_table import whitening
+
+    steps = {source: whitening(rows, floor, basis) for source, rows in vectors.items()}
+    return steps, whitening(np.vstack([steps[source](rows) for source, rows in vectors.items()]), floor, basis)
+
+
 def bases_stage(root, cache_dir):
     """How far a transfer's target table is from the axes the model was trained in (``bases.json``): ml-100k's films
     from 1995 whitened alone (what ``transfer_from`` builds) against the same films put through the whitening a
@@ -151,7 +160,7 @@ def bases_stage(root, cache_dir):
     from recbole.data import create_dataset
 
     from recbole_diffusion.config.configurator import build_config
-    from recbole_diffusion.model.item_table import WHITENING_BASES, whiten, whitening
+    from recbole_diffusion.model.item_table import WHITENING_BASES, whiten
     from recbole_diffusion.text.item_vectors import item_vectors
 
     config, _ = build_config("PreferDiff-T", "ml-100k", config_dict={"text_cache_dir": cache_dir, "state": "WARNING"})
@@ -173,9 +182,7 @@ def bases_stage(root, cache_dir):
     record = {}
     for basis in WHITENING_BASES:
         alone = whiten(target, floor, basis)
-        steps = {source: whitening(found.vectors[cuts[source]], floor, basis) for source in older}
-        # The merge's table: each source whitened alone, stacked, whitened once more (model/item_table.py).
-        joint = whitening(np.vstack([steps[source](found.vectors[cuts[source]]) for source in older]), floor, basis)
+        steps, joint = source_whitenings({source: found.vectors[cuts[source]] for source in older}, floor, basis)
         record[basis] = {
             **{f"{TARGET} under {source}'s whitening": mean_cosine(alone, steps[source](target)) for source in older},
             **{f"{TARGET} under the merge's whitening, through {source}'s step":
@@ -236,7 +243,6 @@ def aligned_stage(root, extra, max_users):
     from recbole.data import create_dataset
 
     from recbole_diffusion.config.configurator import build_config
-    from recbole_diffusion.model.item_table import whitening
     from recbole_diffusion.quick_start.quick_start import build_trainer, prepare_data, transfer_and_test
     from recbole_diffusion.text.item_vectors import item_vectors
 
@@ -255,8 +261,7 @@ def aligned_stage(root, extra, max_users):
                for source in older}
     vectors = {source: table_rows(config, create_dataset(config))[1] for source, config in configs.items()}
     floor, basis = configs[older[0]]["text_whitening_floor"], configs[older[0]]["text_whitening"]
-    steps = {source: whitening(vectors[source], floor, basis) for source in older}
-    joint = whitening(np.vstack([steps[source](vectors[source]) for source in older]), floor, basis)
+    steps, joint = source_whitenings(vectors, floor, basis)
     variants = {source: {f"{source}'s whitening": steps[source]} for source in older}
     variants[MERGED] = {f"the merge's, through {source}'s step": (lambda rows, step=steps[source]: joint(step(rows)))
                         for source in older}
